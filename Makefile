@@ -1,0 +1,33 @@
+# Set-up and the two commands the README names: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-slow lint benchmark clean
+
+install: $(STAMP)
+
+# torch==2.13.0 first (the CPU build on this machine's disk), then the package and its extras.
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m pyro_mixflows
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check pyro_mixflows tests benchmarks
+	$(BIN)/ruff format --check pyro_mixflows tests benchmarks
+
+clean:
+	rm -rf $(VENV) mixflows-demo

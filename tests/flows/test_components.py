@@ -1,0 +1,256 @@
+"""Exact contract checks for the component-batched flows, over one registry of cases."""
+
+import pytest
+import torch
+from pyro.distributions import Normal, TransformedDistribution
+from pyro.distributions import transforms as T
+
+from pyro_mixflows import DistributionComponents, FlowComponents
+from pyro_mixflows.flows import FLOWS
+
+from ..conftest import perturb
+
+# {id: constructor} registry of flow families: (K, D) -> FlowComponents
+CASES = {
+    "affine_coupling": lambda K, D: FlowComponents(
+        K, D, flow="affine_coupling", num_layers=3, hidden_dims=(8, 8)
+    ),
+    "maf": lambda K, D: FlowComponents(K, D, flow="maf", num_layers=3, hidden_dims=(8, 8)),
+    "spline_coupling": lambda K, D: FlowComponents(
+        K, D, flow="spline_coupling", num_layers=3, hidden_dims=(8, 8), count_bins=6, bound=3.0
+    ),
+}
+
+
+def make(name, K, D):
+    comps = CASES[name](K, D)
+    perturb(comps, 0.1)
+    return comps
+
+
+def test_registry_covers_every_family():
+    assert set(CASES) == set(FLOWS)
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("D", [2, 5])
+def test_log_det_matches_autograd_jacobian(name, D, float64):
+    K = 3
+    comps = make(name, K, D)
+    x = 1.5 * torch.randn(4, D)  # spreads points over spline bins and tails
+    for n in range(x.shape[0]):
+        for k in range(K):
+
+            def to_base(v, k=k):
+                return comps.inverse(v.expand(K, D).unsqueeze(0))[0][0, k]
+
+            def to_data(v, k=k):
+                u = torch.zeros(1, K, D).index_copy(1, torch.tensor([k]), v.view(1, 1, D))
+                return comps.transform(u)[0][0, k]
+
+            jac = torch.autograd.functional.jacobian(to_base, x[n])
+            u, log_det = comps.inverse(x[n].expand(1, K, D))
+            assert torch.allclose(log_det[0, k], torch.linalg.slogdet(jac)[1], atol=1e-8)
+            jac_fwd = torch.autograd.functional.jacobian(to_data, u[0, k])
+            _, log_det_fwd = comps.transform(u)
+            assert torch.allclose(log_det_fwd[0, k], torch.linalg.slogdet(jac_fwd)[1], atol=1e-8)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_every_layer_log_det_matches_autograd(name, float64):
+    """Each layer on its own, not only their composition."""
+    K, D = 2, 4
+    comps = make(name, K, D)
+    x = torch.randn(K, 3, D)
+    for layer in [*comps.layers, comps.affine]:
+        for direction in ("to_base", "to_data"):
+            fn = getattr(layer, direction)
+            out, log_det = fn(x)
+            for k in range(K):
+                for m in range(3):
+
+                    def one(v, k=k, m=m, fn=fn):
+                        y = x.clone()
+                        y[k, m] = v
+                        return fn(y)[0][k, m]
+
+                    jac = torch.autograd.functional.jacobian(one, x[k, m])
+                    assert torch.allclose(log_det[k, m], torch.linalg.slogdet(jac)[1], atol=1e-8)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_inverse_round_trip(name, float64):
+    comps = make(name, 4, 3)
+    u = torch.randn(5, 4, 3)
+    x, ld_fwd = comps.transform(u)
+    u2, ld_inv = comps.inverse(x)
+    assert torch.allclose(u2, u, atol=1e-10)
+    assert torch.allclose(ld_fwd, -ld_inv, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_component_density_normalizes(name, float64):
+    """Each 2-D component integrates to 1 on a grid (midpoint rule)."""
+    comps = make(name, 2, 2)
+    lim, n = 9.0, 600
+    g = (torch.arange(n) + 0.5) / n * 2 * lim - lim
+    xx, yy = torch.meshgrid(g, g, indexing="ij")
+    pts = torch.stack([xx, yy], -1).reshape(-1, 2)
+    with torch.no_grad():
+        mass = comps.component_log_probs(pts).exp().sum(0) * (2 * lim / n) ** 2
+    assert torch.allclose(mass, torch.ones(2, dtype=mass.dtype), atol=1e-3), mass
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
+def test_shapes(name, batch):
+    comps = make(name, 4, 2)
+    x = torch.randn(*batch, 2)
+    assert comps.component_log_probs(x).shape == (*batch, 4)
+    assert comps.rsample(batch).shape == (*batch, 4, 2)
+    index = torch.randint(4, batch)
+    assert comps.rsample_index(index).shape == (*batch, 2)
+    u, ld = comps.inverse(x.unsqueeze(-2))
+    assert u.shape == (*batch, 4, 2) and ld.shape == (*batch, 4)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_single_component(name, float64):
+    comps = make(name, 1, 2)
+    x = torch.randn(6, 2)
+    assert comps.component_log_probs(x).shape == (6, 1)
+    assert comps.rsample_index(torch.zeros(6, dtype=torch.long)).shape == (6, 2)
+
+
+def test_maf_works_in_one_dimension(float64):
+    comps = perturb(FlowComponents(2, 1, flow="maf", num_layers=2, hidden_dims=(4,)))
+    g = torch.linspace(-15, 15, 20001).unsqueeze(-1)
+    mass = comps.component_log_probs(g).exp().sum(0) * (30 / 20000)
+    assert torch.allclose(mass, torch.ones(2, dtype=mass.dtype), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gradient_reaches_every_parameter(name):
+    comps = make(name, 3, 4)
+    lp = comps.component_log_probs(torch.randn(16, 4)).sum() + comps.rsample((2,)).sum()
+    lp.backward()
+    for pname, p in comps.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_components_are_independent(name, float64):
+    """Changing component 1's parameters leaves component 0's density untouched."""
+    comps = make(name, 2, 3)
+    x = torch.randn(5, 3)
+    before = comps.component_log_probs(x)
+    with torch.no_grad():
+        for p in comps.parameters():
+            p[1].add_(0.05)
+    after = comps.component_log_probs(x)
+    assert torch.equal(before[:, 0], after[:, 0])
+    assert not torch.allclose(before[:, 1], after[:, 1])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_state_dict_round_trip(name, tmp_path):
+    comps = make(name, 3, 2)
+    torch.save(comps.state_dict(), tmp_path / "c.pt")
+    fresh = CASES[name](3, 2)
+    fresh.load_state_dict(torch.load(tmp_path / "c.pt"))
+    x = torch.randn(7, 2)
+    assert torch.equal(fresh.component_log_probs(x), comps.component_log_probs(x))
+
+
+def test_batched_and_heterogeneous_paths_agree(float64):
+    """Every component of a FlowComponents, wrapped as K separate distributions, gives the same numbers."""
+    comps = make("spline_coupling", 3, 2)
+
+    class OneComponent(torch.distributions.Distribution):
+        arg_constraints = {}
+        support = torch.distributions.constraints.real_vector
+        has_rsample = True
+
+        def __init__(self, k):
+            self.k = k
+            super().__init__(torch.Size(), torch.Size([2]), validate_args=False)
+
+        def log_prob(self, x):
+            return comps.component_log_probs(x)[..., self.k]
+
+        def rsample(self, sample_shape=torch.Size()):
+            return comps.rsample(sample_shape)[..., self.k, :]
+
+    hetero = DistributionComponents([OneComponent(k) for k in range(3)])
+    x = torch.randn(9, 2)
+    assert torch.allclose(hetero.component_log_probs(x), comps.component_log_probs(x), atol=1e-12)
+
+
+def test_heterogeneous_pyro_flows_match_manual_loop(float64):
+    flows = [T.spline_coupling(2, count_bins=4) for _ in range(2)]
+    for f in flows:
+        perturb(f, 0.1)
+    base = Normal(torch.zeros(2), torch.ones(2)).to_event(1)
+    dists = [TransformedDistribution(base, [f]) for f in flows]
+    hetero = DistributionComponents(dists)
+    assert len(list(hetero.parameters())) == sum(len(list(f.parameters())) for f in flows)
+    x = torch.randn(6, 2)
+    expected = torch.stack([d.log_prob(x) for d in dists], -1)
+    assert torch.allclose(hetero.component_log_probs(x), expected)
+    u, ld = hetero.inverse(x.unsqueeze(-2))
+    x2, ld2 = hetero.transform(u)
+    assert torch.allclose(x2, x.unsqueeze(-2).expand(6, 2, 2), atol=1e-8)
+    assert torch.allclose(ld, -ld2, atol=1e-8)
+
+
+def test_heterogeneous_path_is_not_fooled_by_transform_caches(float64):
+    """Pyro caches a transform's last inverse by tensor identity; a parameter update must show."""
+    flow = T.spline_coupling(2, count_bins=4)
+    base = Normal(torch.zeros(2), torch.ones(2)).to_event(1)
+    hetero = DistributionComponents([TransformedDistribution(base, [flow])])
+    x = torch.randn(5, 2)
+    before = hetero.component_log_probs(x)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.2)
+    after = hetero.component_log_probs(x)
+    assert not torch.allclose(before, after)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_components=0, dim=2), "num_components to be an int >= 1"),
+        (dict(num_components=2, dim=0), "dim to be an int >= 1"),
+        (dict(num_components=2, dim=2, flow="glow"), "expected flow in"),
+        (dict(num_components=2, dim=1, flow="affine_coupling"), "dim >= 2"),
+        (dict(num_components=2, dim=2, activation="swish"), "expected activation"),
+    ],
+)
+def test_constructor_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FlowComponents(**kwargs)
+
+
+def test_wrong_event_size_is_refused():
+    comps = FlowComponents(2, 3, flow="maf")
+    with pytest.raises(ValueError, match=r"event size D=3.*got shape \(4, 2\)"):
+        comps.component_log_probs(torch.randn(4, 2))
+
+
+def test_heterogeneous_errors():
+    with pytest.raises(ValueError, match="at least one"):
+        DistributionComponents([])
+    a = Normal(torch.zeros(2), 1.0).to_event(1)
+    b = Normal(torch.zeros(3), 1.0).to_event(1)
+    with pytest.raises(ValueError, match="event shape"):
+        DistributionComponents([a, b])
+
+
+def test_set_affine_places_components(float64):
+    comps = FlowComponents(2, 2, flow="affine_coupling")
+    comps.set_affine(torch.tensor([[5.0, 0.0], [-5.0, 0.0]]), torch.full((2, 2), 0.5))
+    lp = comps.component_log_probs(torch.tensor([[5.0, 0.0], [-5.0, 0.0]]))
+    assert lp[0, 0] > lp[0, 1] and lp[1, 1] > lp[1, 0]
+    with pytest.raises(ValueError, match="shape"):
+        comps.set_affine(torch.zeros(3, 2), torch.ones(3, 2))
