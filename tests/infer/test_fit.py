@@ -1,0 +1,280 @@
+import os
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
+
+from pyro_mixflows import FlowComponents
+from pyro_mixflows.infer import FitResult, fit, load_checkpoint, save_checkpoint
+from pyro_mixflows.infer import _checkpoint
+from tests.conftest import perturb
+
+K, D = 2, 2
+
+
+def make_data(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[-2.0, 0.0], [2.0, 0.5]])
+    z = torch.arange(n) % K
+    return centers[z] + 0.5 * torch.randn(n, D, generator=g)  # (N, D)
+
+
+def make_pair(shift=False, init_seed=1):
+    """A 2-component flow mixture with z enumerated in the model; optionally a global latent."""
+    with torch.random.fork_rng():
+        torch.manual_seed(init_seed)
+        comps = FlowComponents(K, D, flow="affine_coupling", num_layers=2, hidden_dims=(8,))
+    perturb(comps, 0.05)
+
+    @config_enumerate
+    def model(x, subsample=None):
+        pyro.module("components", comps)
+        logits = pyro.param("logits", torch.zeros(K))
+        offset = 0.0
+        if shift:
+            offset = pyro.sample("shift", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+        with pyro.plate("data", x.shape[0], subsample=subsample) as idx:
+            z = pyro.sample("z", dist.Categorical(logits=logits))
+            pyro.sample("x", comps.component(z), obs=x[idx] - offset)
+
+    def guide(x, subsample=None):
+        if shift:
+            loc = pyro.param("q_loc", torch.zeros(D))
+            scale = F.softplus(pyro.param("q_scale", torch.full((D,), -2.0)))
+            pyro.sample("shift", dist.Normal(loc, scale).to_event(1))
+
+    return comps, model, guide
+
+
+def params_now():
+    store = pyro.get_param_store()
+    return {name: store._params[name].detach().clone() for name in store.keys()}
+
+
+def test_fit_minibatches_and_learns(float64):
+    x = make_data()
+    _, model, guide = make_pair()
+    result = fit(model, guide, x, num_steps=40, batch_size=16, optim={"lr": 0.02}, seed=0)
+    assert isinstance(result, FitResult)
+    assert len(result.losses) == result.num_steps == 40
+    assert result.val_losses == [] and result.best_step is None and not result.converged
+    assert result.time > 0
+    # 40 Adam steps at lr 0.02 on 48 points: the loss falls by far more than minibatch noise
+    assert sum(result.losses[-8:]) / 8 < sum(result.losses[:8]) / 8 - 5.0
+
+
+def test_subsample_indices_cover_epochs_and_full_batch_passes_none(float64):
+    x = make_data(n=12)
+    seen = []
+
+    def model(x, subsample=None):
+        seen.append(subsample)
+        loc = pyro.param("loc", torch.zeros(D))
+        with pyro.plate("data", x.shape[0], subsample=subsample) as idx:
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x[idx])
+
+    def guide(x, subsample=None):
+        pass
+
+    fit(model, guide, x, loss=Trace_ELBO(), num_steps=6, batch_size=4, seed=0)
+    batches = [s for s in seen[1:]]  # seen[0] is the initializing pass
+    assert all(b.dtype == torch.long and b.shape == (4,) for b in batches)
+    # each epoch of 3 batches is a permutation of the 12 rows
+    for epoch in (batches[0:3], batches[3:6]):
+        assert sorted(torch.cat(epoch).tolist()) == list(range(12))
+
+    def plain_model(x):  # no subsample keyword at all: fine for full batch
+        loc = pyro.param("loc2", torch.zeros(D))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    result = fit(plain_model, lambda x: None, x, loss=Trace_ELBO(), num_steps=3)
+    assert len(result.losses) == 3
+
+
+def test_seed_makes_runs_reproducible(float64):
+    x = make_data()
+    runs = []
+    for seed in (3, 3, 4):
+        pyro.clear_param_store()
+        _, model, guide = make_pair(shift=True)
+        result = fit(model, guide, x, num_steps=8, batch_size=16, optim={"lr": 0.01}, seed=seed)
+        runs.append((result.losses, params_now()))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    assert runs[0][0] != runs[2][0]
+
+
+def test_early_stopping_restores_best_parameters(float64):
+    x, x_val = make_data(), make_data(seed=1)
+    _, model, guide = make_pair()
+    loss = TraceEnum_ELBO(max_plate_nesting=1)
+    result = fit(
+        model, guide, x, loss=loss, optim={"lr": 0.3}, num_steps=200, val_args=(x_val,),
+        patience=2, eval_every=2, seed=0,
+    )  # fmt: skip
+    assert result.converged and result.stop_reason == "patience"
+    assert result.num_steps < 200 and len(result.losses) == result.num_steps
+    assert result.val_steps == list(range(2, result.num_steps + 1, 2))
+    assert result.best_loss == min(result.val_losses)
+    assert result.best_step == result.val_steps[result.val_losses.index(result.best_loss)]
+    assert all(v >= result.best_loss for v in result.val_losses[-2:])
+    # the parameters in place are those of the best evaluation: same held-out loss, exactly
+    assert loss.loss(model, guide, x_val) == result.best_loss
+
+
+def test_patience_without_val_monitors_training_windows(float64):
+    x = make_data()
+    _, model, guide = make_pair()
+    result = fit(model, guide, x, num_steps=7, patience=5, eval_every=3, seed=0)
+    assert result.val_steps == [3, 6, 7]
+    assert result.val_losses[0] == pytest.approx(sum(result.losses[:3]) / 3, rel=1e-12)
+    assert result.val_losses[2] == pytest.approx(result.losses[6], rel=1e-12)
+
+
+def _poisoned_pair(kind, after):
+    calls = {"n": 0}
+
+    def model(x, subsample=None):
+        loc = pyro.param("loc", torch.zeros(D))
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] > after:
+                if kind == "loss":
+                    loc = loc * float("nan")
+                else:  # finite value, NaN gradient: d sqrt(u)/du at u = 0 times du/dloc = 0
+                    loc = loc + 0.0 * torch.sqrt(loc - loc)
+        with pyro.validation_enabled(False):  # let the NaN reach the loss
+            with pyro.plate("data", x.shape[0], subsample=subsample) as idx:
+                pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x[idx])
+
+    return model, lambda x, subsample=None: None
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+@pytest.mark.parametrize("kind, match", [("loss", "non-finite loss"), ("grad", "gradient of")])
+def test_nan_guard_stops_and_keeps_last_good_state(float64, kind, match):
+    x = make_data()
+    model, guide = _poisoned_pair(kind, after=3)
+    with pytest.raises(FloatingPointError, match=f"at step 3 .*{match}") as info:
+        fit(model, guide, x, loss=Trace_ELBO(), num_steps=10, optim={"lr": 0.1}, seed=0)
+    bad = params_now()["loc"]
+    assert info.value.result.num_steps == 3 and len(info.value.result.losses) == 3
+    assert pyro.get_param_store()._params["loc"].grad is None or not torch.isnan(
+        pyro.get_param_store()._params["loc"].grad
+    ).any()
+    pyro.clear_param_store()
+    model, guide = _poisoned_pair(kind, after=100)
+    fit(model, guide, x, loss=Trace_ELBO(), num_steps=3, optim={"lr": 0.1}, seed=0)
+    assert torch.isfinite(bad).all() and torch.equal(bad, params_now()["loc"])
+
+
+def test_resumed_run_is_bit_identical(float64, tmp_path):
+    x = make_data()
+    path = tmp_path / "run.pt"
+    options = dict(num_steps=12, batch_size=20, optim={"lr": 0.01}, seed=5, eval_every=4)
+    _, model, guide = make_pair(shift=True)
+    full = fit(model, guide, x, val_args=(x,), **options)
+    full_params = params_now()
+
+    pyro.clear_param_store()
+    _, model, guide = make_pair(shift=True)
+    part = fit(model, guide, x, val_args=(x,), checkpoint=path, **{**options, "num_steps": 8})
+    assert load_checkpoint(path, restore_rng=False)["step"] == 8
+    assert part.losses == full.losses[:8]
+
+    pyro.clear_param_store()
+    torch.manual_seed(123)  # a different random state and a different initial module
+    _, model, guide = make_pair(shift=True, init_seed=7)
+    resumed = fit(model, guide, x, val_args=(x,), checkpoint=path, resume=True, **options)
+    assert resumed.losses == full.losses
+    assert resumed.val_losses == full.val_losses and resumed.best_step == full.best_step
+    assert resumed.num_steps == 12
+    now = params_now()
+    assert now.keys() == full_params.keys()
+    assert all(torch.equal(now[k], full_params[k]) for k in now)
+
+
+def test_checkpoint_write_is_atomic(float64, tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    pyro.param("loc", torch.ones(3))
+    save_checkpoint(path, step=1)
+    good = path.read_bytes()
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_checkpoint.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, step=2)
+    monkeypatch.undo()
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left behind
+    pyro.clear_param_store()
+    assert load_checkpoint(path)["step"] == 1
+    assert torch.equal(pyro.param("loc"), torch.ones(3))
+
+
+def test_load_checkpoint_overwrites_in_place_and_restores_optimizer(float64, tmp_path):
+    comps, model, guide = make_pair()
+    x = make_data()
+    optim = pyro.optim.Adam({"lr": 0.01})
+    fit(model, guide, x, num_steps=3, optim=optim, seed=0)
+    save_checkpoint(tmp_path / "c.pt", optim=optim, step=3)
+    saved = params_now()
+    weight = next(comps.parameters())
+    with torch.no_grad():
+        weight.add_(1.0)
+    optim2 = pyro.optim.Adam({"lr": 0.01})
+    state = load_checkpoint(tmp_path / "c.pt", optim=optim2)
+    assert state["step"] == 3
+    assert next(comps.parameters()) is weight  # the module still shares its tensor with the store
+    assert all(torch.equal(v, params_now()[k]) for k, v in saved.items())
+    assert set(optim2._state_waiting_to_be_consumed) == set(saved)
+    with pytest.raises(ValueError, match="expected a pyro_mixflows checkpoint"):
+        torch.save({"a": 1}, tmp_path / "other.pt")
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_progress_bar_and_device(float64, capsys):
+    x = make_data()
+    _, model, guide = make_pair()
+    fit(model, guide, x, num_steps=3, progress_bar=True, device="cpu")
+    err = capsys.readouterr().err
+    assert "fit" in err and "3/3" in err
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_steps": 0}, "num_steps to be an int >= 1"),
+        ({"batch_size": 0}, "batch_size to be an int >= 1"),
+        ({"batch_size": 49}, "batch_size <= N = 48"),
+        ({"eval_every": 0}, "eval_every"),
+        ({"patience": 0}, "patience"),
+        ({"optim": {"lr": 0.1, "momentum": 0.9}}, "unknown options \\['momentum'\\]"),
+        ({"batch_size": 4, "subsample": torch.arange(3)}, "either batch_size or a subsample"),
+        ({"resume": True}, "checkpoint path"),
+        ({"val_args": (torch.full((4, 2), float("inf")),)}, "finite values in val_args\\[0\\]"),
+    ],
+)
+def test_bad_input_raises_before_any_work(kwargs, match):
+    x = make_data()
+    _, model, guide = make_pair()
+    with pytest.raises(ValueError, match=match):
+        fit(model, guide, x, **kwargs)
+    assert len(pyro.get_param_store()) == 0  # nothing ran
+
+
+def test_non_finite_data_is_refused():
+    x = make_data()
+    x[3, 1] = float("nan")
+    _, model, guide = make_pair()
+    with pytest.raises(ValueError, match="finite values in args\\[0\\], got 1 NaN/inf"):
+        fit(model, guide, x)
+    with pytest.raises(TypeError, match="ELBO"):
+        fit(model, guide, make_data(), loss="elbo")
