@@ -2,7 +2,15 @@
 
 from .distributions import FlowMixture
 from .flows import DistributionComponents, FlowComponents
+from .infer import FitResult, fit
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["DistributionComponents", "FlowComponents", "FlowMixture", "__version__"]
+__all__ = [
+    "DistributionComponents",
+    "FitResult",
+    "FlowComponents",
+    "FlowMixture",
+    "__version__",
+    "fit",
+]
