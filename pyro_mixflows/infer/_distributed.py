@@ -133,9 +133,3 @@ def all_mean(value: torch.Tensor) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / dist.get_world_size()
-
-
-def all_sum_int(value: int, device: torch.device | None) -> int:
-    t = torch.tensor([value], dtype=torch.long, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return int(t.item())
