@@ -139,6 +139,26 @@ def _modules(*fns: Callable) -> list[nn.Module]:
     return found
 
 
+def _check_keywords(role: str, fn: Callable, keywords: list[str]) -> None:
+    """Refuse keywords that ``fn`` cannot take (a misspelt fit option lands in **kwargs)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # not introspectable: let the call decide
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    accepted = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for key in keywords:
+        if key not in accepted:
+            hint = (
+                "; with batch_size the model and guide take subsample=None and pass it to "
+                'pyro.plate("data", N, subsample=subsample)'
+                if key == "subsample"
+                else " (neither a fit option nor an argument of the model)"
+            )
+            raise ValueError(f"expected {role} to accept the keyword {key!r}, got {fn!r}{hint}")
+
+
 def _make_optim(optim: Any) -> PyroOptim:
     if optim is None:
         return pyro.optim.Adam({"lr": DEFAULT_LR})
@@ -280,6 +300,9 @@ def fit(
         val_args = (val_args,)
     if "subsample" in kwargs and batch_size is not None:
         raise ValueError("expected either batch_size or a subsample keyword argument, got both")
+    keywords = [*kwargs, *(["subsample"] if batch_size is not None else [])]
+    for role, fn in (("model", model), ("guide", guide)):
+        _check_keywords(role, fn, keywords)
     for name, t in [*_tensors(args, "args"), *_tensors(kwargs, "kwargs")]:
         check_finite(t, name)
     for name, t in _tensors(val_args, "val_args"):

@@ -259,6 +259,7 @@ def test_progress_bar_and_device(float64, capsys):
         ({"optim": {"lr": 0.1, "momentum": 0.9}}, "unknown options \\['momentum'\\]"),
         ({"batch_size": 4, "subsample": torch.arange(3)}, "either batch_size or a subsample"),
         ({"resume": True}, "checkpoint path"),
+        ({"batch_sise": 4}, "accept the keyword 'batch_sise'.*neither a fit option"),
         ({"val_args": (torch.full((4, 2), float("inf")),)}, "finite values in val_args\\[0\\]"),
     ],
 )
@@ -278,3 +279,5 @@ def test_non_finite_data_is_refused():
         fit(model, guide, x)
     with pytest.raises(TypeError, match="ELBO"):
         fit(model, guide, make_data(), loss="elbo")
+    with pytest.raises(ValueError, match="accept the keyword 'subsample'.*; with batch_size"):
+        fit(lambda x: None, guide, make_data(), batch_size=4)
