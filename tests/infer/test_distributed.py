@@ -38,6 +38,16 @@ def _worker(rank: int, port: int, out: str) -> None:
             store = pyro.get_param_store()
             params = {k: store._params[k].detach().clone() for k in store.keys()}
             results[batch_size] = (res.losses, params)
+        # interrupted after 3 steps, resumed from the checkpoint (rank 0 writes it for all ranks)
+        path = os.path.join(out, "ckpt.pt")
+        for steps, resume in ((3, False), (STEPS, True)):
+            pyro.clear_param_store()
+            _, model, guide = make_pair(init_seed=1 if not resume else 2)
+            res = fit(
+                model, guide, shard, num_steps=steps, batch_size=RANK_BATCH, optim={"lr": LR},
+                seed=SEED, distributed=True, checkpoint=path, resume=resume,
+            )  # fmt: skip
+        results["resumed"] = res.losses
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -96,6 +106,8 @@ def test_two_gloo_ranks_match_single_process(float64, tmp_path):
         for k in ref_params:
             torch.testing.assert_close(params0[k], ref_params[k], rtol=1e-9, atol=1e-9)
         assert losses0[-1] < losses0[0]  # and it trains
+    # a distributed run resumed from its checkpoint repeats the uninterrupted one bit for bit
+    assert ranks[0]["resumed"] == ranks[0][RANK_BATCH][0]
 
 
 def test_distributed_needs_a_process_group(monkeypatch):
