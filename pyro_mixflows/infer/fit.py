@@ -400,10 +400,6 @@ def _fit(
         set_rng_state(saved["rng"][rank])
         if sampler is not None:
             sampler.load(saved["sampler"][rank])
-    if start >= num_steps:
-        history.time = elapsed
-        return history
-
     objective = None
     if distributed:
         objective = _distributed.wrap(loss, run_model, run_guide, params, device)

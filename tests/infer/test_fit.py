@@ -197,6 +197,13 @@ def test_resumed_run_is_bit_identical(float64, tmp_path):
     assert now.keys() == full_params.keys()
     assert all(torch.equal(now[k], full_params[k]) for k in now)
 
+    # resuming a finished run trains no further and gives the same result and best parameters
+    pyro.clear_param_store()
+    _, model, guide = make_pair(shift=True, init_seed=9)
+    again = fit(model, guide, x, val_args=(x,), checkpoint=path, resume=True, **options)
+    assert again.losses == full.losses and again.best_step == full.best_step
+    assert all(torch.equal(params_now()[k], full_params[k]) for k in full_params)
+
 
 def test_checkpoint_write_is_atomic(float64, tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
