@@ -1,8 +1,10 @@
 """Mixtures of normalizing flows as first-class Pyro distributions, guides and estimators."""
 
 from .distributions import FlowMixture
+from .estimators import VariationalFlowMixture
 from .flows import DistributionComponents, FlowComponents
 from .infer import FitResult, fit
+from .models import VMoNF
 
 __version__ = "0.1.0.dev0"
 
@@ -11,6 +13,8 @@ __all__ = [
     "FitResult",
     "FlowComponents",
     "FlowMixture",
+    "VMoNF",
+    "VariationalFlowMixture",
     "__version__",
     "fit",
 ]

@@ -1,0 +1,228 @@
+"""VMoNF: a mixture of flows with an exactly enumerated or amortized assignment.
+
+Variational Mixture of Normalizing Flows (Pires & Figueiredo, 2020, arXiv:2009.00585).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.nn import PyroModule, PyroParam, pyro_method
+from torch import nn
+
+from .._validation import check_event, check_index
+from ..distributions import FlowMixture
+from ..flows.components import Components
+
+WEIGHTS = ("uniform", "learned", "dirichlet")
+ASSIGNMENTS = ("amortized", "enumerate")
+
+
+def paper_temperature(step: int) -> float:
+    """The paper's schedule, ``T_t = exp(-1e-3 t)``."""
+    return math.exp(-1e-3 * step)
+
+
+class VMoNF(PyroModule):
+    """A mixture of K flows, ``p(x) = sum_k w_k p_k(x)``, with its model and guide.
+
+    The model reads ``z ~ Categorical(w)``, ``x ~ components.component(z)`` in a data plate. Two
+    ways to treat z, both exact sums over k (no score-function gradients), both under
+    ``TraceEnum_ELBO``:
+
+    - ``assignment="amortized"`` (the paper's): the guide holds q(k | x) = softmax(NN(x) / T) and
+      its "z" site is enumerated in the guide, so the ELBO is
+      :math:`\\sum_k q(k|x)[\\log w_k + \\log p_k(x) - \\log q(k|x)] = \\log p(x) - KL(q \\| p(k|x))`.
+      T follows ``temperature_schedule`` (default ``exp(-1e-3 t)``, t = training steps seen).
+    - ``assignment="enumerate"``: z is enumerated in the model and the guide is global only, so
+      the loss is exactly ``-log p(x)`` (EM-like, no amortization gap).
+
+    Semi-supervised: ``x_labelled``/``y_labelled`` go to a second plate where z is observed, and
+    (amortized) the classifier gets the supervised term ``supervised_scale * log q(y | x)``,
+    added to the ELBO (so minimizing the loss raises the probability of the true label).
+
+    Args:
+        components: the K flows (``FlowComponents`` or any ``Components``).
+        weights: "learned" (point estimate), "uniform" (fixed) or "dirichlet" (a
+            Dirichlet(concentration) prior with a variational Dirichlet posterior).
+        concentration: Dirichlet concentration for ``weights="dirichlet"``.
+        assignment: "amortized" or "enumerate".
+        hidden_dims: hidden sizes of the q(k | x) network.
+        temperature_schedule: ``step -> T``; ``None`` keeps T = 1.
+        supervised_scale: weight of the classifier's supervised term.
+
+    Example::
+
+        >>> vm = VMoNF(FlowComponents(3, 2))
+        >>> x = torch.randn(10, 2)
+        >>> loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(vm.model, vm.guide, x)
+        >>> vm.assignment_probs(x).shape
+        torch.Size([10, 3])
+    """
+
+    def __init__(
+        self,
+        components: Components,
+        *,
+        weights: str = "learned",
+        concentration: float = 1.0,
+        assignment: str = "amortized",
+        hidden_dims: Sequence[int] = (64, 64),
+        temperature_schedule: Callable[[int], float] | None = paper_temperature,
+        supervised_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(components, Components):
+            raise TypeError(f"expected a Components instance, got {type(components).__name__}")
+        if weights not in WEIGHTS:
+            raise ValueError(f"expected weights in {WEIGHTS}, got {weights!r}")
+        if assignment not in ASSIGNMENTS:
+            raise ValueError(f"expected assignment in {ASSIGNMENTS}, got {assignment!r}")
+        if concentration <= 0:
+            raise ValueError(f"expected concentration > 0, got {concentration}")
+        if supervised_scale < 0:
+            raise ValueError(f"expected supervised_scale >= 0, got {supervised_scale}")
+        K, D = components.num_components, components.dim
+        self.components = components
+        self.weights = weights
+        self.assignment = assignment
+        self.temperature_schedule = temperature_schedule
+        self.supervised_scale = float(supervised_scale)
+        self.concentration = float(concentration)
+        if weights == "learned":
+            self.weight_logits = nn.Parameter(torch.zeros(K))
+        if weights == "dirichlet":
+            self.weight_concentration_q = PyroParam(torch.ones(K), constraint=constraints.positive)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        if assignment == "amortized":
+            sizes = [D, *hidden_dims]
+            layers: list[nn.Module] = []
+            for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+                layers += [nn.Linear(a, b), nn.ReLU()]
+            layers.append(nn.Linear(sizes[-1], K))
+            self.classifier = nn.Sequential(*layers)
+
+    # --- weights --------------------------------------------------------------------------
+    def _dtype_device(self):
+        p = next(self.components.parameters(), None)
+        return (p.dtype, p.device) if p is not None else (torch.get_default_dtype(), None)
+
+    def _model_logits(self) -> torch.Tensor:
+        """log w for the model; samples the "weights" site under a Dirichlet prior."""
+        K = self.components.num_components
+        dtype, device = self._dtype_device()
+        if self.weights == "learned":
+            return self.weight_logits.log_softmax(-1)
+        if self.weights == "uniform":
+            return torch.full((K,), -math.log(K), dtype=dtype, device=device)
+        prior = dist.Dirichlet(torch.full((K,), self.concentration, dtype=dtype, device=device))
+        return pyro.sample("weights", prior).clamp_min(torch.finfo(dtype).tiny).log()
+
+    def _guide_globals(self) -> None:
+        if self.weights == "dirichlet":
+            pyro.sample("weights", dist.Dirichlet(self.weight_concentration_q))
+
+    def weight_logits_estimate(self) -> torch.Tensor:
+        """Point estimate of log w, (K,): the learned logits, uniform, or the posterior mean."""
+        if self.weights == "dirichlet":
+            c = self.weight_concentration_q.detach()
+            return (c / c.sum()).log()
+        return self._model_logits().detach()
+
+    # --- amortized assignment -------------------------------------------------------------
+    @property
+    def temperature(self) -> float:
+        if self.temperature_schedule is None:
+            return 1.0
+        return float(self.temperature_schedule(int(self.step)))
+
+    def classifier_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """NN(x) (at T = 1): (..., D) -> (..., K)."""
+        if self.assignment != "amortized":
+            raise ValueError("expected assignment='amortized' for a classifier")
+        return self.classifier(x)
+
+    # --- model and guide ------------------------------------------------------------------
+    def _check(self, x, x_labelled, y_labelled):
+        D, K = self.components.dim, self.components.num_components
+        check_event(x, D, "x")
+        if x.dim() != 2:
+            raise ValueError(f"expected x of shape (N, {D}), got {tuple(x.shape)}")
+        if (x_labelled is None) != (y_labelled is None):
+            raise ValueError("expected both x_labelled and y_labelled, or neither")
+        if x_labelled is not None:
+            check_event(x_labelled, D, "x_labelled")
+            if y_labelled.shape != x_labelled.shape[:1]:
+                raise ValueError(
+                    f"expected y_labelled of shape ({x_labelled.shape[0]},), "
+                    f"got {tuple(y_labelled.shape)}"
+                )
+            check_index(y_labelled, K, "y_labelled")
+
+    @pyro_method
+    def model(self, x, x_labelled=None, y_labelled=None, *, subsample=None):
+        """p(w) p(z | w) p(x | z) over a "data" plate (and a "labelled" plate with z observed)."""
+        self._check(x, x_labelled, y_labelled)
+        logits = self._model_logits()
+        components = self.components
+        infer = {"enumerate": "parallel"} if self.assignment == "enumerate" else {}
+        with pyro.plate("data", x.shape[0], subsample=subsample) as idx:
+            z = pyro.sample("z", dist.Categorical(logits=logits), infer=infer)
+            pyro.sample("x", components.component(z), obs=x if subsample is None else x[idx])
+        if x_labelled is not None:
+            with pyro.plate("labelled", x_labelled.shape[0]):
+                z_l = pyro.sample("z_labelled", dist.Categorical(logits=logits), obs=y_labelled)
+                pyro.sample("x_labelled", components.component(z_l), obs=x_labelled)
+                if self.assignment == "amortized" and self.supervised_scale > 0:
+                    log_q = self.classifier_logits(x_labelled).log_softmax(-1)
+                    log_q_y = log_q.gather(-1, y_labelled.unsqueeze(-1)).squeeze(-1)
+                    pyro.factor("supervised", self.supervised_scale * log_q_y)
+
+    @pyro_method
+    def model_labelled(self, x, y, *, subsample=None):
+        """The model with every z observed: hard-assignment training (used to pre-train)."""
+        self._check(x, x, y)
+        logits = self._model_logits()
+        components = self.components
+        with pyro.plate("data", x.shape[0], subsample=subsample) as idx:
+            xb, yb = (x, y) if subsample is None else (x[idx], y[idx])
+            pyro.sample("z", dist.Categorical(logits=logits), obs=yb)
+            pyro.sample("x", components.component(yb), obs=xb)
+            if self.assignment == "amortized":
+                log_q = self.classifier_logits(xb).log_softmax(-1)
+                pyro.factor("supervised", log_q.gather(-1, yb.unsqueeze(-1)).squeeze(-1))
+
+    @pyro_method
+    def guide_labelled(self, x, y, *, subsample=None):
+        """Guide for ``model_labelled``: the global sites only."""
+        self._guide_globals()
+
+    @pyro_method
+    def guide(self, x, x_labelled=None, y_labelled=None, *, subsample=None):
+        """Global sites, then (amortized) q(z | x) enumerated in the guide."""
+        self._guide_globals()
+        if self.assignment != "amortized":
+            return
+        if self.training and torch.is_grad_enabled():
+            self.step += 1
+        T = self.temperature
+        with pyro.plate("data", x.shape[0], subsample=subsample) as idx:
+            xb = x if subsample is None else x[idx]
+            logits = self.classifier_logits(xb) / T
+            pyro.sample("z", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
+
+    # --- reading the fit ------------------------------------------------------------------
+    def mixture(self) -> FlowMixture:
+        """The fitted density as a ``FlowMixture`` (weights at their point estimate)."""
+        return FlowMixture(self.components, logits=self.weight_logits_estimate())
+
+    def assignment_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """q(k | x) (amortized, at the current T) or the exact p(k | x): (..., D) -> (..., K)."""
+        if self.assignment == "amortized":
+            return torch.softmax(self.classifier_logits(x) / self.temperature, dim=-1)
+        return self.mixture().responsibilities(x)

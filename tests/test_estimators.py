@@ -1,0 +1,146 @@
+"""VariationalFlowMixture: the scikit-learn contract, exactness of its density, errors, save/load."""
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_mixflows import VariationalFlowMixture
+from pyro_mixflows.datasets import make_two_moons
+
+SMALL = dict(
+    flow="affine_coupling",
+    num_layers=2,
+    hidden_dims=(8,),
+    max_steps=20,
+    init_steps=10,
+    eval_every=10,
+    batch_size=64,
+    init="kmeans",
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = make_two_moons(150, seed=0)
+    return X * 3 + 1, y  # off the unit scale, so standardization matters
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    return VariationalFlowMixture(2, random_state=0, **SMALL).fit(data[0])
+
+
+def test_contract_shapes_and_dtypes(fitted, data):
+    X = data[0]
+    proba = fitted.predict_proba(X)
+    assert proba.shape == (150, 2) and proba.dtype == np.float32
+    assert np.allclose(proba.sum(1), 1, atol=1e-5)
+    labels = fitted.predict(X)
+    assert labels.shape == (150,) and labels.dtype.kind == "i"
+    assert np.array_equal(labels, proba.argmax(1))
+    scores = fitted.score_samples(X)
+    assert scores.shape == (150,) and np.isfinite(scores).all()
+    assert fitted.score(X) == pytest.approx(scores.mean(), rel=1e-6)
+    Xs, zs = fitted.sample(7)
+    assert Xs.shape == (7, 2) and zs.shape == (7,)
+    assert fitted.weights_.shape == (2,) and fitted.weights_.sum() == pytest.approx(1, abs=1e-5)
+    assert np.isfinite(fitted.bic(X)) and np.isfinite(fitted.aic(X))
+    assert fitted.bic(X) > fitted.aic(X)  # log(150) > 2
+    assert isinstance(fitted.converged_, bool) and fitted.n_iter_ >= 1
+    assert np.isfinite(fitted.lower_bound_)
+
+
+def test_density_is_normalized_in_data_units(fitted, data):
+    """score_samples integrates to 1 over the data space (grid quadrature)."""
+    X = data[0]
+    lo, hi = X.min(0) - 6, X.max(0) + 6
+    n = 400
+    gx = lo[0] + (np.arange(n) + 0.5) * (hi[0] - lo[0]) / n
+    gy = lo[1] + (np.arange(n) + 0.5) * (hi[1] - lo[1]) / n
+    grid = np.stack(np.meshgrid(gx, gy, indexing="ij"), -1).reshape(-1, 2)
+    mass = np.exp(fitted.score_samples(grid)).sum() * np.prod((hi - lo) / n)
+    assert mass == pytest.approx(1.0, abs=1e-2)  # float32 scoring, grid of 400^2
+
+
+def test_lower_bound_is_below_the_log_likelihood(fitted, data):
+    assert fitted.lower_bound_ <= fitted.score(data[0]) + 1e-3
+
+
+def test_same_random_state_same_fit(data):
+    a = VariationalFlowMixture(2, random_state=3, **SMALL).fit(data[0])
+    b = VariationalFlowMixture(2, random_state=3, **SMALL).fit(data[0])
+    assert np.array_equal(a.score_samples(data[0]), b.score_samples(data[0]))
+
+
+def test_amortized_and_semi_supervised_fit(data):
+    X, y = data
+    y_partial = np.full_like(y, -1)
+    y_partial[:20] = y[:20]
+    model = VariationalFlowMixture(2, random_state=0, assignment="amortized", **SMALL)
+    model.fit(X, y_partial)
+    assert model.predict(X).shape == (150,)
+    assert int(model.module_.step) > 0
+
+
+def test_save_and_load_round_trip(fitted, data, tmp_path):
+    path = tmp_path / "model.pt"
+    fitted.save(path)
+    loaded = VariationalFlowMixture.load(path)
+    assert np.array_equal(loaded.score_samples(data[0]), fitted.score_samples(data[0]))
+    assert np.array_equal(loaded.predict(data[0]), fitted.predict(data[0]))
+    assert loaded.get_params()["n_components"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
+
+
+def test_load_refuses_foreign_files(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="expected a pyro_mixflows model file"):
+        VariationalFlowMixture.load(bad)
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="got another file"):
+        VariationalFlowMixture.load(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize(
+    "kwargs, X_fn, y_fn, match",
+    [
+        (dict(n_components=0), None, None, "n_components to be an int >= 1"),
+        (dict(flow="glow"), None, None, "expected flow in"),
+        (dict(init="ward"), None, None, "expected init in"),
+        (dict(batch_size=0), None, None, "batch_size"),
+        (
+            dict(),
+            lambda X: np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X),
+            None,
+            "finite",
+        ),
+        (dict(), lambda X: X[:, :1].ravel(), None, r"shape \(N, D\)"),
+        (dict(), lambda X: X[:0], None, "non-empty"),
+        (dict(), None, lambda y: y[:-1], r"one label per row"),
+        (
+            dict(),
+            None,
+            lambda y: np.where(np.arange(len(y)) == 0, 2, y),
+            r"labels in \[0, n_components=2\)",
+        ),
+    ],
+)
+def test_bad_input_is_refused_before_training(data, kwargs, X_fn, y_fn, match):
+    X, y = data
+    X = X_fn(X) if X_fn else X
+    y = y_fn(y) if y_fn else None
+    params = {**SMALL, "random_state": 0, "n_components": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        VariationalFlowMixture(**params).fit(X, y)
+
+
+def test_scoring_errors(fitted, data):
+    with pytest.raises(ValueError, match="expected X with 2 columns"):
+        fitted.predict(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="not fitted"):
+        VariationalFlowMixture(2).predict(data[0])
+    with pytest.raises(ValueError, match="n_samples"):
+        fitted.sample(0)
+    with pytest.raises(ValueError, match="expected a parameter in"):
+        VariationalFlowMixture(2).set_params(colour="red")
