@@ -1,0 +1,5 @@
+"""Ready-made models built from flow mixtures."""
+
+from .boosting import BoostedFlowMixture
+
+__all__ = ["BoostedFlowMixture"]
