@@ -235,9 +235,10 @@ class BoostedFlowMixture(nn.Module):
             validation set is given.
         eval_every: steps between held-out evaluations (early stopping keeps the best state).
         patience: stop a component after this many evaluations without improvement (None: never).
-        init: how a new flow starts: "moments" (a Gaussian at the weighted data's mean and
-            standard deviation) or "previous" (a copy of the last component, when it has the same
-            architecture; warm starts refine what the mixture already has).
+        init: how a new flow starts: "previous" (a copy of the last component when it has the
+            same architecture, else as "moments"; the warm start refines what the mixture
+            already has) or "moments" (a Gaussian at the weighted data's mean and standard
+            deviation).
         seed: seeds component initialization, the split and the minibatches (None: global RNG).
 
     Example::
@@ -267,7 +268,7 @@ class BoostedFlowMixture(nn.Module):
         val_fraction: float = 0.2,
         eval_every: int = 50,
         patience: int | None = None,
-        init: str = "moments",
+        init: str = "previous",
         seed: int | None = None,
     ) -> None:
         super().__init__()
