@@ -35,6 +35,7 @@ class ConcatComponents(Components):
 
     Example::
 
+        >>> from pyro_mixflows import FlowComponents
         >>> a = FlowComponents(2, 2, flow="affine_coupling", num_layers=2)
         >>> b = FlowComponents(1, 2, flow="spline_coupling", num_layers=4, hidden_dims=(8,))
         >>> comps = ConcatComponents([a, b])
