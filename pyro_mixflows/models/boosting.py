@@ -638,6 +638,8 @@ class BoostedFlowMixture(nn.Module):
                 mean = (p * x_tr).sum(0)
                 std = (p * (x_tr - mean).square()).sum(0).sqrt().clamp(min=1e-6)
                 comp.set_affine(mean.unsqueeze(0), std.unsqueeze(0))
+        else:
+            comp = comp.to(dtype=x_tr.dtype, device=x_tr.device)
         info = self._train(comp, x_tr, w_tr, x_va, w_va, c)
         with torch.no_grad():
             if c == 0:
