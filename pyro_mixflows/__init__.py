@@ -2,13 +2,15 @@
 
 from .distributions import FlowMixture
 from .estimators import VariationalFlowMixture
-from .flows import DistributionComponents, FlowComponents
+from .flows import ConcatComponents, DistributionComponents, FlowComponents
 from .infer import FitResult, fit
-from .models import VMoNF
+from .models import BoostedFlowMixture, VMoNF
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BoostedFlowMixture",
+    "ConcatComponents",
     "DistributionComponents",
     "FitResult",
     "FlowComponents",

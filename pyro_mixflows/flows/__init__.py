@@ -1,5 +1,6 @@
 """Component-batched normalizing flows."""
 
 from .components import FLOWS, Components, DistributionComponents, FlowComponents
+from .concat import ConcatComponents
 
-__all__ = ["FLOWS", "Components", "DistributionComponents", "FlowComponents"]
+__all__ = ["FLOWS", "Components", "ConcatComponents", "DistributionComponents", "FlowComponents"]

@@ -1,5 +1,6 @@
-"""Ready-made model/guide pairs."""
+"""Ready-made model/guide pairs built from flow mixtures."""
 
+from .boosting import BoostedFlowMixture
 from .vmonf import VMoNF
 
-__all__ = ["VMoNF"]
+__all__ = ["BoostedFlowMixture", "VMoNF"]
