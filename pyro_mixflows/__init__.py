@@ -2,7 +2,8 @@
 
 from .distributions import FlowMixture
 from .flows import DistributionComponents, FlowComponents
+from .guides import AutoFlowMixture
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["DistributionComponents", "FlowComponents", "FlowMixture", "__version__"]
+__all__ = ["AutoFlowMixture", "DistributionComponents", "FlowComponents", "FlowMixture", "__version__"]
