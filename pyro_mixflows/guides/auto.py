@@ -18,12 +18,16 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.guides import prototype_hide_fn
 from pyro.infer.autoguide.initialization import init_to_sample
 from pyro.infer.autoguide.utils import helpful_support_errors
+from pyro.poutine.runtime import _DIM_ALLOCATOR
 from torch.distributions import biject_to
 from torch.nn import Parameter
 
 from ..distributions import FlowMixture
 from ..flows import FlowComponents
 from ..flows.components import FLOWS
+
+# Initial candidates scoring this many nats below the best one are not used as starting points.
+_INIT_LOG_TOLERANCE = 10.0
 
 
 def _enumerated_dim(index: torch.Tensor, num_components: int) -> int | None:
@@ -121,7 +125,7 @@ class AutoFlowMixture(AutoContinuous):
     **Initialization.** ``num_init_candidates`` starting points are drawn with ``init_loc_fn``
     (prior draws by default), moved uphill on the unconstrained log joint for ``init_steps`` Adam
     steps (all candidates at once, vectorized over a plate left of the model's plates), and K of
-    the better half are chosen by farthest-point selection; component k starts at candidate k with
+    those within 10 nats of the best are chosen by farthest-point selection; component k starts at candidate k with
     per-axis scale ``init_scale``. Candidates that reach different modes seed different components.
 
     References: "Variational Inference with Normalizing Flows" (Rezende & Mohamed, 2015,
@@ -140,9 +144,9 @@ class AutoFlowMixture(AutoContinuous):
         activation: conditioner activation.
         init_loc_fn: per-site initialization used to draw the candidate starting points.
         init_scale: initial per-axis scale of every component in unconstrained space, > 0.
-        num_init_candidates: candidate starting points; default ``max(8, 4 * K)``.
+        num_init_candidates: candidate starting points; default ``max(16, 4 * K)``.
         init_steps: Adam steps of log-joint ascent on the candidates (0 to skip).
-        init_lr: learning rate of that ascent.
+        init_lr: initial learning rate of that ascent (decayed 100-fold over the steps).
 
     Example::
 
@@ -173,7 +177,7 @@ class AutoFlowMixture(AutoContinuous):
         init_scale: float = 0.1,
         num_init_candidates: int | None = None,
         init_steps: int = 100,
-        init_lr: float = 0.05,
+        init_lr: float = 0.1,
     ) -> None:
         if (
             not isinstance(num_components, int)
@@ -188,7 +192,7 @@ class AutoFlowMixture(AutoContinuous):
         if not (isinstance(init_scale, (int, float)) and init_scale > 0):
             raise ValueError(f"expected init_scale > 0, got {init_scale!r}")
         if num_init_candidates is None:
-            num_init_candidates = max(8, 4 * num_components)
+            num_init_candidates = max(16, 4 * num_components)
         if not isinstance(num_init_candidates, int) or num_init_candidates < num_components:
             raise ValueError(
                 f"expected num_init_candidates to be an int >= num_components={num_components}, "
@@ -221,13 +225,6 @@ class AutoFlowMixture(AutoContinuous):
 
     def _setup_prototype(self, *args, **kwargs) -> None:
         super()._setup_prototype(*args, **kwargs)
-        for name, site in self.prototype_trace.iter_stochastic_nodes():
-            if site["fn"].support.is_discrete:
-                raise ValueError(
-                    f"expected continuous latent sites, got discrete site {name!r}; mark it "
-                    "infer={'enumerate': 'parallel'} (and use TraceEnum_ELBO) or hide it with "
-                    "poutine.block"
-                )
         # Plate depth of the whole model (observed sites too), so candidates batch to its left.
         full = poutine.block(poutine.trace(self.model).get_trace)(*args, **kwargs)
         self._max_plate_nesting = max(
@@ -254,7 +251,8 @@ class AutoFlowMixture(AutoContinuous):
         comps = FlowComponents(self.num_components, D, **self._flow_config)
         self.components = comps.to(dtype=proto.dtype, device=proto.device)
         self.logits = Parameter(proto.new_zeros(self.num_components))
-        self._init_components(proto, *args, **kwargs)
+        with poutine.block():  # the initial fits are invisible to any enclosing inference
+            self._init_components(proto, *args, **kwargs)
 
     # --- the guide --------------------------------------------------------------------------
     def sample_latent(self, *args, **kwargs) -> torch.Tensor:
@@ -370,7 +368,9 @@ class AutoFlowMixture(AutoContinuous):
         or a float.
         """
         M, D = latent.shape
-        depth = self._max_plate_nesting
+        # Left of the model's plates and of any plate active around this call (e.g. vectorized
+        # particles when the guide is first called inside an ELBO).
+        depth = max(self._max_plate_nesting, len(_DIM_ALLOCATOR._stack))
         batched = latent.reshape((M,) + (1,) * depth + (D,))
         plate = dict(name=f"_{self._pyro_name}_init", size=M, dim=-depth - 1)
 
@@ -399,6 +399,10 @@ class AutoFlowMixture(AutoContinuous):
         if self._init_steps > 0:
             latent = latent.clone().requires_grad_(True)
             optim = torch.optim.Adam([latent], lr=self._init_lr)
+            # Decay the step 100-fold, so the candidates settle on their modes.
+            decay = torch.optim.lr_scheduler.ExponentialLR(
+                optim, gamma=0.01 ** (1.0 / self._init_steps)
+            )
             for _ in range(self._init_steps):
                 optim.zero_grad()
                 loss = -self._log_joint(latent, *args, **kwargs)
@@ -406,6 +410,7 @@ class AutoFlowMixture(AutoContinuous):
                     break
                 loss.backward()
                 optim.step()
+                decay.step()
             latent = latent.detach()
             scores = latent.new_tensor(
                 [
@@ -417,8 +422,11 @@ class AutoFlowMixture(AutoContinuous):
             scores = latent.new_zeros(latent.shape[0])
         scores = torch.where(torch.isfinite(scores), scores, scores.new_tensor(-math.inf))
         order = torch.argsort(scores, descending=True)
-        keep = order[: max(K, math.ceil(latent.shape[0] / 2))]
-        pool = latent[keep]  # best first
+        # Candidates within _INIT_LOG_TOLERANCE nats of the best one are eligible: a mode that
+        # much lower carries negligible mass. Farthest-point selection spreads the K picks.
+        eligible = scores[order] >= scores[order[0]] - _INIT_LOG_TOLERANCE
+        eligible[:K] = True
+        pool = latent[order[eligible]]  # best first
         chosen = [0]
         dist2 = (pool - pool[0]).square().sum(-1)
         for _ in range(K - 1):
