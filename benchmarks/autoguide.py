@@ -132,7 +132,13 @@ def _guides(dim):
     }
 
 
-def run(quick: bool = False, seed: int = 0) -> list[dict]:
+def _append(rows: list, report, row: dict) -> None:
+    rows.append(row)
+    if report is not None:
+        report(row)
+
+
+def run(quick: bool = False, seed: int = 0, report=None) -> list[dict]:
     steps = 150 if quick else 600
     nuts_samples, nuts_warmup = (200, 100) if quick else (500, 300)
     num_draws = 500 if quick else 1000
@@ -153,7 +159,9 @@ def run(quick: bool = False, seed: int = 0) -> list[dict]:
             mcmc.run(*args)
             chains.append(_flat(mcmc.get_samples(), site))
         reference = _symmetrize(name, torch.cat(chains), gen)
-        rows.append(
+        _append(
+            rows,
+            report,
             dict(
                 target=name,
                 guide="NUTS (2 chains, symmetrized)",
@@ -161,7 +169,7 @@ def run(quick: bool = False, seed: int = 0) -> list[dict]:
                 energy=float("nan"),
                 mode_err=_mode_error(name, reference),
                 time=time.perf_counter() - t0,
-            )
+            ),
         )
         dim = reference.shape[1]
         for gname, (make, elbo_cls) in _guides(dim).items():
@@ -184,7 +192,9 @@ def run(quick: bool = False, seed: int = 0) -> list[dict]:
                     v = poutine.trace(guide).get_trace(*args).nodes[site]["value"]
             v = v.reshape(num_draws, -1)  # (S, D)
             idx = torch.randperm(reference.shape[0], generator=gen)[:num_draws]
-            rows.append(
+            _append(
+                rows,
+                report,
                 dict(
                     target=name,
                     guide=gname,
@@ -192,7 +202,7 @@ def run(quick: bool = False, seed: int = 0) -> list[dict]:
                     energy=energy_distance(v, reference[idx]),
                     mode_err=_mode_error(name, v),
                     time=elapsed,
-                )
+                ),
             )
     return rows
 

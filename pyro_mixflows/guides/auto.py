@@ -124,7 +124,8 @@ class AutoFlowMixture(AutoContinuous):
 
     **Initialization.** ``num_init_candidates`` starting points are drawn with ``init_loc_fn``
     (prior draws by default), moved uphill on the unconstrained log joint for ``init_steps`` Adam
-    steps (all candidates at once, vectorized over a plate left of the model's plates), and K of
+    steps (all candidates at once, vectorized over a plate left of the model's plates, in units of
+    the candidates' spread), and K of
     those within 10 nats of the best are chosen by farthest-point selection; component k starts at candidate k with
     per-axis scale ``init_scale``. Candidates that reach different modes seed different components.
 
@@ -146,7 +147,8 @@ class AutoFlowMixture(AutoContinuous):
         init_scale: initial per-axis scale of every component in unconstrained space, > 0.
         num_init_candidates: candidate starting points; default ``max(16, 4 * K)``.
         init_steps: Adam steps of log-joint ascent on the candidates (0 to skip).
-        init_lr: initial learning rate of that ascent (decayed 100-fold over the steps).
+        init_lr: Adam step of that ascent in units of the candidates' spread (constant for
+            half the steps, then decayed 100-fold).
 
     Example::
 
@@ -397,20 +399,27 @@ class AutoFlowMixture(AutoContinuous):
         with torch.random.fork_rng(devices=[]):
             latent = self._candidates(proto, *args, **kwargs)  # (M, D)
         if self._init_steps > 0:
-            latent = latent.clone().requires_grad_(True)
-            optim = torch.optim.Adam([latent], lr=self._init_lr)
-            # Decay the step 100-fold, so the candidates settle on their modes.
-            decay = torch.optim.lr_scheduler.ExponentialLR(
-                optim, gamma=0.01 ** (1.0 / self._init_steps)
+            # Ascend in units of the candidates' spread (Adam's steps are about lr per
+            # coordinate), at a constant rate for the first half, then decaying 100-fold so
+            # the candidates settle on their modes.
+            center = latent.mean(0)
+            spread = latent.std(0).clamp(min=1e-3) if latent.shape[0] > 1 else 1.0
+            w = ((latent - center) / spread).clone().requires_grad_(True)
+            optim = torch.optim.Adam([w], lr=self._init_lr)
+            half = self._init_steps // 2
+            gamma = 0.01 ** (1.0 / max(1, self._init_steps - half))
+            decay = torch.optim.lr_scheduler.LambdaLR(
+                optim, lambda step: gamma ** max(0, step - half)
             )
             for _ in range(self._init_steps):
                 optim.zero_grad()
-                loss = -self._log_joint(latent, *args, **kwargs)
+                loss = -self._log_joint(center + spread * w, *args, **kwargs)
                 if not torch.isfinite(loss):
                     break
                 loss.backward()
                 optim.step()
                 decay.step()
+            latent = center + spread * w
             latent = latent.detach()
             scores = latent.new_tensor(
                 [
