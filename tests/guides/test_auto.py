@@ -228,7 +228,7 @@ def _bimodal_check(steps, particles):
 
 
 def test_bimodal_posterior_fast(float64):
-    _bimodal_check(steps=60, particles=8)
+    _bimodal_check(steps=40, particles=8)
 
 
 @pytest.mark.slow
