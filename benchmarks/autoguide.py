@@ -139,8 +139,8 @@ def _append(rows: list, report, row: dict) -> None:
 
 
 def run(quick: bool = False, seed: int = 0, report=None) -> list[dict]:
-    steps = 150 if quick else 600
-    nuts_samples, nuts_warmup = (200, 100) if quick else (500, 300)
+    steps = 150 if quick else 400
+    nuts_samples, nuts_warmup = (200, 100) if quick else (300, 200)
     num_draws = 500 if quick else 1000
     gen = torch.Generator().manual_seed(seed)
     rows = []
