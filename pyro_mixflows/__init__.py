@@ -6,4 +6,10 @@ from .guides import AutoFlowMixture
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["AutoFlowMixture", "DistributionComponents", "FlowComponents", "FlowMixture", "__version__"]
+__all__ = [
+    "AutoFlowMixture",
+    "DistributionComponents",
+    "FlowComponents",
+    "FlowMixture",
+    "__version__",
+]

@@ -123,11 +123,11 @@ class AutoFlowMixture(AutoContinuous):
     Without enumeration (``Predictive``, :meth:`sample_posterior`) the guide draws k ~ π, z ~ q_k.
 
     **Initialization.** ``num_init_candidates`` starting points are drawn with ``init_loc_fn``
-    (prior draws by default), moved uphill on the unconstrained log joint for ``init_steps`` Adam
-    steps (all candidates at once, vectorized over a plate left of the model's plates, in units of
-    the candidates' spread), and K of
-    those within 10 nats of the best are chosen by farthest-point selection; component k starts at candidate k with
-    per-axis scale ``init_scale``. Candidates that reach different modes seed different components.
+    (prior draws by default) and moved uphill on the unconstrained log joint for ``init_steps``
+    Adam steps (all candidates at once, vectorized over a plate left of the model's plates, in
+    units of the candidates' spread). Among those within 10 nats of the best, K are chosen by
+    farthest-point selection; component k starts at the k-th with per-axis scale ``init_scale``.
+    Candidates that reach different modes thus seed different components.
 
     References: "Variational Inference with Normalizing Flows" (Rezende & Mohamed, 2015,
     arXiv:1505.05770); "Variational Mixture of Normalizing Flows" (Pires & Figueiredo, 2020,
