@@ -227,11 +227,16 @@ def _bimodal_check(steps, particles):
     assert ours > theirs + 0.1
 
 
+_D1_WARNING = "ignore:ConditionalAutoRegressiveNN input_dim = 1"  # the 1-D IAF baseline
+
+
+@pytest.mark.filterwarnings(_D1_WARNING)
 def test_bimodal_posterior_fast(float64):
     _bimodal_check(steps=40, particles=8)
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings(_D1_WARNING)
 def test_bimodal_posterior(float64):
     _bimodal_check(steps=300, particles=4)
 
