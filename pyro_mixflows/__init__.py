@@ -3,12 +3,14 @@
 from .distributions import FlowMixture
 from .estimators import VariationalFlowMixture
 from .flows import ConcatComponents, DistributionComponents, FlowComponents
+from .guides import AutoFlowMixture
 from .infer import FitResult, fit
 from .models import BoostedFlowMixture, VMoNF
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AutoFlowMixture",
     "BoostedFlowMixture",
     "ConcatComponents",
     "DistributionComponents",
