@@ -2,7 +2,14 @@
 
 from .distributions import FlowMixture
 from .flows import DistributionComponents, FlowComponents
+from .infer import LatentMALA
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["DistributionComponents", "FlowComponents", "FlowMixture", "__version__"]
+__all__ = [
+    "DistributionComponents",
+    "FlowComponents",
+    "FlowMixture",
+    "LatentMALA",
+    "__version__",
+]
