@@ -31,9 +31,9 @@ from pyro_mixflows import FlowComponents, LatentMALA
 from pyro_mixflows.datasets import eight_gaussians_log_prob, make_eight_gaussians, make_two_moons
 
 QUICK = os.environ.get("PYRO_MIXFLOWS_QUICK") == "1"
-TRAIN_STEPS = 60 if QUICK else 500
-CHAINS, WARMUP, SAMPLES = (16, 50, 50) if QUICK else (64, 200, 200)
-NUTS_CHAINS, NUTS_WARMUP, NUTS_SAMPLES = (2, 20, 20) if QUICK else (2, 100, 100)
+TRAIN_STEPS = 60 if QUICK else 400
+CHAINS, WARMUP, SAMPLES = (16, 50, 50) if QUICK else (32, 150, 150)
+NUTS_CHAINS, NUTS_WARMUP, NUTS_SAMPLES = (2, 20, 20) if QUICK else (2, 75, 75)
 
 
 # --- true densities and samplers ------------------------------------------------------------
