@@ -454,14 +454,19 @@ class LatentMALA(MCMCKernel):
             start, stop = int(0.25 * W), int(0.75 * W)
             if start <= t < stop:
                 z = self._state["z"]  # (C, D)
+                n_b, mean_b = z.shape[0], z.mean(0)
+                m2_b = (z - mean_b).square().sum(0)
                 if self._welford is None:
-                    self._welford = [0, torch.zeros_like(z[0]), torch.zeros_like(z[0])]
-                for row in z:  # Welford over chains and steps
-                    w = self._welford
-                    w[0] += 1
-                    delta = row - w[1]
-                    w[1] = w[1] + delta / w[0]
-                    w[2] = w[2] + delta * (row - w[1])
+                    self._welford = [n_b, mean_b, m2_b]
+                else:  # Chan et al.'s pooled update of (count, mean, sum of squares)
+                    n_a, mean_a, m2_a = self._welford
+                    n = n_a + n_b
+                    delta = mean_b - mean_a
+                    self._welford = [
+                        n,
+                        mean_a + delta * n_b / n,
+                        m2_a + m2_b + delta.square() * n_a * n_b / n,
+                    ]
             if t == stop - 1 and self._welford is not None and self._welford[0] > 1:
                 n, _, m2 = self._welford
                 var = m2 / (n - 1)
