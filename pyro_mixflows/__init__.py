@@ -4,7 +4,7 @@ from .distributions import FlowMixture
 from .estimators import VariationalFlowMixture
 from .flows import ConcatComponents, DistributionComponents, FlowComponents
 from .guides import AutoFlowMixture
-from .infer import FitResult, fit
+from .infer import FitResult, LatentMALA, fit
 from .models import BoostedFlowMixture, VMoNF
 
 __version__ = "0.1.0.dev0"
@@ -17,6 +17,7 @@ __all__ = [
     "FitResult",
     "FlowComponents",
     "FlowMixture",
+    "LatentMALA",
     "VMoNF",
     "VariationalFlowMixture",
     "__version__",

@@ -1,13 +1,15 @@
-"""Inference: the shared training loop, checkpoints and data-parallel SVI.
+"""Inference: the shared training loop, checkpoints, data-parallel SVI and latent-space MALA.
 
 ``fit(model, guide, *data, ...)`` trains any Pyro model/guide pair whose data plate is
 ``pyro.plate("data", N, subsample=subsample)``. Under torchrun, ``fit(..., distributed=True)``
 trains data-parallel: each rank passes its shard (rows ``shard_range(N)``) and
 ``DistributedDataParallel`` averages the gradients of Pyro's ``ELBO()(model, guide)`` module.
+``LatentMALA`` samples a trained flow (or flow mixture) in its latent space.
 """
 
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._distributed import shard_range
 from .fit import FitResult, fit
+from .mala import LatentMALA
 
-__all__ = ["FitResult", "fit", "load_checkpoint", "save_checkpoint", "shard_range"]
+__all__ = ["FitResult", "LatentMALA", "fit", "load_checkpoint", "save_checkpoint", "shard_range"]

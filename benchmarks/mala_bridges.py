@@ -1,0 +1,230 @@
+"""Bridge samples of trained flows: naive sampling vs latent MALA (targets, preconditioners) vs NUTS.
+
+For three 2-D sets (two moons, 8 Gaussians, a two-mode Gaussian mixture with a wide gap) a single
+spline flow, ``FlowComponents(1, 2)``, is trained by maximum likelihood; then every sampler draws
+from it and is scored against the TRUE data density:
+
+- bridge %: share of samples whose true log-density is below the 1% quantile of the true
+  log-density over true samples (so exact sampling gives 1%);
+- energy: energy distance to 2000 fresh true samples;
+- mode err: total-variation distance between sample mode frequencies and the true weights;
+- acc: acceptance rate; ESS/s: minimum over coordinates of ArviZ bulk ESS of x (all chains)
+  divided by the sampler's wall time (warm-up included); R-hat: maximum ArviZ R-hat over x.
+
+NUTS (Pyro) runs on the same latent tempered target (the kernel's ``model``), NeuTra-style.
+Threads: ``torch.set_num_threads(1)``. Run: ``python -m benchmarks.mala_bridges``
+(``PYRO_MIXFLOWS_QUICK=1`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+
+import arviz as az
+import torch
+from pyro.infer import MCMC, NUTS
+
+from pyro_mixflows import FlowComponents, LatentMALA
+from pyro_mixflows.datasets import eight_gaussians_log_prob, make_eight_gaussians, make_two_moons
+
+QUICK = os.environ.get("PYRO_MIXFLOWS_QUICK") == "1"
+TRAIN_STEPS = 60 if QUICK else 400
+CHAINS, WARMUP, SAMPLES = (16, 50, 50) if QUICK else (32, 150, 150)
+NUTS_CHAINS, NUTS_WARMUP, NUTS_SAMPLES = (2, 20, 20) if QUICK else (2, 75, 75)
+
+
+# --- true densities and samplers ------------------------------------------------------------
+def moons_log_prob(x: torch.Tensor, noise: float = 0.08) -> torch.Tensor:
+    t = torch.linspace(0, math.pi, 400, dtype=x.dtype)
+    arcs = torch.cat(
+        [torch.stack([t.cos(), t.sin()], 1), torch.stack([1 - t.cos(), 0.5 - t.sin()], 1)]
+    )  # (800, 2): each moon uniform in t, quadrature over 400 nodes
+    sq = (x.unsqueeze(-2) - arcs).square().sum(-1)  # (..., 800)
+    lp = -sq / (2 * noise**2) - math.log(2 * math.pi * noise**2)
+    return lp.logsumexp(-1) - math.log(arcs.shape[0])
+
+
+def moons_mode(x):
+    t = torch.linspace(0, math.pi, 400, dtype=x.dtype)
+    upper = torch.stack([t.cos(), t.sin()], 1)
+    lower = torch.stack([1 - t.cos(), 0.5 - t.sin()], 1)
+    du = (x.unsqueeze(-2) - upper).square().sum(-1).min(-1).values
+    dl = (x.unsqueeze(-2) - lower).square().sum(-1).min(-1).values
+    return (dl < du).long()
+
+
+GAP_LOCS, GAP_W, GAP_SD = torch.tensor([[-3.0, 0.0], [3.0, 0.0]]), torch.tensor([0.4, 0.6]), 0.5
+
+
+def gap_log_prob(x):
+    lp = torch.distributions.Normal(GAP_LOCS.to(x.dtype), GAP_SD).log_prob(x.unsqueeze(-2)).sum(-1)
+    return (lp + GAP_W.log().to(x.dtype)).logsumexp(-1)
+
+
+def gap_sample(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.multinomial(GAP_W, n, replacement=True, generator=g)
+    return GAP_LOCS[z] + GAP_SD * torch.randn(n, 2, generator=g)
+
+
+def eight_mode(x):
+    angle = torch.atan2(x[..., 1], x[..., 0])
+    return torch.round(angle / (math.pi / 4)).long() % 8
+
+
+SETS = {
+    "two moons": dict(
+        sample=lambda n, seed: torch.as_tensor(make_two_moons(n, seed=seed)[0]).float(),
+        log_prob=moons_log_prob,
+        mode=moons_mode,
+        weights=torch.tensor([0.5, 0.5]),
+    ),
+    "8 gaussians": dict(
+        sample=lambda n, seed: torch.as_tensor(make_eight_gaussians(n, seed=seed)[0]).float(),
+        log_prob=lambda x: (
+            torch.as_tensor(eight_gaussians_log_prob(x.detach().numpy())).to(x)
+            if not x.requires_grad
+            else _eight_torch(x)
+        ),
+        mode=eight_mode,
+        weights=torch.full((8,), 1 / 8),
+    ),
+    "gap mixture": dict(
+        sample=gap_sample,
+        log_prob=gap_log_prob,
+        mode=lambda x: (x[..., 0] > 0).long(),
+        weights=GAP_W,
+    ),
+}
+
+
+def _eight_torch(x, radius=4.0, std=0.35):
+    angles = torch.arange(8, dtype=x.dtype) * (math.pi / 4)
+    centers = radius * torch.stack([angles.cos(), angles.sin()], 1)
+    lp = torch.distributions.Normal(centers, std).log_prob(x.unsqueeze(-2)).sum(-1)
+    return lp.logsumexp(-1) - math.log(8)
+
+
+# --- training ---------------------------------------------------------------------------------
+def train_flow(x: torch.Tensor, seed: int) -> FlowComponents:
+    torch.manual_seed(seed)
+    comps = FlowComponents(1, 2, flow="spline_coupling", num_layers=4, hidden_dims=(32, 32))
+    comps.set_affine(x.mean(0, keepdim=True), x.std(0, keepdim=True))
+    opt = torch.optim.Adam(comps.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, TRAIN_STEPS)
+    for _ in range(TRAIN_STEPS):
+        batch = x[torch.randint(len(x), (512,))]
+        loss = -comps.component_log_probs(batch).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    for p in comps.parameters():
+        p.requires_grad_(False)
+    return comps
+
+
+# --- scoring ----------------------------------------------------------------------------------
+def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    d = lambda u, v: torch.cdist(u.double(), v.double()).mean()  # noqa: E731
+    return float(2 * d(a, b) - d(a, a) - d(b, b))
+
+
+def score(name, x_chains, seconds, acc, spec, threshold, fresh):
+    """x_chains: (C, S, 2) or (N, 2) for independent draws."""
+    flat = x_chains.reshape(-1, 2)
+    with torch.no_grad():
+        lp = spec["log_prob"](flat)
+        bridge = float((lp < threshold).double().mean())
+        freq = torch.bincount(spec["mode"](flat), minlength=len(spec["weights"])).double()
+        mode_err = float(0.5 * (freq / freq.sum() - spec["weights"].double()).abs().sum())
+    idx = torch.randperm(len(flat))[:2000]
+    row = dict(
+        sampler=name,
+        bridge=100 * bridge,
+        energy=energy_distance(flat[idx], fresh),
+        mode_err=mode_err,
+        acc=acc,
+        ess_s=float("nan"),
+        rhat=float("nan"),
+        sec=seconds,
+    )
+    if x_chains.dim() == 3:
+        idata = az.from_dict(posterior={"x": x_chains.numpy()})
+        row["ess_s"] = float(az.ess(idata)["x"].min()) / seconds
+        row["rhat"] = float(az.rhat(idata)["x"].max())
+    return row
+
+
+def run_set(set_name, spec, seed):
+    x_train = spec["sample"](4000, seed)
+    fresh = spec["sample"](2000, seed + 100).double()
+    truth = spec["sample"](20000, seed + 200)
+    threshold = float(torch.quantile(spec["log_prob"](truth), 0.01))
+    t0 = time.perf_counter()
+    comps = train_flow(x_train, seed)
+    train_s = time.perf_counter() - t0
+    with torch.no_grad():
+        nll = -float(comps.component_log_probs(fresh.float()).mean())
+    rows = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        naive = comps.rsample((CHAINS * SAMPLES,))[:, 0]
+    rows.append(
+        score("naive", naive, time.perf_counter() - t0, float("nan"), spec, threshold, fresh)
+    )
+    configs = [
+        ("MALA base / identity", dict(target="base")),
+        ("MALA tempered / identity", dict(target="tempered")),
+        ("MALA tempered / diagonal", dict(target="tempered", preconditioner="diagonal")),
+        ("MALA tempered / metric", dict(target="tempered", preconditioner="metric")),
+        ("MALA explicit / identity", dict(target="explicit", log_prob_fn=spec["log_prob"])),
+    ]
+    for name, kw in configs:
+        torch.manual_seed(seed)
+        kernel = LatentMALA(comps, num_chains_batched=CHAINS, **kw)
+        t0 = time.perf_counter()
+        out = kernel.run_chains(SAMPLES, warmup_steps=WARMUP)
+        seconds = time.perf_counter() - t0
+        acc = kernel.diagnostics()["acceptance rate"]
+        rows.append(score(name, out["x"], seconds, acc, spec, threshold, fresh))
+    # NUTS on the same latent tempered target: Pyro's MCMC, chains in turn.
+    torch.manual_seed(seed)
+    model_kernel = LatentMALA(comps, target="tempered")
+    nuts = NUTS(model_kernel.model, max_tree_depth=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mcmc = MCMC(nuts, NUTS_SAMPLES, NUTS_WARMUP, num_chains=NUTS_CHAINS, disable_progbar=True)
+    t0 = time.perf_counter()
+    mcmc.run()
+    seconds = time.perf_counter() - t0
+    z = mcmc.get_samples(group_by_chain=True)["z"]  # (chains, S, 2)
+    with torch.no_grad():
+        x = comps.transform(z.reshape(-1, 1, 2))[0].reshape(*z.shape)
+    rows.append(score("NUTS tempered (Pyro)", x, seconds, float("nan"), spec, threshold, fresh))
+    return rows, train_s, nll
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    print(
+        f"chains={CHAINS} warmup={WARMUP} samples={SAMPLES}; NUTS {NUTS_CHAINS}x"
+        f"({NUTS_WARMUP}+{NUTS_SAMPLES}); train steps={TRAIN_STEPS}; threads=1; float32"
+    )
+    header = f"{'sampler':26s} {'bridge%':>8s} {'energy':>8s} {'mode err':>8s} {'acc':>6s} {'ESS/s':>9s} {'R-hat':>6s} {'sec':>7s}"
+    for i, (set_name, spec) in enumerate(SETS.items()):
+        rows, train_s, nll = run_set(set_name, spec, seed=i)
+        print(f"\n== {set_name}: flow trained in {train_s:.0f}s, held-out NLL {nll:.3f} ==")
+        print(header)
+        for r in rows:
+            print(
+                f"{r['sampler']:26s} {r['bridge']:8.2f} {r['energy']:8.4f} {r['mode_err']:8.3f} "
+                f"{r['acc']:6.3f} {r['ess_s']:9.1f} {r['rhat']:6.3f} {r['sec']:7.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
