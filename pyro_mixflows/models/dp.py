@@ -12,7 +12,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
 from .._validation import check_event, check_finite
-from ..distributions import FlowMixture, StickBreaking, StickWeights
+from ..distributions import FlowMixture, StickBreaking, StickWeights, weights_to_sticks
 from ..flows.components import Components
 
 DEFAULT_THRESHOLD = 0.01
@@ -137,8 +137,9 @@ class DPStickGuide(PyroModule):
     enumerates them. The flows have no guide site (they are the model's parameters). Both stick
     families are reparameterized, so the ELBO gradient is pathwise.
 
-    Parameters are created at construction; sticks start at the stick form of uniform weights,
-    E[v_t] = 1 / (T - t + 1), with a_t + b_t = ``init_precision``.
+    Parameters are created at construction; the Beta sticks start at the means that give
+    ``init_weights`` (uniform weights by default, E[v_t] = 1 / (T - t + 1)), with
+    a_t + b_t = ``init_precision``.
 
     Args:
         truncation: T >= 2, the number of weights.
@@ -146,6 +147,7 @@ class DPStickGuide(PyroModule):
         concentration: None (alpha is fixed in the model), "lognormal" or "delta".
         init_concentration: initial alpha (median of the LogNormal, or the point mass).
         init_precision: a_t + b_t at the start; larger means less noise in early steps.
+        init_weights: initial E_q[w], (T,) on the simplex with positive entries (default uniform).
         name: prefix of the guide's parameters in Pyro's param store.
 
     Example::
@@ -163,6 +165,7 @@ class DPStickGuide(PyroModule):
         concentration: str | None = None,
         init_concentration: float = 1.0,
         init_precision: float = 10.0,
+        init_weights: torch.Tensor | None = None,
         name: str = "dp_guide",
     ) -> None:
         super().__init__(name)
@@ -180,10 +183,22 @@ class DPStickGuide(PyroModule):
                 f"{init_concentration!r}, {init_precision!r}"
             )
         T = truncation
+        if init_weights is None:
+            init_weights = torch.full((T,), 1.0 / T)
+        init_weights = torch.as_tensor(init_weights, dtype=torch.get_default_dtype())
+        if (
+            init_weights.shape != (T,)
+            or not bool((init_weights > 0).all())
+            or abs(float(init_weights.sum()) - 1) > 1e-6
+        ):
+            raise ValueError(
+                f"expected init_weights of shape ({T},), positive and summing to one, "
+                f"got {init_weights!r}"
+            )
         self.truncation = T
         self.sticks = sticks
         self.concentration = concentration
-        mean = 1.0 / torch.arange(T, 1, -1, dtype=torch.get_default_dtype())  # (T-1,)
+        mean = weights_to_sticks(init_weights)[0]  # (T-1,), E[v_t] of the Beta sticks
         self.stick_a = PyroParam(init_precision * mean, constraint=constraints.positive)
         self.stick_b = PyroParam(init_precision * (1 - mean), constraint=constraints.positive)
         if concentration == "lognormal":

@@ -216,3 +216,10 @@ def test_errors_name_the_problem():
         DPStickGuide(4, sticks="gamma")
     with pytest.raises(ValueError, match="expected a threshold"):
         effective_components(torch.ones(3) / 3, threshold=1.5)
+
+
+def test_guide_starts_at_the_requested_weights(float64):
+    w0 = torch.tensor([0.5, 0.25, 0.15, 0.1])
+    assert torch.allclose(DPStickGuide(4, init_weights=w0).mean_weights(), w0, rtol=1e-12)
+    with pytest.raises(ValueError, match="expected init_weights of shape"):
+        DPStickGuide(4, init_weights=torch.tensor([0.5, 0.5, 0.0, 0.0]))
