@@ -177,7 +177,7 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=1000, help="training points")
     p.add_argument("--n-test", type=int, default=2000, help="held-out points")
     p.add_argument("--truncation", type=int, default=15)
-    p.add_argument("--alpha", type=float, default=0.1, help="fixed DP concentration")
+    p.add_argument("--alpha", type=float, default=0.001, help="fixed DP concentration")
     p.add_argument("--alpha-prior", type=float, nargs=2, default=None, metavar=("SHAPE", "RATE"))
     p.add_argument("--flow", default="spline_coupling")
     p.add_argument("--layers", type=int, default=2)
@@ -186,13 +186,13 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--lrd", type=float, default=1.0, help="ClippedAdam decay per step")
-    p.add_argument("--init-scale", type=float, default=1.0, help="k-means spread multiplier")
+    p.add_argument("--init-scale", type=float, default=3.0, help="k-means spread multiplier")
     p.add_argument("--init-precision", type=float, default=10.0)
-    p.add_argument("--init-weights", choices=["uniform", "prior"], default="uniform")
+    p.add_argument("--init-weights", choices=["uniform", "prior"], default="prior")
     p.add_argument(
         "--init-alpha",
         type=float,
-        default=2.0,
+        default=0.5,
         help="E[w] of StickBreaking(init_alpha) at the start",
     )
     p.add_argument("--only-dp", action="store_true", help="skip the finite mixture and BGM")

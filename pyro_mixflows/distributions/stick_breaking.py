@@ -27,13 +27,19 @@ def weights_to_sticks(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """Invert ``sticks_to_weights``: (..., T) weights -> sticks (..., T-1) and log-remainders.
 
     The remaining length before stick t is summed from the tail, ``r_t = sum_{j>=t} pi_j``
-    (accurate where little is left), and ``v_t = pi_t / r_t``.
+    (accurate where little is left), and ``v_t = pi_t / r_t``, kept inside (0, 1) so that
+    weights that underflowed to zero still get a finite density.
 
     Returns:
         ``(sticks, log_remaining)``, both (..., T-1); ``log_remaining[..., t] = log r_t``.
     """
+    finfo = torch.finfo(weights.dtype)
     remaining = weights.flip(-1).cumsum(-1).flip(-1)[..., :-1]  # (..., T-1)
-    return weights[..., :-1] / remaining, remaining.log()
+    # Weights that underflowed to zero (a stick at 1 in floating point) would give 0/0: clamp
+    # to the open interval, as torch clamps its own Beta draws. A no-op for ordinary values.
+    remaining = remaining.clamp_min(finfo.tiny)
+    sticks = (weights[..., :-1] / remaining).clamp(finfo.tiny, 1 - finfo.eps)
+    return sticks, remaining.log()
 
 
 class StickWeights(TorchDistribution):

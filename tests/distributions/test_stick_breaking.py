@@ -146,3 +146,11 @@ def test_stick_weights_refuses_scalar_sticks():
         StickWeights(dist.Beta(torch.ones(3), torch.ones(3)))
     with pytest.raises(TypeError, match="expected sticks to be a torch Distribution"):
         StickWeights(torch.ones(3))
+
+
+def test_weights_that_underflow_still_get_a_finite_density():
+    # float32 sticks at extreme Beta parameters put exact zeros in the tail of the weights
+    d = StickWeights(dist.Independent(dist.Beta(torch.full((3,), 0.01), torch.full((3,), 0.01)), 1))
+    w = d.rsample((2000,))
+    assert (w == 0).any()
+    assert torch.isfinite(d.log_prob(w)).all()
