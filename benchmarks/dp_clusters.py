@@ -48,7 +48,9 @@ SETS = {
 THRESHOLD = 0.01
 
 
-def make_components(K: int, x: torch.Tensor, args, generator: torch.Generator) -> FlowComponents:
+def make_components(
+    K: int, x: torch.Tensor, args, generator: torch.Generator, scale: float
+) -> FlowComponents:
     comps = FlowComponents(
         K,
         x.shape[1],
@@ -61,7 +63,7 @@ def make_components(K: int, x: torch.Tensor, args, generator: torch.Generator) -
     spread = torch.stack(
         [x[labels == k].std(0) if (labels == k).sum() > 1 else x.std(0) / K for k in range(K)]
     ).clamp_min(0.05)
-    comps.set_affine(centers, spread * args.init_scale)
+    comps.set_affine(centers, spread * scale)
     return comps
 
 
@@ -70,7 +72,10 @@ def fit_flows(x: torch.Tensor, K: int, args, seed: int, finite: bool):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    comps = make_components(K, x, args, generator)
+    # The DP starts broad and overlapping, so the stick prior can hand a component's data to its
+    # neighbours; the finite mixture told K starts at its k-means cells (its best start).
+    scale = 1.0 if finite else args.init_scale
+    comps = make_components(K, x, args, generator, scale)
     if finite:
         model = DPFlowMixtureModel(comps, concentration=1.0, finite=True)
     elif args.alpha_prior is not None:
