@@ -149,10 +149,10 @@ def test_a_few_svi_steps_lower_the_loss():
     guide = model.guide()
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 5e-2}), elbo())
     pyro.set_rng_seed(0)
-    before = sum(elbo().loss(model, guide, x) for _ in range(10)) / 10
-    for _ in range(30):
+    before = sum(elbo().loss(model, guide, x) for _ in range(5)) / 5
+    for _ in range(20):
         svi.step(x, subsample=torch.randperm(len(x))[:16])
-    after = sum(elbo().loss(model, guide, x) for _ in range(10)) / 10
+    after = sum(elbo().loss(model, guide, x) for _ in range(5)) / 5
     assert after < before - 0.05 * abs(before)
 
 
