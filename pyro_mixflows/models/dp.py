@@ -57,9 +57,10 @@ class DPFlowMixtureModel:
         >>> comps = FlowComponents(6, 2, flow="affine_coupling", num_layers=2)
         >>> model = DPFlowMixtureModel(comps, concentration=0.5)
         >>> guide = model.guide()
-        >>> elbo = TraceEnum_ELBO(max_plate_nesting=1)
-        >>> elbo.loss(model, guide, torch.randn(10, 2)) > 0
-        True
+        >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), TraceEnum_ELBO(max_plate_nesting=1))
+        >>> loss = svi.step(torch.randn(10, 2), subsample=torch.arange(4))
+        >>> guide.mean_weights().shape, int(effective_components(guide.mean_weights()))
+        (torch.Size([6]), 6)
     """
 
     def __init__(
