@@ -1,6 +1,6 @@
 """Mixtures of normalizing flows as first-class Pyro distributions, guides and estimators."""
 
-from .distributions import FlowMixture
+from .distributions import FlowMixture, StickBreaking, StickWeights
 from .estimators import VariationalFlowMixture
 from .flows import ConcatComponents, DistributionComponents, FlowComponents
 from .guides import AutoFlowMixture
@@ -18,6 +18,8 @@ __all__ = [
     "FlowComponents",
     "FlowMixture",
     "LatentMALA",
+    "StickBreaking",
+    "StickWeights",
     "VMoNF",
     "VariationalFlowMixture",
     "__version__",

@@ -1,5 +1,13 @@
 """Distributions over flow components."""
 
 from .flow_mixture import FlowMixture, IndexedComponent
+from .stick_breaking import StickBreaking, StickWeights, sticks_to_weights, weights_to_sticks
 
-__all__ = ["FlowMixture", "IndexedComponent"]
+__all__ = [
+    "FlowMixture",
+    "IndexedComponent",
+    "StickBreaking",
+    "StickWeights",
+    "sticks_to_weights",
+    "weights_to_sticks",
+]
