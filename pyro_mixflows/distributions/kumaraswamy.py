@@ -89,7 +89,10 @@ class Kumaraswamy(TorchDistribution):
         a, b = self.concentration1, self.concentration0
         log_v = torch.log(value)
         return (
-            torch.log(a) + torch.log(b) + (a - 1) * log_v + (b - 1) * torch.log1p(-torch.exp(a * log_v))
+            torch.log(a)
+            + torch.log(b)
+            + (a - 1) * log_v
+            + (b - 1) * torch.log1p(-torch.exp(a * log_v))
         )
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
@@ -121,9 +124,7 @@ def _log_beta(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.lgamma(x) + torch.lgamma(y) - torch.lgamma(x + y)
 
 
-def kl_kumaraswamy_beta(
-    q: Kumaraswamy, p: Beta, num_terms: int = KL_SERIES_TERMS
-) -> torch.Tensor:
+def kl_kumaraswamy_beta(q: Kumaraswamy, p: Beta, num_terms: int = KL_SERIES_TERMS) -> torch.Tensor:
     """KL(Kumaraswamy(a, b) || Beta(α, β)) in series form.
 
     .. math::
@@ -168,4 +169,3 @@ def kl_kumaraswamy_beta(
 @register_kl(Kumaraswamy, Beta)
 def _kl_kumaraswamy_beta(q: Kumaraswamy, p: Beta) -> torch.Tensor:
     return kl_kumaraswamy_beta(q, p)
-

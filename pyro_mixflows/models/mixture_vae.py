@@ -40,7 +40,7 @@ def stick_breaking_log_weights(v: torch.Tensor) -> torch.Tensor:
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(nn.Softplus())
@@ -250,9 +250,7 @@ class MixtureVAE(PyroModule):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected x to be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2 or x.shape[-1] != self.data_dim:
-            raise ValueError(
-                f"expected x of shape (N, P={self.data_dim}), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected x of shape (N, P={self.data_dim}), got {tuple(x.shape)}")
 
     def _encode(self, x: torch.Tensor):
         """x (N, P) -> loc (N, K, D), scale (N, K, D), weight parameters (N, ·)."""
@@ -303,7 +301,11 @@ class MixtureVAE(PyroModule):
                 prior = self._stick_prior(xb).expand([len(idx), T - 1]).to_event(1)
                 log_w = stick_breaking_log_weights(pyro.sample("v", prior))  # (..., N, T)
             scale0 = self.prior_log_scale.exp()
-            components = dist.Normal(self.prior_loc, scale0).to_event(1)
+            # torch's MixtureSameFamily takes its batch shape from the components: give them
+            # the weights' batch dims (sticks may carry particle dims) before mixing.
+            K, D = self.prior_loc.shape
+            components = dist.Normal(self.prior_loc, scale0).expand(log_w.shape[:-1] + (K, D))
+            components = components.to_event(1)
             prior_z = dist.MixtureSameFamily(dist.Categorical(logits=log_w), components)
             z = pyro.sample("latent", prior_z)
             pyro.sample("x", self._likelihood(z), obs=xb)
@@ -372,7 +374,9 @@ class MixtureVAE(PyroModule):
         self._check_x(x)
         w = self._encode(x)[2]
         q = self._stick_posterior(w)
-        return torch.distributions.kl_divergence(q, self._stick_prior(w).expand(q.batch_shape)).sum(-1)
+        return torch.distributions.kl_divergence(q, self._stick_prior(w).expand(q.batch_shape)).sum(
+            -1
+        )
 
     @torch.no_grad()
     def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -398,7 +402,10 @@ class MixtureVAE(PyroModule):
             log_qv = q.log_prob(v).sum(-1)
             log_pv = self._stick_prior(x).log_prob(v).sum(-1)
             log_w_q = log_w_p = stick_breaking_log_weights(v)  # (S, N, T)
-        k = dist.Categorical(logits=log_w_q).sample()  # (S, N)
+        if self.num_components == 1:
+            k = torch.zeros(S, N, dtype=torch.long, device=x.device)
+        else:
+            k = dist.Categorical(logits=log_w_q).sample()  # (S, N)
         draw = _ComponentDraw(loc, scale, log_w_q, k, self.flows)
         z = draw.rsample()  # (S, N, D)
         log_qz = torch.logsumexp(log_w_q + draw.component_log_probs(z), -1)
