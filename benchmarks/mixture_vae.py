@@ -10,7 +10,7 @@ method:
 (c) Dirichlet-process posterior, T = 10 Kumaraswamy sticks, α = 1,
 (d) flow components: (b) with each q_k an affine-coupling flow of a Gaussian.
 
-Each method is trained with ``SVI`` + ``TraceEnum_ELBO(max_plate_nesting=1)`` (Adam, lr 1e-3,
+Each method is trained with ``SVI`` + ``TraceEnum_ELBO(max_plate_nesting=1)`` (Adam, lr 3e-3,
 minibatches of 100) for ``--epochs`` epochs, keeping the parameters with the best validation
 ELBO (checked every 10 epochs). Reported on the test set: the importance-sampled
 log-likelihood (``--is-samples`` draws, default 500), the ELBO (100 draws per point), the 5-NN
@@ -62,7 +62,7 @@ def run(name, kwargs, data, seed, epochs, is_samples, batch_size=100):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     vae = MixtureVAE(x_tr.shape[1], LATENT_DIM, hidden_dims=HIDDEN, **kwargs)
-    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-3}), TraceEnum_ELBO(max_plate_nesting=1))
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 3e-3}), TraceEnum_ELBO(max_plate_nesting=1))
     N = len(x_tr)
     best, best_state = -float("inf"), None
     start = time.perf_counter()

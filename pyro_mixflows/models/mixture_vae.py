@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
+from pyro.nn import PyroModule, pyro_method
 from torch import nn
 from torch.distributions import constraints
 
@@ -288,6 +288,7 @@ class MixtureVAE(PyroModule):
         return dist.Normal(out, self.decoder_log_scale.exp()).to_event(1)
 
     # --- model and guide ----------------------------------------------------------------
+    @pyro_method
     def model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         """Mixture prior over the code, decoder likelihood for x (N, P); see the class docs."""
         self._check_x(x)
@@ -310,6 +311,7 @@ class MixtureVAE(PyroModule):
             z = pyro.sample("latent", prior_z)
             pyro.sample("x", self._likelihood(z), obs=xb)
 
+    @pyro_method
     def guide(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         """Mixture posterior q(z | x) with the component k enumerated; see the class docs."""
         self._check_x(x)

@@ -240,6 +240,24 @@ def test_shapes_subsampling_and_gradients(kwargs):
         assert vae.stick_kl(x).shape == (9,) and (vae.stick_kl(x) >= 0).all()
 
 
+@pytest.mark.parametrize("flow", [None, "affine_coupling"])
+def test_svi_step_updates_every_network(flow):
+    # model/guide register the encoder, decoder and flows with Pyro, so SVI's optimizer moves them.
+    x = _binary(8, 6).float()
+    vae = MixtureVAE(6, 2, num_components=2, hidden_dims=(4,), flow=flow)
+    before = {n: p.detach().clone() for n, p in vae.named_parameters()}
+    svi = pyro.infer.SVI(
+        vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), TraceEnum_ELBO(max_plate_nesting=1)
+    )
+    svi.step(x, subsample=torch.tensor([1, 2, 5]))
+    # Identity-initialized flows: only their last layers can move on the first step.
+    frozen = [n for n, p in vae.named_parameters() if torch.equal(p, before[n])]
+    assert all(n.startswith("flows.") for n in frozen), frozen
+    assert not any(n.startswith(("encoder", "decoder", "prior")) for n in frozen)
+    if flow is not None:
+        assert len(frozen) < sum(1 for n in before if n.startswith("flows."))
+
+
 def test_stick_breaking_log_weights_sum_to_one(float64):
     v = torch.rand(5, 3)
     w = stick_breaking_log_weights(v).exp()
