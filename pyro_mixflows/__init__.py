@@ -1,11 +1,11 @@
 """Mixtures of normalizing flows as first-class Pyro distributions, guides and estimators."""
 
-from .distributions import FlowMixture, StickBreaking, StickWeights
+from .distributions import FlowMixture, Kumaraswamy, StickBreaking, StickWeights
 from .estimators import VariationalFlowMixture
 from .flows import ConcatComponents, DistributionComponents, FlowComponents
 from .guides import AutoFlowMixture
 from .infer import FitResult, LatentMALA, fit
-from .models import BoostedFlowMixture, VMoNF
+from .models import BoostedFlowMixture, MixtureVAE, VMoNF
 
 __version__ = "0.1.0.dev0"
 
@@ -17,7 +17,9 @@ __all__ = [
     "FitResult",
     "FlowComponents",
     "FlowMixture",
+    "Kumaraswamy",
     "LatentMALA",
+    "MixtureVAE",
     "StickBreaking",
     "StickWeights",
     "VMoNF",

@@ -83,6 +83,30 @@ def spectral_labels(
     return candidates[max(range(len(candidates)), key=agreement.__getitem__)]
 
 
+def eigengap_num_clusters(
+    x: torch.Tensor,
+    max_clusters: int,
+    *,
+    n_neighbors: int = 10,
+    generator: torch.Generator | None = None,
+) -> int:
+    """The number of clusters by the eigengap heuristic (von Luxburg, 2007).
+
+    The normalized k-NN affinity has one eigenvalue near 1 per well-separated cluster; the
+    count is the k <= ``max_clusters`` before the largest drop in the sorted eigenvalues.
+    """
+    x = x.detach().to(torch.float64)
+    if x.shape[0] > MAX_SPECTRAL_POINTS:
+        x = x[torch.randperm(x.shape[0], generator=generator)[:MAX_SPECTRAL_POINTS]]
+    affinity = _knn_affinity(x, n_neighbors)
+    inv_sqrt_deg = affinity.sum(1).clamp_min(1e-12).rsqrt()
+    normalized = inv_sqrt_deg[:, None] * affinity * inv_sqrt_deg[None, :]
+    values = torch.linalg.eigvalsh(normalized).flip(0)  # descending
+    m = min(max_clusters, len(values) - 1)
+    gaps = values[:m] - values[1 : m + 1]
+    return int(gaps.argmax()) + 1
+
+
 def initial_labels(
     x: torch.Tensor, num_clusters: int, method: str, generator: torch.Generator | None = None
 ) -> torch.Tensor:

@@ -8,12 +8,14 @@ from .dp import (
     effective_components,
     responsibilities,
 )
+from .mixture_vae import MixtureVAE
 from .vmonf import VMoNF
 
 __all__ = [
     "BoostedFlowMixture",
     "DPFlowMixtureModel",
     "DPStickGuide",
+    "MixtureVAE",
     "VMoNF",
     "active_components",
     "effective_components",
