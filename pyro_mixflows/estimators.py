@@ -22,6 +22,9 @@ from .models.vmonf import ASSIGNMENTS, WEIGHTS, VMoNF, paper_temperature
 _FORMAT = "pyro_mixflows.VariationalFlowMixture/1"
 # A component is reported dead when its weight falls below this fraction of 1/K.
 DEAD_WEIGHT_FRACTION = 0.01
+# Dirichlet-process fits: components with at least this weight are "effective"; the others get
+# no points in predict/predict_proba.
+EFFECTIVE_WEIGHT_THRESHOLD = 0.01
 
 
 def _as_2d(X, name: str = "X") -> np.ndarray:
@@ -52,8 +55,10 @@ class VariationalFlowMixture:
         n_components: K >= 1.
         flow: component flow family, one of ``pyro_mixflows.flows.FLOWS``.
         num_layers, hidden_dims, count_bins: component architecture (see ``FlowComponents``).
-        weights: "learned", "uniform" or "dirichlet" (see ``VMoNF``).
-        weight_concentration: Dirichlet concentration for ``weights="dirichlet"``.
+        weights: "learned", "uniform", "dirichlet" or "dirichlet_process" (see ``VMoNF``); with
+            "dirichlet_process", ``n_components`` is the truncation T and
+            ``effective_n_components_`` counts the components with weight >= 1%.
+        weight_concentration: Dirichlet / Dirichlet-process concentration.
         assignment: "enumerate" (z summed out in the model; exact) or "amortized" (the paper's
             q(k | x) network, enumerated in the guide, with ``temperature_schedule``).
         init: "spectral", "kmeans" or "random" initial assignments.
@@ -221,6 +226,8 @@ class VariationalFlowMixture:
         X = _as_2d(X)
         N, D = X.shape
         K = self.n_components
+        if self.weights == "dirichlet_process" and K < 2:
+            raise ValueError(f"expected n_components (the truncation) >= 2 for a DP, got {K}")
         if N < max(2, K):
             raise ValueError(f"expected at least max(2, n_components)={max(2, K)} rows, got {N}")
         y = self._check_y(y, N)
@@ -308,8 +315,14 @@ class VariationalFlowMixture:
         with torch.no_grad():
             per_point = -float(elbo.loss(vm.model, vm.guide, x_train)) / len(x_train)
             self.lower_bound_ = per_point - float(self._scale.log().sum())
-        self._warn_dead_components(x_train)
+        if self.weights != "dirichlet_process":
+            self._warn_dead_components(x_train)
         return self
+
+    @property
+    def effective_n_components_(self) -> int:
+        """Components with weight >= ``EFFECTIVE_WEIGHT_THRESHOLD`` (1%)."""
+        return int((self.weights_ >= EFFECTIVE_WEIGHT_THRESHOLD).sum())
 
     def _initial_labels(self, x, y, generator) -> torch.Tensor:
         K = self.n_components
@@ -378,8 +391,17 @@ class VariationalFlowMixture:
 
     @torch.no_grad()
     def predict_proba(self, X) -> np.ndarray:
-        """p(k | x) under the fitted mixture: (N, D) -> (N, K)."""
-        return self.mixture_.responsibilities(self._check_X(X)).cpu().numpy()
+        """p(k | x) under the fitted mixture: (N, D) -> (N, K).
+
+        For a Dirichlet-process fit, components below the effective-weight threshold get
+        probability 0 and the rest are renormalized, so no point lands on an empty component.
+        """
+        mixture = self.mixture_
+        joint = mixture.logits + mixture.component_log_probs(self._check_X(X))  # (N, K)
+        if self.weights == "dirichlet_process":
+            keep = torch.as_tensor(self.weights_ >= EFFECTIVE_WEIGHT_THRESHOLD, device=joint.device)
+            joint = joint.masked_fill(~keep, -float("inf"))
+        return torch.softmax(joint, -1).cpu().numpy()
 
     def predict(self, X) -> np.ndarray:
         """Most probable component of each row: (N, D) -> (N,)."""

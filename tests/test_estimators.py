@@ -144,3 +144,20 @@ def test_scoring_errors(fitted, data):
         fitted.sample(0)
     with pytest.raises(ValueError, match="expected a parameter in"):
         VariationalFlowMixture(2).set_params(colour="red")
+
+
+def test_dirichlet_process_option(data):
+    X = data[0]
+    model = VariationalFlowMixture(
+        6, weights="dirichlet_process", weight_concentration=0.5, random_state=0, **SMALL
+    ).fit(X)
+    w = model.weights_
+    assert w.shape == (6,) and w.sum() == pytest.approx(1.0, abs=1e-5)
+    assert 1 <= model.effective_n_components_ <= 6
+    proba = model.predict_proba(X)
+    empty = w < 0.01
+    assert np.all(proba[:, empty] == 0)
+    assert np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert np.isfinite(model.score_samples(X)).all()
+    with pytest.raises(ValueError, match="truncation"):
+        VariationalFlowMixture(1, weights="dirichlet_process").fit(X)

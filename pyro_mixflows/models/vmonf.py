@@ -16,10 +16,10 @@ from pyro.nn import PyroModule, PyroParam, pyro_method
 from torch import nn
 
 from .._validation import check_event, check_index
-from ..distributions import FlowMixture
+from ..distributions import FlowMixture, StickBreaking, StickWeights
 from ..flows.components import Components
 
-WEIGHTS = ("uniform", "learned", "dirichlet")
+WEIGHTS = ("uniform", "learned", "dirichlet", "dirichlet_process")
 ASSIGNMENTS = ("amortized", "enumerate")
 
 
@@ -48,9 +48,11 @@ class VMoNF(PyroModule):
 
     Args:
         components: the K flows (``FlowComponents`` or any ``Components``).
-        weights: "learned" (point estimate), "uniform" (fixed) or "dirichlet" (a
-            Dirichlet(concentration) prior with a variational Dirichlet posterior).
-        concentration: Dirichlet concentration for ``weights="dirichlet"``.
+        weights: "learned" (point estimate), "uniform" (fixed), "dirichlet" (a
+            Dirichlet(concentration) prior with a variational Dirichlet posterior) or
+            "dirichlet_process" (truncated stick-breaking ``StickBreaking(concentration, K)``
+            prior, K the truncation, with variational Beta sticks).
+        concentration: Dirichlet / Dirichlet-process concentration.
         assignment: "amortized" or "enumerate".
         hidden_dims: hidden sizes of the q(k | x) network.
         temperature_schedule: ``step -> T``; ``None`` keeps T = 1.
@@ -98,6 +100,13 @@ class VMoNF(PyroModule):
             self.weight_logits = nn.Parameter(torch.zeros(K))
         if weights == "dirichlet":
             self.weight_concentration_q = PyroParam(torch.ones(K), constraint=constraints.positive)
+        if weights == "dirichlet_process":
+            if K < 2:
+                raise ValueError(f"expected a truncation K >= 2 for a Dirichlet process, got {K}")
+            self.stick_a = PyroParam(torch.ones(K - 1), constraint=constraints.positive)
+            self.stick_b = PyroParam(
+                torch.full((K - 1,), float(concentration)), constraint=constraints.positive
+            )
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         if assignment == "amortized":
             sizes = [D, *hidden_dims]
@@ -120,18 +129,29 @@ class VMoNF(PyroModule):
             return self.weight_logits.log_softmax(-1)
         if self.weights == "uniform":
             return torch.full((K,), -math.log(K), dtype=dtype, device=device)
-        prior = dist.Dirichlet(torch.full((K,), self.concentration, dtype=dtype, device=device))
+        alpha = torch.full((K,), self.concentration, dtype=dtype, device=device)
+        if self.weights == "dirichlet_process":
+            prior = StickBreaking(alpha[0], K)
+        else:
+            prior = dist.Dirichlet(alpha)
         return pyro.sample("weights", prior).clamp_min(torch.finfo(dtype).tiny).log()
+
+    def _stick_posterior(self) -> StickWeights:
+        return StickWeights(dist.Independent(dist.Beta(self.stick_a, self.stick_b), 1))
 
     def _guide_globals(self) -> None:
         if self.weights == "dirichlet":
             pyro.sample("weights", dist.Dirichlet(self.weight_concentration_q))
+        elif self.weights == "dirichlet_process":
+            pyro.sample("weights", self._stick_posterior())
 
     def weight_logits_estimate(self) -> torch.Tensor:
         """Point estimate of log w, (K,): the learned logits, uniform, or the posterior mean."""
         if self.weights == "dirichlet":
             c = self.weight_concentration_q.detach()
             return (c / c.sum()).log()
+        if self.weights == "dirichlet_process":
+            return self._stick_posterior().mean.detach().clamp_min(1e-30).log()
         return self._model_logits().detach()
 
     # --- amortized assignment -------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 import torch
 from pyro.infer import SVI, TraceEnum_ELBO
 
+import pyro_mixflows
 from pyro_mixflows import FlowComponents, FlowMixture, VMoNF
 
 from ..conftest import perturb
@@ -125,3 +126,20 @@ def test_label_errors_name_the_problem():
         vm.model(x, x)
     with pytest.raises(ValueError, match="event size D=2"):
         vm.model(torch.randn(4, 3))
+
+
+def test_dirichlet_process_weights_model_and_guide(float64):
+    vm = make(weights="dirichlet_process", assignment="enumerate", concentration=0.7)
+    x = torch.randn(10, 2)
+    pyro.set_rng_seed(5)
+    w = pyro.poutine.trace(vm.guide).get_trace(x).nodes["weights"]["value"]
+    assert w.shape == (3,) and torch.allclose(w.sum(), torch.tensor(1.0, dtype=w.dtype))
+    pyro.set_rng_seed(5)  # the loss's guide run draws the same weights
+    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(vm.model, vm.guide, x)
+    prior = pyro_mixflows.StickBreaking(torch.tensor(0.7), 3).log_prob(w)
+    posterior = vm._stick_posterior().log_prob(w)
+    likelihood = FlowMixture(vm.components, probs=w).log_prob(x).sum()
+    assert torch.allclose(loss, -(prior - posterior + likelihood), rtol=1e-8)
+    assert torch.allclose(vm.weight_logits_estimate().exp().sum(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="truncation K >= 2"):
+        VMoNF(FlowComponents(1, 2, flow="affine_coupling"), weights="dirichlet_process")
