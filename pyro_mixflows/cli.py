@@ -671,6 +671,6 @@ def _sample_mala(kernel_cls, est, n: int, warmup: int, chains: int):
     draws = mcmc.get_samples()
     x = draws["x"].reshape(-1, est.n_features_in_)[:n]  # (S * C, D), standardized scale
     z = draws.get("component")
-    z = torch.zeros(len(x), dtype=torch.long) if z is None else z.reshape(-1)[:n]
+    z = torch.zeros(len(x), dtype=torch.long) if z is None else z.reshape(-1)[:n].long()
     x = x * est._scale + est._mean
     return x.detach().cpu().numpy(), z.cpu().numpy()
