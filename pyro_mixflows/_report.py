@@ -158,7 +158,7 @@ def plot_loss(
     if len(val_losses) and n_val:
         ax.plot(val_steps, np.asarray(val_losses) / n_val, "o-", label="held-out (per row)")
     ax.set_xlabel("step")
-    ax.set_ylabel("negative ELBO per row")
+    ax.set_ylabel("negative ELBO per row (standardized data)")
     ax.set_title("loss trace")
     ax.legend()
     fig.tight_layout()

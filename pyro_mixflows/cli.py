@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--force", action="store_true", help="replace an earlier output folder")
     fit.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     fit.add_argument("--threads", type=_int_at_least(1, "--threads"), help=THREADS_HELP)
+    fit.add_argument("--device", help="torch device, e.g. cpu or cuda (default cpu)")
     fit.set_defaults(run=run_fit)
 
     score = sub.add_parser(
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", metavar="FILE", help="output CSV (default: standard output)")
     score.add_argument("--force", action="store_true", help="replace an existing --out file")
     score.add_argument("--threads", type=_int_at_least(1, "--threads"), help=THREADS_HELP)
+    score.add_argument("--device", help="torch device, e.g. cpu or cuda (default cpu)")
     score.set_defaults(run=run_score)
 
     sample = sub.add_parser(
@@ -224,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", metavar="FILE", help="output CSV (default: standard output)")
     sample.add_argument("--force", action="store_true", help="replace an existing --out file")
     sample.add_argument("--threads", type=_int_at_least(1, "--threads"), help=THREADS_HELP)
+    sample.add_argument("--device", help="torch device, e.g. cpu or cuda (default cpu)")
     sample.set_defaults(run=run_sample)
     return parser
 
@@ -236,10 +239,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help (0) or a usage error (2), already printed
         return exit_.code if isinstance(exit_.code, int) else 2
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.threads is not None:
-        import torch
+    import torch
 
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.device is not None:
+        try:
+            torch.empty(0, device=args.device)
+        except Exception as err:  # torch raises RuntimeError, ValueError or AssertionError
+            print(f"{PROG} {args.command}: error: --device {args.device}: {err}", file=sys.stderr)
+            return 2
     try:
         return args.run(args)
     except CLIError as err:
@@ -303,6 +312,7 @@ def _estimator(args, K: int, D: int):
         learning_rate=args.lr,
         init=args.init,
         random_state=args.seed,
+        device=args.device,
         progress_bar=not args.quiet,
     )
     if args.dp:
@@ -538,7 +548,7 @@ def _print_fit(args, summary: dict) -> None:
 
 
 # --- score and sample --------------------------------------------------------------------------
-def _load_model(path: str):
+def _load_model(path: str, device: str | None = None):
     """The fitted estimator at ``path`` (a model.pt file or the folder fit wrote) and fit metadata."""
     from . import VariationalFlowMixture
 
@@ -547,7 +557,7 @@ def _load_model(path: str):
     if not os.path.exists(path):
         raise CLIError(f"{path}: no such model file")
     try:
-        est = VariationalFlowMixture.load(path)
+        est = VariationalFlowMixture.load(path, device=device)
     except ValueError as err:
         raise CLIError(f"{path}: not a pyro-mixflows model file ({err})") from None
     except Exception as err:  # a file of the right format but broken contents
@@ -567,7 +577,7 @@ def _load_model(path: str):
 def run_score(args) -> int:
     """``pyro-mixflows score``: see ``pyro-mixflows score --help``."""
     check_output_file(args.out, args.force)
-    est, meta = _load_model(args.model)
+    est, meta = _load_model(args.model, args.device)
     D = est.n_features_in_
     columns = meta.get("columns")
     label_column = meta.get("label_column")
@@ -639,7 +649,7 @@ def run_sample(args) -> int:
                 "--mala needs the latent-MALA kernel (pyro_mixflows.infer.mala.LatentMALA), "
                 "which this installation does not have; sample without --mala"
             ) from None
-    est, meta = _load_model(args.model)
+    est, meta = _load_model(args.model, args.device)
     columns = meta.get("columns") or [f"x{d}" for d in range(est.n_features_in_)]
     pyro.set_rng_seed(args.seed)
     n = args.num_samples

@@ -64,7 +64,8 @@ def moons(tmp_path_factory):
 def fitted(moons, tmp_path_factory):
     """An in-process unsupervised fit on every row (no held-out rows), seed 3."""
     out = str(tmp_path_factory.mktemp("fit") / "run")
-    assert main(["fit", moons[0], *TINY, "--test-fraction", "0", "--seed", "3", "--out", out]) == 0
+    args = ["fit", moons[0], *TINY, "--test-fraction", "0", "--seed", "3", "--device", "cpu"]
+    assert main([*args, "--out", out]) == 0
     return out
 
 
@@ -209,6 +210,7 @@ def test_bad_fit_arguments(moons, table, tmp_path, capsys):
     fails(["fit", data, "--steps", "0"], capsys, "expected --steps >= 1, got 0")
     fails(["fit", data, "--hidden", "8,x"], capsys, "comma-separated positive widths")
     fails(["fit", data, "--flow", "glow"], capsys, "invalid choice: 'glow'")
+    fails(["fit", data, "--device", "banana", "--out", out], capsys, "--device banana")
     fails(["fit", "--labels", "side", "--out", out], capsys, "--labels needs a DATA.csv")
     one = table("a\n1\n2\n3\n", "one.csv")
     fails(["fit", one, "--flow", "affine_coupling", "--out", out], capsys, "--flow maf")
