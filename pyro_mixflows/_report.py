@@ -93,8 +93,8 @@ def plot_density(
                     ax.hist(X[:, i], bins=30, density=True, color="0.6", alpha=0.7)
                     ax.hist(samples[:, i], bins=30, density=True, color="C1", alpha=0.5)
                 else:
-                    ax.scatter(X[:, j], X[:, i], s=1, c="0.3", alpha=0.4, linewidths=0)
-                    ax.scatter(samples[:, j], samples[:, i], s=1, c="C1", alpha=0.4, linewidths=0)
+                    ax.scatter(X[:, j], X[:, i], s=4, c="0.3", alpha=0.5, linewidths=0)
+                    ax.scatter(samples[:, j], samples[:, i], s=4, c="C1", alpha=0.4, linewidths=0)
                 if i == P - 1:
                     ax.set_xlabel(columns[j])
                 if j == 0:

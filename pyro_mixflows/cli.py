@@ -380,6 +380,11 @@ def run_fit(args) -> int:
             f"{len(classes)} classes in {args.labels!r}"
         )
     est = _estimator(args, K, D)
+    if y is not None and not (y < 0).any():
+        raise CLIError(
+            f"expected some unlabelled rows (empty cells in {args.labels!r}), got {N} labelled "
+            "rows; semi-supervised fitting needs both"
+        )
 
     # Held-out rows for the reported log-likelihood: unlabelled rows only.
     rng = np.random.default_rng(args.seed)

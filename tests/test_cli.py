@@ -212,6 +212,8 @@ def test_bad_fit_arguments(moons, table, tmp_path, capsys):
     fails(["fit", data, "--flow", "glow"], capsys, "invalid choice: 'glow'")
     fails(["fit", data, "--device", "banana", "--out", out], capsys, "--device banana")
     fails(["fit", "--labels", "side", "--out", out], capsys, "--labels needs a DATA.csv")
+    labelled = table("a,b,c\n1,2,x\n3,4,y\n5,7,x\n", "labelled.csv")
+    fails(["fit", labelled, "--labels", "c", "--out", out], capsys, "expected some unlabelled rows")
     one = table("a\n1\n2\n3\n", "one.csv")
     fails(["fit", one, "--flow", "affine_coupling", "--out", out], capsys, "--flow maf")
     binary = tmp_path / "bin.csv"
