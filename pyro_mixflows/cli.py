@@ -257,6 +257,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except FloatingPointError as err:  # the fit loop's NaN/inf guard: not bad input, a failed fit
+        print(
+            f"{PROG} {args.command}: training failed: {err}; nothing was written "
+            "(try a smaller --lr or another --seed)",
+            file=sys.stderr,
+        )
+        return 1
+    except BrokenPipeError:  # e.g. `pyro-mixflows score ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 # --- fit ---------------------------------------------------------------------------------------

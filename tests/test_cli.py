@@ -377,3 +377,14 @@ def test_mala_plugs_into_pyro_mcmc(fitted, tmp_path, monkeypatch):
     assert all(r[2] in ("0", "1") for r in rows)
     # Back in the data's units: the moons were scaled by 2 and shifted by 1 (mean ~ (2, 1.5)).
     assert np.all(np.abs(values.mean(0) - np.array([2.0, 1.5])) < 1.0)
+
+
+def test_a_diverging_fit_exits_1_and_writes_nothing(moons, tmp_path, capsys, monkeypatch):
+    def diverge(self, X, y=None):
+        raise FloatingPointError("non-finite loss at step 7")
+
+    monkeypatch.setattr(VariationalFlowMixture, "fit", diverge)
+    out = tmp_path / "o"
+    assert main(["fit", moons[0], *TINY, "--out", str(out)]) == 1
+    assert "training failed: non-finite loss at step 7" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
