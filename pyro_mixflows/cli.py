@@ -192,12 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-row log-density and cluster labels of new rows",
         description=(
             "Score the rows of a CSV file with a fitted model: writes row, log_density "
-            "(natural log, in the data's units), label (most probable component) and, for a "
-            "semi-supervised model, class."
+            "(natural log, in the data's units), label (most probable component), for a "
+            "semi-supervised model class, and with --proba the responsibilities."
         ),
     )
     score.add_argument("model", metavar="MODEL", help="model.pt (or the folder fit wrote)")
     score.add_argument("data", metavar="DATA.csv")
+    score.add_argument(
+        "--proba", action="store_true", help="add the responsibilities p_0..p_K-1 of each row"
+    )
     score.add_argument("--out", metavar="FILE", help="output CSV (default: standard output)")
     score.add_argument("--force", action="store_true", help="replace an existing --out file")
     score.add_argument("--threads", type=_int_at_least(1, "--threads"), help=THREADS_HELP)
@@ -305,7 +308,7 @@ def _jsonable(value):
     return getattr(value, "__name__", str(value))
 
 
-def _estimator(args, K: int, D: int):
+def _estimator(args: argparse.Namespace, K: int, D: int):
     from . import VariationalFlowMixture
 
     flow = args.flow or ("spline_coupling" if D >= 2 else "maf")
@@ -340,7 +343,7 @@ def _estimator(args, K: int, D: int):
     return est
 
 
-def _load_data(args) -> tuple[Table, np.ndarray | None, str]:
+def _load_data(args: argparse.Namespace) -> tuple[Table, np.ndarray | None, str]:
     if args.data is None:
         if args.labels is not None:
             raise CLIError("--labels needs a DATA.csv file; the demo set has no label column")
@@ -351,7 +354,7 @@ def _load_data(args) -> tuple[Table, np.ndarray | None, str]:
     return read_table(args.data, label_column=args.labels), None, os.path.abspath(args.data)
 
 
-def run_fit(args) -> int:
+def run_fit(args: argparse.Namespace) -> int:
     """``pyro-mixflows fit``: see ``pyro-mixflows fit --help``."""
     start = time.perf_counter()
     if args.components is not None and args.components < 1:
@@ -530,7 +533,7 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def _print_fit(args, summary: dict) -> None:
+def _print_fit(args: argparse.Namespace, summary: dict) -> None:
     data, training = summary["data"], summary["training"]
     est = summary["settings"]["estimator"]
     source = data["source"]
@@ -589,7 +592,7 @@ def _load_model(path: str, device: str | None = None):
     return est, meta
 
 
-def run_score(args) -> int:
+def run_score(args: argparse.Namespace) -> int:
     """``pyro-mixflows score``: see ``pyro-mixflows score --help``."""
     check_output_file(args.out, args.force)
     est, meta = _load_model(args.model, args.device)
@@ -619,14 +622,18 @@ def run_score(args) -> int:
             f"scoring its numeric columns ({', '.join(table.columns)}) in order",
             file=sys.stderr,
         )
-    scores = est.score_samples(table.X).astype(np.float64)
-    labels = est.predict(table.X)
+    scores = est.score_samples(table.X).astype(np.float64)  # (N,)
+    proba = est.predict_proba(table.X).astype(np.float64)  # (N, K)
+    labels = proba.argmax(1)
     classes = meta.get("classes") or []
     header = ["row", "log_density", "label"]
     cols: list = [np.arange(len(scores)), scores, labels]
     if classes:
         header.append("class")
         cols.append([classes[k] if k < len(classes) else "" for k in labels])
+    if args.proba:
+        header += [f"p_{k}" for k in range(proba.shape[1])]
+        cols += [proba[:, k] for k in range(proba.shape[1])]
     _emit(args.out, format_csv(header, cols))
     return 0
 
@@ -650,7 +657,7 @@ def _emit(out: str | None, text: str) -> None:
         write_text_atomic(out, text)
 
 
-def run_sample(args) -> int:
+def run_sample(args: argparse.Namespace) -> int:
     """``pyro-mixflows sample``: see ``pyro-mixflows sample --help``."""
     import pyro
 

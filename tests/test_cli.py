@@ -308,11 +308,15 @@ def test_bad_score_and_sample_input(moons, fitted, table, tmp_path, capsys, monk
 def test_score_and_sample_write_files(moons, fitted, tmp_path, capsys):
     model, (_, X, _) = fitted, moons
     out = str(tmp_path / "s.csv")
-    assert main(["score", model, moons[0], "--out", out]) == 0  # label/text columns ignored
+    args = ["score", model, moons[0], "--out", out, "--proba"]  # label/text columns ignored
+    assert main(args) == 0
     header, rows = read_csv(out)
     saved = VariationalFlowMixture.load(os.path.join(fitted, "model.pt"))
-    assert header == ["row", "log_density", "label"] and len(rows) == 120
+    assert header == ["row", "log_density", "label", "p_0", "p_1"] and len(rows) == 120
     assert np.allclose([float(r[1]) for r in rows], saved.score_samples(X), rtol=1e-6)
+    proba = np.array([[float(v) for v in r[3:]] for r in rows])
+    assert np.allclose(proba, saved.predict_proba(X), atol=1e-7)
+    assert [int(r[2]) for r in rows] == proba.argmax(1).tolist()
     assert main(["sample", model, "-n", "40", "--out", out, "--force", "--seed", "2"]) == 0
     header, rows = read_csv(out)
     assert header == ["a", "b", "component"] and len(rows) == 40
