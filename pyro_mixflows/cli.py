@@ -19,6 +19,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -413,11 +414,16 @@ def run_fit(args: argparse.Namespace) -> int:
     read_s = time.perf_counter() - start
 
     t0 = time.perf_counter()
-    try:
-        est.fit(X[train], None if y is None else y[train])
-    except ValueError as err:
-        raise CLIError(str(err)) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            est.fit(X[train], None if y is None else y[train])
+        except ValueError as err:
+            raise CLIError(str(err)) from None
     fit_s = time.perf_counter() - t0
+    notes = list(dict.fromkeys(str(w.message) for w in caught))  # e.g. unused components
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
 
     t0 = time.perf_counter()
     scores = est.score_samples(X).astype(np.float64)  # (N,)
@@ -435,6 +441,7 @@ def run_fit(args: argparse.Namespace) -> int:
             "name": args.demo,
             "adjusted_rand_index": adjusted_rand_index(y_true, labels),
         }
+    summary["warnings"] = notes
     summary["timings"] = {"read_s": read_s, "fit_s": fit_s, "score_s": score_s}
     _write_fit(
         args.out, est, table, classes, scores, proba, labels, weights, samples, summary, start

@@ -267,9 +267,10 @@ def test_atomic_dir_leaves_nothing_when_interrupted(tmp_path):
 
 
 def test_force_replaces_an_earlier_run(moons, fitted, tmp_path, capsys, monkeypatch):
-    """--force swaps a folder holding only pyro-mixflows files; the fit itself is stubbed out."""
+    """--force swaps a folder holding only pyro-mixflows files, and only after a successful fit."""
     import shutil
 
+    real_fit = VariationalFlowMixture.fit
     out = tmp_path / "again"
     shutil.copytree(fitted, out)
     (out / "model.pt").write_text("stale")
@@ -280,6 +281,24 @@ def test_force_replaces_an_earlier_run(moons, fitted, tmp_path, capsys, monkeypa
     monkeypatch.setattr(VariationalFlowMixture, "fit", no_fit)
     fails(["fit", moons[0], *TINY, "--out", str(out), "--force"], capsys, "stub: stop")
     assert (out / "model.pt").read_text() == "stale"  # a failed run leaves the old folder alone
+
+    # A successful --force run replaces the folder; the estimator's warnings reach stderr and
+    # summary.json.
+    def warn_fit(self, X, y=None):
+        import warnings
+
+        real_fit(self, X, y)
+        warnings.warn("components [1] hold no training points", stacklevel=2)
+        return self
+
+    monkeypatch.setattr(VariationalFlowMixture, "fit", warn_fit)
+    assert main(["fit", moons[0], *TINY, "--out", str(out), "--force"]) == 0
+    assert "warning: components [1] hold no training points" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == sorted(FIT_FILES)
+    VariationalFlowMixture.load(out / "model.pt")  # the stale file is gone
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["warnings"] == ["components [1] hold no training points"]
+    assert os.listdir(tmp_path) == ["again"]
 
 
 def test_bad_score_and_sample_input(moons, fitted, table, tmp_path, capsys, monkeypatch):
