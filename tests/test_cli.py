@@ -118,14 +118,16 @@ def test_end_to_end_subprocess(moons, tmp_path):
     new = write_csv(
         tmp_path / "new.csv", ["b", "a"], [[repr(float(b)), repr(float(a))] for a, b in X[:7]]
     )
-    done = run_cli("score", "run", new, "--out", "scored.csv", cwd=tmp_path)
+    done = run_cli("score", "run", new, "--out", "scored.csv", "--threads", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     header, rows = read_csv(tmp_path / "scored.csv")
     assert header == ["row", "log_density", "label", "class"]
     assert np.allclose([float(r[1]) for r in rows], model.score_samples(X[:7]), rtol=1e-6)
     assert [int(r[2]) for r in rows] == labels[:7].tolist()
 
-    done = run_cli("sample", "run/model.pt", "-n", "25", "--seed", "1", cwd=tmp_path)
+    done = run_cli(
+        "sample", "run/model.pt", "-n", "25", "--seed", "1", "--threads", "1", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     sample_rows = list(csv.reader(done.stdout.splitlines()))
     assert sample_rows[0] == ["a", "b", "component"] and len(sample_rows) == 26
