@@ -1,13 +1,30 @@
-"""What ``pyro-mixflows fit`` writes besides the checkpoint: ArviZ InferenceData and PNG plots."""
+"""What ``pyro-mixflows fit`` writes: summary, CSV files, ArviZ InferenceData and PNG plots."""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ._table import atomic_dir, format_csv
+
+PROG = "pyro-mixflows"
 MAX_PANELS = 5  # pairwise plots show the first MAX_PANELS columns
+EFFECTIVE_WEIGHT = 0.01  # a component is "effective" when its weight exceeds 1%
+FIT_FILES = (
+    "model.pt",
+    "clusters.csv",
+    "scores.csv",
+    "summary.json",
+    "posterior.nc",
+    "density.png",
+    "clusters.png",
+    "loss.png",
+)
 
 
 def inference_data(
@@ -166,5 +183,119 @@ def plot_loss(
     plt.close(fig)
 
 
-def written(folder: str, names: Sequence[str]) -> list[str]:
-    return [n for n in names if os.path.exists(os.path.join(folder, n))]
+# --- the output folder ------------------------------------------------------------------------
+def _versions() -> dict:
+    import arviz
+    import pyro
+    import torch
+
+    from . import __version__
+
+    return {
+        "pyro_mixflows": __version__,
+        "pyro": pyro.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "arviz": arviz.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _jsonable(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return getattr(value, "__name__", str(value))
+
+
+def summary(args, est, table, source, classes, y, train, test, scores, labels, weights) -> dict:
+    """The contents of ``summary.json`` (everything but the timings and warnings)."""
+    result = est.fit_result_
+    n_fit = len(train)
+    n_val = min(int(est.validation_fraction * n_fit), n_fit - 1)
+    params = {k: _jsonable(v) for k, v in est.get_params().items()}
+    return {
+        "tool": PROG,
+        "format": 1,
+        "command": [PROG, *args.argv],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": {
+            "source": source,
+            "n_rows": int(table.X.shape[0]),
+            "n_features": int(table.X.shape[1]),
+            "columns": table.columns,
+            "ignored_columns": table.ignored,
+            "label_column": args.labels,
+            "classes": classes,
+            "n_labelled": int((y >= 0).sum()) if y is not None else 0,
+            "n_train": int(n_fit),
+            "n_test": int(len(test)),
+            "test_rows": test.tolist(),
+        },
+        "settings": {"seed": args.seed, "test_fraction": args.test_fraction, "estimator": params},
+        "versions": _versions(),
+        "training": {
+            "loss": [float(v) for v in result.losses],
+            "elbo": [-float(v) for v in result.losses],
+            "val_steps": [int(v) for v in result.val_steps],
+            "val_loss": [float(v) for v in result.val_losses],
+            "n_val": int(n_val),
+            "n_iter": int(est.n_iter_),
+            "converged": bool(est.converged_),
+            "stop_reason": result.stop_reason,
+            "lower_bound": float(est.lower_bound_),
+            "time_s": float(result.time),
+        },
+        "held_out_log_likelihood": float(scores[test].mean()) if len(test) else None,
+        "train_log_likelihood": float(scores[train].mean()),
+        "weights": weights.tolist(),
+        "effective_components": int((weights > EFFECTIVE_WEIGHT).sum()),
+        "effective_weight_threshold": EFFECTIVE_WEIGHT,
+        "cluster_sizes": np.bincount(labels, minlength=len(weights)).tolist(),
+    }
+
+
+def write_fit(
+    out, est, table, classes, scores, proba, labels, weights, samples, summary, start
+) -> None:
+    """Write every file of ``FIT_FILES`` into a temporary sibling of ``out``, then rename it
+    into place (``atomic_dir``); ``summary.json`` last, with the timings of the writing."""
+    N, K = proba.shape
+    rows = np.arange(N)
+    t0 = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        est.save(os.path.join(tmp, "model.pt"))
+        header = ["row", "label"] + (["class"] if classes else [])
+        columns: list = [rows, labels]
+        if classes:
+            columns.append([classes[k] if k < len(classes) else "" for k in labels])
+        header += [f"p_{k}" for k in range(K)]
+        columns += [proba[:, k] for k in range(K)]
+        _write(os.path.join(tmp, "clusters.csv"), format_csv(header, columns))
+        _write(os.path.join(tmp, "scores.csv"), format_csv(["row", "log_density"], [rows, scores]))
+        idata = inference_data(weights, proba, scores, table.X, table.columns)
+        idata.to_netcdf(os.path.join(tmp, "posterior.nc"))
+        plot_density(
+            os.path.join(tmp, "density.png"), table.X, table.columns, est.score_samples, samples
+        )
+        plot_clusters(os.path.join(tmp, "clusters.png"), table.X, table.columns, labels)
+        training = summary["training"]
+        plot_loss(
+            os.path.join(tmp, "loss.png"),
+            training["loss"],
+            training["val_steps"],
+            training["val_loss"],
+            summary["data"]["n_train"] - training["n_val"],
+            training["n_val"],
+        )
+        now = time.perf_counter()
+        summary["timings"].update(write_s=now - t0, total_s=now - start)
+        _write(os.path.join(tmp, "summary.json"), json.dumps(summary, indent=2))
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", newline="") as f:
+        f.write(text)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -24,10 +23,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import _report
+from ._report import EFFECTIVE_WEIGHT, FIT_FILES, PROG
 from ._table import (
     CLIError,
     Table,
-    atomic_dir,
     check_output_dir,
     check_output_file,
     format_csv,
@@ -35,20 +35,8 @@ from ._table import (
     write_text_atomic,
 )
 
-PROG = "pyro-mixflows"
 DEMO_ROWS = 1000
-EFFECTIVE_WEIGHT = 0.01  # a component is "effective" when its weight exceeds 1%
 THREADS_HELP = "torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)"
-FIT_FILES = (
-    "model.pt",
-    "clusters.csv",
-    "scores.csv",
-    "summary.json",
-    "posterior.nc",
-    "density.png",
-    "clusters.png",
-    "loss.png",
-)
 
 
 # --- argument parsing --------------------------------------------------------------------------
@@ -282,33 +270,6 @@ def _classes(labels: list[str]) -> list[str]:
         return values
 
 
-def _versions() -> dict:
-    import arviz
-    import pyro
-    import torch
-
-    from . import __version__
-
-    return {
-        "pyro_mixflows": __version__,
-        "pyro": pyro.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "arviz": arviz.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def _jsonable(value):
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return getattr(value, "__name__", str(value))
-
-
 def _estimator(args: argparse.Namespace, K: int, D: int):
     from . import VariationalFlowMixture
 
@@ -433,7 +394,9 @@ def run_fit(args: argparse.Namespace) -> int:
     samples, _ = est.sample(min(2000, max(500, N)))
     score_s = time.perf_counter() - t0
 
-    summary = _summary(args, est, table, source, classes, y, train, test, scores, labels, weights)
+    summary = _report.summary(
+        args, est, table, source, classes, y, train, test, scores, labels, weights
+    )
     if y_true is not None:
         from .diagnostics import adjusted_rand_index
 
@@ -443,101 +406,12 @@ def run_fit(args: argparse.Namespace) -> int:
         }
     summary["warnings"] = notes
     summary["timings"] = {"read_s": read_s, "fit_s": fit_s, "score_s": score_s}
-    _write_fit(
+    _report.write_fit(
         args.out, est, table, classes, scores, proba, labels, weights, samples, summary, start
     )
     if not args.quiet:
         _print_fit(args, summary)
     return 0
-
-
-def _summary(args, est, table, source, classes, y, train, test, scores, labels, weights) -> dict:
-    result = est.fit_result_
-    n_fit = len(train)
-    n_val = min(int(est.validation_fraction * n_fit), n_fit - 1)
-    params = {k: _jsonable(v) for k, v in est.get_params().items()}
-    return {
-        "tool": PROG,
-        "format": 1,
-        "command": [PROG, *args.argv],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data": {
-            "source": source,
-            "n_rows": int(table.X.shape[0]),
-            "n_features": int(table.X.shape[1]),
-            "columns": table.columns,
-            "ignored_columns": table.ignored,
-            "label_column": args.labels,
-            "classes": classes,
-            "n_labelled": int((y >= 0).sum()) if y is not None else 0,
-            "n_train": int(n_fit),
-            "n_test": int(len(test)),
-            "test_rows": test.tolist(),
-        },
-        "settings": {"seed": args.seed, "test_fraction": args.test_fraction, "estimator": params},
-        "versions": _versions(),
-        "training": {
-            "loss": [float(v) for v in result.losses],
-            "elbo": [-float(v) for v in result.losses],
-            "val_steps": [int(v) for v in result.val_steps],
-            "val_loss": [float(v) for v in result.val_losses],
-            "n_val": int(n_val),
-            "n_iter": int(est.n_iter_),
-            "converged": bool(est.converged_),
-            "stop_reason": result.stop_reason,
-            "lower_bound": float(est.lower_bound_),
-            "time_s": float(result.time),
-        },
-        "held_out_log_likelihood": float(scores[test].mean()) if len(test) else None,
-        "train_log_likelihood": float(scores[train].mean()),
-        "weights": weights.tolist(),
-        "effective_components": int((weights > EFFECTIVE_WEIGHT).sum()),
-        "effective_weight_threshold": EFFECTIVE_WEIGHT,
-        "cluster_sizes": np.bincount(labels, minlength=len(weights)).tolist(),
-    }
-
-
-def _write_fit(
-    out, est, table, classes, scores, proba, labels, weights, samples, summary, start
-) -> None:
-    from . import _report
-
-    N, K = proba.shape
-    rows = np.arange(N)
-    t0 = time.perf_counter()
-    with atomic_dir(out) as tmp:
-        est.save(os.path.join(tmp, "model.pt"))
-        header = ["row", "label"] + (["class"] if classes else [])
-        columns: list = [rows, labels]
-        if classes:
-            columns.append([classes[k] if k < len(classes) else "" for k in labels])
-        header += [f"p_{k}" for k in range(K)]
-        columns += [proba[:, k] for k in range(K)]
-        _write(os.path.join(tmp, "clusters.csv"), format_csv(header, columns))
-        _write(os.path.join(tmp, "scores.csv"), format_csv(["row", "log_density"], [rows, scores]))
-        idata = _report.inference_data(weights, proba, scores, table.X, table.columns)
-        idata.to_netcdf(os.path.join(tmp, "posterior.nc"))
-        _report.plot_density(
-            os.path.join(tmp, "density.png"), table.X, table.columns, est.score_samples, samples
-        )
-        _report.plot_clusters(os.path.join(tmp, "clusters.png"), table.X, table.columns, labels)
-        training = summary["training"]
-        _report.plot_loss(
-            os.path.join(tmp, "loss.png"),
-            training["loss"],
-            training["val_steps"],
-            training["val_loss"],
-            summary["data"]["n_train"] - training["n_val"],
-            training["n_val"],
-        )
-        now = time.perf_counter()
-        summary["timings"].update(write_s=now - t0, total_s=now - start)
-        _write(os.path.join(tmp, "summary.json"), json.dumps(summary, indent=2))
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w", newline="") as f:
-        f.write(text)
 
 
 def _print_fit(args: argparse.Namespace, summary: dict) -> None:
