@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m pyro_mixflows
+	$(BIN)/pyro-mixflows fit --force --out mixflows-demo
 
 test: install
 	$(BIN)/python -m pytest -q
