@@ -1,4 +1,4 @@
-"""The core and the fit loop on a GPU (skipped without CUDA, see conftest)."""
+"""The core, the fit loop and latent MALA on a GPU (skipped without CUDA, see conftest)."""
 
 import pyro
 import pyro.distributions as dist
@@ -83,3 +83,15 @@ def test_fit_on_cuda(tmp_path):
     pyro.clear_param_store()
     state = load_checkpoint(tmp_path / "c.pt", map_location="cpu", restore_rng=False)
     assert state["step"] == 20 and pyro.param("logits").device.type == "cpu"
+
+
+@pytest.mark.parametrize("preconditioner", ["identity", "diagonal"])
+def test_latent_mala_runs_on_cuda(preconditioner):
+    from pyro_mixflows import LatentMALA
+
+    comps = perturb(FlowComponents(2, 2, num_layers=2, hidden_dims=(16,))).to(DEVICE)
+    mix = FlowMixture(comps, logits=torch.zeros(2, device=DEVICE))
+    kernel = LatentMALA(mix, target="tempered", preconditioner=preconditioner, num_chains_batched=4)
+    x = kernel.run_chains(10, warmup_steps=10)["x"]
+    assert x.shape == (4, 10, 2) and x.device.type == "cuda"
+    assert torch.isfinite(x).all()
