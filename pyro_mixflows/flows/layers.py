@@ -44,8 +44,18 @@ class ElementwiseAffine(BatchedLayer):
 
     def __init__(self, num_components: int, dim: int) -> None:
         super().__init__()
-        self.loc = nn.Parameter(torch.zeros(num_components, 1, dim))
-        self.log_scale = nn.Parameter(torch.zeros(num_components, 1, dim))
+        # loc and log_scale in one tensor: fewer parameter tensors, cheaper per-step bookkeeping
+        self.params = nn.Parameter(torch.zeros(num_components, 2, dim))
+
+    @property
+    def loc(self) -> torch.Tensor:
+        """(K, 1, D), a view of ``params``."""
+        return self.params[:, :1]
+
+    @property
+    def log_scale(self) -> torch.Tensor:
+        """(K, 1, D), a view of ``params``."""
+        return self.params[:, 1:]
 
     def to_data(self, u):
         x = self.loc + u * self.log_scale.exp()
