@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ._nn import BatchedMLP, made_masks
-from ._spline import rational_quadratic_spline
+from ._spline import packed_rational_quadratic_spline
 
 # Affine log-scales are soft-clamped to (-SCALE_CLAMP, SCALE_CLAMP) per layer, for stability.
 SCALE_CLAMP = 3.0
@@ -167,10 +167,9 @@ class SplineCoupling(_Coupling):
 
     def _elementwise(self, params, y, inverse):
         b = self.count_bins
-        return rational_quadratic_spline(
+        return packed_rational_quadratic_spline(
             y,
-            params[..., :b],
-            params[..., b : 2 * b],
+            params[..., : 2 * b].unflatten(-1, (2, b)),  # (K, M, T, 2, B): widths, heights
             params[..., 2 * b :],
             bound=self.bound,
             inverse=inverse,
