@@ -184,7 +184,7 @@ def matmul_flops_per_step(K: int, N: int, D: int, flow: str) -> float:
     n_trans = D - half
     per_dim = 3 * BINS - 1 if flow == "spline_coupling" else 2
     sizes = [half, *HIDDEN, n_trans * per_dim]
-    macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     return 3 * 2 * N * K * NUM_LAYERS * macs
 
 
@@ -256,20 +256,34 @@ def memory_table(flow: str, D: int, points) -> None:
     rows = []
     for N, K in points:
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench_core", "--memory-child", str(N), str(K),
-             str(D), flow],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bench_core",
+                "--memory-child",
+                str(N),
+                str(K),
+                str(D),
+                flow,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         rows.append((N, K, int(out.stdout.strip().splitlines()[-1])))
     xs = [float(N * K) for N, K, _ in rows]
     ys = [float(b) for *_, b in rows]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+    slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / sum(
+        (a - mx) ** 2 for a in xs
+    )
     icpt = my - slope * mx
-    print(f"\nPeak memory of one step of (a), {flow}, D={D}: increase of peak RSS (VmHWM) in a fresh process")
+    print(
+        f"\nPeak memory of one step of (a), {flow}, D={D}: increase of peak RSS (VmHWM) in a fresh process"
+    )
     print(f"{'N':>6} {'K':>4} {'N*K':>8} {'peak MiB':>9} {'line MiB':>9} {'bytes/(N*K)':>12}")
-    for (N, K, b), xv in zip(rows, xs):
+    for (N, K, b), xv in zip(rows, xs, strict=True):
         print(
             f"{N:>6} {K:>4} {N * K:>8} {b / 2**20:>9.1f} {(icpt + slope * xv) / 2**20:>9.1f}"
             f" {b / xv:>12.0f}"
@@ -281,13 +295,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: few configurations")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--flows", nargs="+", default=["spline_coupling"],
-                        choices=["spline_coupling", "affine_coupling"])
-    parser.add_argument("--budget", type=float, default=None,
-                        help="seconds of timed rounds per configuration (default 12, quick 2)")
+    parser.add_argument(
+        "--flows",
+        nargs="+",
+        default=["spline_coupling"],
+        choices=["spline_coupling", "affine_coupling"],
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds of timed rounds per configuration (default 12, quick 2)",
+    )
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--memory-child", nargs=4, metavar=("N", "K", "D", "FLOW"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-child", nargs=4, metavar=("N", "K", "D", "FLOW"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.memory_child:
         N, K, D, flow = args.memory_child
@@ -306,7 +329,9 @@ def main() -> None:
     )
     print(f"architecture: {NUM_LAYERS} layers, hidden {HIDDEN}, {BINS} bins, bound {BOUND}")
     peak = matmul_rate()
-    print(f"float32 1024x1024 matmul: {peak / 1e9:.1f} GFLOP/s (this run, {args.threads} thread(s))")
+    print(
+        f"float32 1024x1024 matmul: {peak / 1e9:.1f} GFLOP/s (this run, {args.threads} thread(s))"
+    )
     t_start = time.perf_counter()
     for flow in args.flows:
         print(f"\n{flow}: median ms per SVI step (loss + backward + Adam)")
@@ -328,8 +353,11 @@ def main() -> None:
                         flush=True,
                     )
         if not args.no_memory:
-            points = [(512, 4), (4096, 1)] if args.quick else [
-                (512, 10), (4096, 1), (4096, 4), (4096, 10), (4096, 32)]
+            points = (
+                [(512, 4), (4096, 1)]
+                if args.quick
+                else [(512, 10), (4096, 1), (4096, 4), (4096, 10), (4096, 32)]
+            )
             memory_table(flow, 16, points)
     print(
         f"\nmatmul rate at end: {matmul_rate() / 1e9:.1f} GFLOP/s; "

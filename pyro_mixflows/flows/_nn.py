@@ -130,9 +130,15 @@ class BatchedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(K, M, in) -> (K, M, out)."""
+        # split (not slicing): its backward is one concatenation, not a zero-filled copy per slice
+        sizes = [b - a for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
+        blocks = self.params.split(sizes, dim=1)
         last = len(self.shapes) - 1
-        for i in range(last + 1):
-            x = torch.baddbmm(self.bias(i), x, self.weight(i))
+        for i, ((n_in, n_out), block) in enumerate(zip(self.shapes, blocks, strict=True)):
+            bias, weight = block.unflatten(1, (n_in + 1, n_out)).split([1, n_in], dim=1)
+            if self.has_masks:
+                weight = weight * getattr(self, f"mask{i}")
+            x = torch.baddbmm(bias, x, weight)  # (K, M, out_i)
             if i < last:
                 x = self._activation(x)
         return x

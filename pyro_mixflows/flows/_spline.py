@@ -72,7 +72,10 @@ def packed_rational_quadratic_spline(
     sizes = MIN_BIN_WIDTH + (1.0 - MIN_BIN_WIDTH * num_bins) * torch.softmax(
         unnormalized_sizes, dim=-1
     )  # (..., 2, B)
-    interior = torch.cumsum(sizes[..., :-1], dim=-1) * (2 * bound) - bound  # (..., 2, B - 1)
+    # cumulative sums of the first B - 1 sizes as a small matmul with a 0/1 triangle: its
+    # backward is a matmul too (cumsum's backward flips and copies)
+    triangle = torch.ones(num_bins, num_bins - 1, dtype=sizes.dtype, device=sizes.device).triu()
+    interior = (sizes @ triangle) * (2 * bound) - bound  # (..., 2, B - 1)
     # End knots pinned exactly, so that the spline meets the identity tails.
     end = interior.new_tensor(bound).expand(*interior.shape[:-1], 1)
     knots = torch.cat([-end, interior, end], dim=-1)  # (..., 2, B + 1): x knots, y knots
@@ -86,11 +89,11 @@ def packed_rational_quadratic_spline(
     idx = (x.unsqueeze(-1) >= search).sum(-1, keepdim=True)  # (..., 1)
     idx2 = torch.cat([idx, idx + 1], dim=-1)  # (..., 2): the bin's left and right knot
     ends = knots.gather(-1, idx2.unsqueeze(-2).expand(*idx2.shape[:-1], 2, 2))  # (..., 2, 2)
-    x_k, y_k = ends[..., 0, 0], ends[..., 1, 0]
-    w_k = ends[..., 0, 1] - x_k
-    h_k = ends[..., 1, 1] - y_k
-    d_pair = derivatives.gather(-1, idx2)  # (..., 2)
-    d_k, d_k1 = d_pair[..., 0], d_pair[..., 1]
+    # unbind (not indexing): one stack in the backward instead of a zero-filled copy per index
+    x_k, x_k1, y_k, y_k1 = ends.flatten(-2).unbind(-1)
+    w_k = x_k1 - x_k
+    h_k = y_k1 - y_k
+    d_k, d_k1 = derivatives.gather(-1, idx2).unbind(-1)  # (...) each
     s_k = h_k / w_k
     curvature = d_k1 + d_k - 2 * s_k
 

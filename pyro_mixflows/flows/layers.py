@@ -167,10 +167,11 @@ class SplineCoupling(_Coupling):
 
     def _elementwise(self, params, y, inverse):
         b = self.count_bins
+        sizes, derivatives = params.split([2 * b, b - 1], dim=-1)
         return packed_rational_quadratic_spline(
             y,
-            params[..., : 2 * b].unflatten(-1, (2, b)),  # (K, M, T, 2, B): widths, heights
-            params[..., 2 * b :],
+            sizes.unflatten(-1, (2, b)),  # (K, M, T, 2, B): widths, heights
+            derivatives,  # (K, M, T, B - 1)
             bound=self.bound,
             inverse=inverse,
         )
