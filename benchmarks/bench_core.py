@@ -210,8 +210,6 @@ def bench_config(flow: str, D: int, N: int, K: int, budget_s: float, methods) ->
         t0 = time.perf_counter()
         step()
         first[m] = time.perf_counter() - t0
-    for step in steps.values():
-        step()
     per_round = sum(first.values())
     reps = int(min(15, max(3, budget_s / max(per_round, 1e-9))))
     times = {m: [] for m in steps}
