@@ -15,11 +15,13 @@ configuration share the same machine load, one optimization step (loss + backwar
 - ``c``: the batched model as a plain PyTorch loss (no Pyro): ``-logsumexp(log w + comps.component_log_probs(x))``
   with ``torch.optim.Adam`` -- the floor.
 
-Reported: medians in milliseconds, the ratios a/c, a_mod/c and b/a; the FLOP rate of ``c`` at
+Reported: medians in milliseconds; the ratios a/c, a_mod/c and b/a as medians of the per-round
+ratios (the steps of one round run back to back, so slow drifts of the machine's load cancel); the FLOP rate of ``c`` at
 N=4096 (batched matmul FLOPs counted analytically: forward + backward = 3x forward) as a fraction
 of the same run's rate of a large float32 matmul; and the peak-memory growth of one step of ``a``,
 measured as the increase of the peak resident set size (VmHWM, reset through /proc/self/clear_refs)
-in a fresh process per point, fitted by a line in N*K.
+in a fresh process per point, with glibc's mmap threshold fixed at 64 KiB so that freed tensors
+leave the resident set at once, fitted by a line in N*K.
 
     python -m benchmarks.bench_core             # the full table (~10-15 min on a loaded machine)
     python -m benchmarks.bench_core --quick     # a smoke run (~1 min)
@@ -219,7 +221,14 @@ def bench_config(flow: str, D: int, N: int, K: int, budget_s: float, methods) ->
             t0 = time.perf_counter()
             step()
             times[m].append(time.perf_counter() - t0)
-    return {"reps": reps, **{m: statistics.median(t) for m, t in times.items()}}
+    out = {"reps": reps, **{m: statistics.median(t) for m, t in times.items()}}
+    # ratios as medians of per-round ratios: the two steps of a round ran back to back
+    for num, den in (("a", "c"), ("a_mod", "c"), ("b", "a")):
+        if num in times and den in times:
+            out[f"{num}/{den}"] = statistics.median(
+                p / q for p, q in zip(times[num], times[den], strict=True)
+            )
+    return out
 
 
 def _status_kib(field: str) -> int:
@@ -268,7 +277,10 @@ def memory_table(flow: str, D: int, points) -> None:
             capture_output=True,
             text=True,
             check=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            # a fixed mmap threshold: glibc returns every freed large block at once, so the
+            # resident peak follows live tensors (the default sliding threshold keeps freed
+            # blocks in the heap, and the peak then depends on allocation history)
+            env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"},
         )
         rows.append((N, K, int(out.stdout.strip().splitlines()[-1])))
     xs = [float(N * K) for N, K, _ in rows]
@@ -349,8 +361,8 @@ def main() -> None:
                     print(
                         f"{D:>3} {N:>5} {K:>3} {r['reps']:>4}"
                         + "".join(f" {1e3 * r[m]:>9.1f}" for m in methods)
-                        + f" {r['a'] / r['c']:>5.2f} {r['a_mod'] / r['c']:>6.2f}"
-                        + f" {r['b'] / r['a']:>6.2f} {gf / 1e9:>7.2f} {gf / peak:>5.2f}",
+                        + f" {r['a/c']:>5.2f} {r['a_mod/c']:>6.2f}"
+                        + f" {r['b/a']:>6.2f} {gf / 1e9:>7.2f} {gf / peak:>5.2f}",
                         flush=True,
                     )
         if not args.no_memory:
