@@ -132,7 +132,7 @@ def run(name, seed, n_train, n_test):
         ("BayesianGaussianMixture", BayesianGaussianMixture, dict(max_iter=500)),
     ):
         start = time.perf_counter()
-        peer = cls(K, random_state=seed, **kw).fit(X)
+        peer = cls(n_components=K, random_state=seed, **kw).fit(X)
         elapsed = time.perf_counter() - start
         pred = peer.predict(Xt)
         rows.append(

@@ -131,6 +131,19 @@ class FlowMixture(_ComponentsDistribution):
         return self.sample_with_components(sample_shape)[0]
 
 
+def _enumerated_dim(index: torch.Tensor, num_components: int) -> int | None:
+    """d if ``index`` is ``arange(K)`` laid along its dimension -d (size 1 elsewhere), else None."""
+    if num_components < 2 or index.numel() != num_components:
+        return None
+    sizes = [i for i, size in enumerate(index.shape) if size != 1]
+    if len(sizes) != 1:
+        return None
+    arange = torch.arange(num_components, device=index.device, dtype=index.dtype)
+    if not torch.equal(index.reshape(-1), arange):
+        return None
+    return index.dim() - sizes[0]
+
+
 class IndexedComponent(_ComponentsDistribution):
     """The distribution of x given its component index: ``log_prob(x) = log p_index(x)``.
 
@@ -171,9 +184,18 @@ class IndexedComponent(_ComponentsDistribution):
         if self._validate_args:
             self._validate_sample(value)
         lp = self.components.component_log_probs(value)  # (..., K)
-        shape = torch.broadcast_shapes(self.index.shape, lp.shape[:-1])
+        batch, K = lp.shape[:-1], lp.shape[-1]
+        shape = torch.broadcast_shapes(self.index.shape, batch)
+        dim = _enumerated_dim(self.index, K)
+        if dim is not None and (dim > len(batch) or batch[-dim] == 1):
+            # Parallel enumeration, index = arange(K) along dim -dim: the answer is the (..., K)
+            # table itself with its component axis moved there; no gather, whose backward would
+            # materialize an expanded (*shape, K) zero tensor, K times the output.
+            lp = lp.reshape((1,) * (len(shape) + 1 - lp.dim()) + lp.shape)  # rank len(shape) + 1
+            pos = len(shape) - dim
+            return lp.squeeze(pos).movedim(-1, pos).expand(shape)
         idx = self.index.expand(shape).unsqueeze(-1)
-        return lp.expand(*shape, lp.shape[-1]).gather(-1, idx).squeeze(-1)
+        return lp.expand(*shape, K).gather(-1, idx).squeeze(-1)
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         index = self.index.expand(torch.Size(sample_shape) + self.batch_shape)

@@ -62,7 +62,23 @@ class BatchedLinear(nn.Module):
 
 
 class BatchedMLP(nn.Module):
-    """K independent MLPs; the last layer starts at zero."""
+    """K independent MLPs; the last layer starts at zero.
+
+    All weights and biases of the K networks live in ONE parameter tensor ``params`` of shape
+    (K, P): layer i is the block ``params[:, o_i : o_i + (in_i + 1) * out_i]`` viewed as
+    (K, in_i + 1, out_i), bias in row 0 and weight below. One tensor instead of two per layer keeps
+    per-parameter costs (``pyro.module``, Pyro's per-parameter optimizers) small. The
+    initialization is ``nn.Linear``'s default per component (a mask scales the fan-in to what is
+    connected), drawn in the same order as with separate tensors.
+
+    Args:
+        num_components: K.
+        in_features: input size.
+        hidden_dims: hidden sizes.
+        out_features: output size.
+        activation: one of "relu", "elu", "silu", "tanh", "gelu".
+        masks: optional (in_i, out_i) 0/1 masks, one per layer (MADE).
+    """
 
     def __init__(
         self,
@@ -78,25 +94,54 @@ class BatchedMLP(nn.Module):
         sizes = [in_features, *hidden_dims, out_features]
         if masks is not None and len(masks) != len(sizes) - 1:
             raise ValueError(f"expected {len(sizes) - 1} masks, got {len(masks)}")
-        self.layers = nn.ModuleList(
-            BatchedLinear(
-                num_components,
-                sizes[i],
-                sizes[i + 1],
-                mask=None if masks is None else masks[i],
-                zero_init=i == len(sizes) - 2,
-            )
-            for i in range(len(sizes) - 1)
-        )
+        self.shapes = [(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)]
+        self.offsets = [0]
+        for n_in, n_out in self.shapes:
+            self.offsets.append(self.offsets[-1] + (n_in + 1) * n_out)
+        K = num_components
+        self.params = nn.Parameter(torch.zeros(K, self.offsets[-1]))
+        if masks is not None:
+            for i, mask in enumerate(masks):
+                self.register_buffer(f"mask{i}", mask.to(self.params.dtype))
+        with torch.no_grad():
+            for i, (n_in, n_out) in enumerate(self.shapes[:-1]):  # the last layer stays at zero
+                mask = None if masks is None else masks[i]
+                fan_in = n_in if mask is None else max(1.0, float(mask.sum(0).mean()))
+                bound = 1.0 / math.sqrt(fan_in)
+                block = self._block(i)
+                block[:, 1:].copy_(torch.empty(K, n_in, n_out).uniform_(-bound, bound))
+                block[:, :1].copy_(torch.empty(K, 1, n_out).uniform_(-bound, bound))
+        self.has_masks = masks is not None
         self.activation_name = activation
         self._activation = get_activation(activation)
 
+    def _block(self, i: int) -> torch.Tensor:
+        n_in, n_out = self.shapes[i]
+        return self.params[:, self.offsets[i] : self.offsets[i + 1]].unflatten(1, (n_in + 1, n_out))
+
+    def weight(self, i: int) -> torch.Tensor:
+        """Layer i's weight (masked for MADE), a view of shape (K, in_i, out_i)."""
+        w = self._block(i)[:, 1:]
+        return w * getattr(self, f"mask{i}") if self.has_masks else w
+
+    def bias(self, i: int) -> torch.Tensor:
+        """Layer i's bias, a view of shape (K, 1, out_i)."""
+        return self._block(i)[:, :1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(K, M, in) -> (K, M, out)."""
-        *hidden, last = self.layers
-        for layer in hidden:
-            x = self._activation(layer(x))
-        return last(x)
+        # split (not slicing): its backward is one concatenation, not a zero-filled copy per slice
+        sizes = [b - a for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
+        blocks = self.params.split(sizes, dim=1)
+        last = len(self.shapes) - 1
+        for i, ((n_in, n_out), block) in enumerate(zip(self.shapes, blocks, strict=True)):
+            bias, weight = block.unflatten(1, (n_in + 1, n_out)).split([1, n_in], dim=1)
+            if self.has_masks:
+                weight = weight * getattr(self, f"mask{i}")
+            x = torch.baddbmm(bias, x, weight)  # (K, M, out_i)
+            if i < last:
+                x = self._activation(x)
+        return x
 
 
 def made_masks(dim: int, hidden_dims: Sequence[int], outputs_per_dim: int) -> list[torch.Tensor]:

@@ -8,27 +8,10 @@ import torch
 import torch.nn.functional as F
 
 MIN_BIN_WIDTH = 1e-3
-MIN_BIN_HEIGHT = 1e-3
+MIN_BIN_HEIGHT = MIN_BIN_WIDTH  # one minimum for both: widths and heights share a softmax
 MIN_DERIVATIVE = 1e-3
 # softplus(DERIVATIVE_SHIFT) + MIN_DERIVATIVE == 1, so zero parameters give the identity map.
 DERIVATIVE_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
-
-
-def _knots(raw: torch.Tensor, bound: float, min_size: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bin sizes and knot positions on [-bound, bound] from unnormalized sizes (..., B)."""
-    num_bins = raw.shape[-1]
-    sizes = min_size + (1.0 - min_size * num_bins) * torch.softmax(raw, dim=-1)
-    knots = F.pad(torch.cumsum(sizes, dim=-1), (1, 0)) * (2 * bound) - bound
-    # Pin the end knots exactly so that the spline meets the identity tails.
-    knots = torch.cat(
-        [
-            torch.full_like(knots[..., :1], -bound),
-            knots[..., 1:-1],
-            torch.full_like(knots[..., :1], bound),
-        ],
-        dim=-1,
-    )
-    return knots[..., 1:] - knots[..., :-1], knots
 
 
 def rational_quadratic_spline(
@@ -56,22 +39,61 @@ def rational_quadratic_spline(
         ``(outputs, log_abs_det)``, both shaped like ``inputs``: the elementwise log-derivative
         of the map that was evaluated.
     """
-    widths, cumwidths = _knots(unnormalized_widths, bound, MIN_BIN_WIDTH)
-    heights, cumheights = _knots(unnormalized_heights, bound, MIN_BIN_HEIGHT)
+    return packed_rational_quadratic_spline(
+        inputs,
+        torch.stack([unnormalized_widths, unnormalized_heights], dim=-2),
+        unnormalized_derivatives,
+        bound=bound,
+        inverse=inverse,
+    )
+
+
+def packed_rational_quadratic_spline(
+    inputs: torch.Tensor,
+    unnormalized_sizes: torch.Tensor,
+    unnormalized_derivatives: torch.Tensor,
+    *,
+    bound: float,
+    inverse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rational_quadratic_spline`` with widths and heights packed as (..., 2, B).
+
+    Widths and heights share one softmax and one cumsum, and the bin's knots and derivatives are
+    read with two gathers; only per-element quantities are formed after the bin search.
+
+    Args:
+        inputs: values, shape (...).
+        unnormalized_sizes: ``[widths, heights]`` before softmax, shape (..., 2, B).
+        unnormalized_derivatives: interior knot derivatives before softplus, shape (..., B - 1).
+        bound: half-width of the interval on which the spline acts.
+        inverse: evaluate the inverse map instead.
+    """
+    num_bins = unnormalized_sizes.shape[-1]
+    sizes = MIN_BIN_WIDTH + (1.0 - MIN_BIN_WIDTH * num_bins) * torch.softmax(
+        unnormalized_sizes, dim=-1
+    )  # (..., 2, B)
+    # cumulative sums of the first B - 1 sizes as a small matmul with a 0/1 triangle: its
+    # backward is a matmul too (cumsum's backward flips and copies)
+    triangle = torch.ones(num_bins, num_bins - 1, dtype=sizes.dtype, device=sizes.device).triu()
+    interior = (sizes @ triangle) * (2 * bound) - bound  # (..., 2, B - 1)
+    # End knots pinned exactly, so that the spline meets the identity tails.
+    end = interior.new_tensor(bound).expand(*interior.shape[:-1], 1)
+    knots = torch.cat([-end, interior, end], dim=-1)  # (..., 2, B + 1): x knots, y knots
     derivatives = MIN_DERIVATIVE + F.softplus(unnormalized_derivatives + DERIVATIVE_SHIFT)
-    derivatives = F.pad(derivatives, (1, 1), value=1.0)  # slope 1 at the ends meets the tails
+    derivatives = F.pad(derivatives, (1, 1), value=1.0)  # (..., B + 1); slope 1 meets the tails
 
     inside = (inputs >= -bound) & (inputs <= bound)
     x = inputs.clamp(-bound, bound)
-    knots = cumheights if inverse else cumwidths
-    num_bins = widths.shape[-1]
-    idx = (x.unsqueeze(-1) >= knots[..., 1:-1]).sum(-1, keepdim=True).clamp(max=num_bins - 1)
-
-    def pick(t: torch.Tensor) -> torch.Tensor:
-        return t.gather(-1, idx).squeeze(-1)
-
-    x_k, w_k, y_k, h_k = pick(cumwidths), pick(widths), pick(cumheights), pick(heights)
-    d_k, d_k1 = pick(derivatives[..., :-1]), pick(derivatives[..., 1:])
+    # bin index in [0, B - 1]: the number of interior knots at or below x
+    search = interior[..., 1 if inverse else 0, :]  # (..., B - 1)
+    idx = (x.unsqueeze(-1) >= search).sum(-1, keepdim=True)  # (..., 1)
+    idx2 = torch.cat([idx, idx + 1], dim=-1)  # (..., 2): the bin's left and right knot
+    ends = knots.gather(-1, idx2.unsqueeze(-2).expand(*idx2.shape[:-1], 2, 2))  # (..., 2, 2)
+    # unbind (not indexing): one stack in the backward instead of a zero-filled copy per index
+    x_k, x_k1, y_k, y_k1 = ends.flatten(-2).unbind(-1)
+    w_k = x_k1 - x_k
+    h_k = y_k1 - y_k
+    d_k, d_k1 = derivatives.gather(-1, idx2).unbind(-1)  # (...) each
     s_k = h_k / w_k
     curvature = d_k1 + d_k - 2 * s_k
 
@@ -83,11 +105,11 @@ def rational_quadratic_spline(
         disc = (b.square() - 4 * a * c).clamp(min=0)
         theta = (2 * c) / (-b - disc.sqrt())
         out = theta * w_k + x_k
+        t1mt = theta * (1 - theta)
     else:
         theta = (x - x_k) / w_k
         t1mt = theta * (1 - theta)
         out = y_k + h_k * (s_k * theta.square() + d_k * t1mt) / (s_k + curvature * t1mt)
-    t1mt = theta * (1 - theta)
     denom = s_k + curvature * t1mt
     log_deriv = (
         2 * torch.log(s_k)
@@ -97,5 +119,5 @@ def rational_quadratic_spline(
     if inverse:
         log_deriv = -log_deriv
     outputs = torch.where(inside, out, inputs)
-    log_abs_det = torch.where(inside, log_deriv, torch.zeros_like(log_deriv))
+    log_abs_det = torch.where(inside, log_deriv, 0.0)
     return outputs, log_abs_det

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ._nn import BatchedMLP, made_masks
-from ._spline import rational_quadratic_spline
+from ._spline import packed_rational_quadratic_spline
 
 # Affine log-scales are soft-clamped to (-SCALE_CLAMP, SCALE_CLAMP) per layer, for stability.
 SCALE_CLAMP = 3.0
@@ -44,8 +44,18 @@ class ElementwiseAffine(BatchedLayer):
 
     def __init__(self, num_components: int, dim: int) -> None:
         super().__init__()
-        self.loc = nn.Parameter(torch.zeros(num_components, 1, dim))
-        self.log_scale = nn.Parameter(torch.zeros(num_components, 1, dim))
+        # loc and log_scale in one tensor: fewer parameter tensors, cheaper per-step bookkeeping
+        self.params = nn.Parameter(torch.zeros(num_components, 2, dim))
+
+    @property
+    def loc(self) -> torch.Tensor:
+        """(K, 1, D), a view of ``params``."""
+        return self.params[:, :1]
+
+    @property
+    def log_scale(self) -> torch.Tensor:
+        """(K, 1, D), a view of ``params``."""
+        return self.params[:, 1:]
 
     def to_data(self, u):
         x = self.loc + u * self.log_scale.exp()
@@ -157,11 +167,11 @@ class SplineCoupling(_Coupling):
 
     def _elementwise(self, params, y, inverse):
         b = self.count_bins
-        return rational_quadratic_spline(
+        sizes, derivatives = params.split([2 * b, b - 1], dim=-1)
+        return packed_rational_quadratic_spline(
             y,
-            params[..., :b],
-            params[..., b : 2 * b],
-            params[..., 2 * b :],
+            sizes.unflatten(-1, (2, b)),  # (K, M, T, 2, B): widths, heights
+            derivatives,  # (K, M, T, B - 1)
             bound=self.bound,
             inverse=inverse,
         )
