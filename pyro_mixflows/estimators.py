@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -17,6 +16,7 @@ from ._init import INIT_METHODS, initial_labels
 from .distributions import FlowMixture
 from .flows import FLOWS, FlowComponents
 from .infer import fit as _fit
+from .infer._checkpoint import atomic_save
 from .models.vmonf import ASSIGNMENTS, WEIGHTS, VMoNF, paper_temperature
 
 _FORMAT = "pyro_mixflows.VariationalFlowMixture/1"
@@ -463,19 +463,7 @@ class VariationalFlowMixture:
             "n_iter": self.n_iter_,
             "lower_bound": self.lower_bound_,
         }
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_save(state, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device=None) -> VariationalFlowMixture:
