@@ -59,7 +59,7 @@ def test_stratified_elbo_equals_weighted_sum_over_components(float64):
 
     pyro.set_rng_seed(7)
     loss = elbo.differentiable_loss(loc_scale_model, guide, x)
-    grads = torch.autograd.grad(loss, [guide.logits, guide.components.affine.loc])
+    grads = torch.autograd.grad(loss, [guide.logits, guide.components.affine.params])
 
     # By hand: one draw per component, the term of component k weighted by pi_k, and the
     # full mixture density (plus the log-det of exp for the positive site) in the entropy.
@@ -76,7 +76,7 @@ def test_stratified_elbo_equals_weighted_sum_over_components(float64):
     )  # (K,)
     log_q = FlowMixture(comps, logits=logits).log_prob(z) - log_scale  # constrained density
     expected = -(torch.softmax(logits, -1) * (log_p - log_q)).sum()
-    expected_grads = torch.autograd.grad(expected, [logits, comps.affine.loc])
+    expected_grads = torch.autograd.grad(expected, [logits, comps.affine.params])
 
     assert torch.allclose(loss, expected, rtol=1e-10)
     for got, want in zip(grads, expected_grads, strict=True):
