@@ -42,6 +42,44 @@ def _spectral_embedding(affinity: torch.Tensor, num_clusters: int) -> torch.Tens
     return embedding / embedding.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def sweep_bisection(affinity: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Two-way spectral cut by a sweep (Shi & Malik, 2000): (N, N) -> (N,) long labels in {0, 1}.
+
+    Orders the points by the second generalized eigenvector of ``(D - W) v = lambda D v`` and
+    cuts at the threshold of least normalized cut, among cuts that leave at least ``min_size``
+    points on each side. Unlike k-means on the spectral embedding, the sweep finds the gap of
+    a long curved cluster (the tip of a moon) instead of cutting at the embedding's midpoint.
+    """
+    N = affinity.shape[0]
+    degree = affinity.sum(1).clamp_min(1e-12)
+    inv_sqrt_deg = degree.rsqrt()
+    _, vecs = torch.linalg.eigh(inv_sqrt_deg[:, None] * affinity * inv_sqrt_deg[None, :])
+    order = (vecs[:, -2] * inv_sqrt_deg).argsort()
+    w = affinity[order][:, order]
+    volume = degree[order].cumsum(0)  # (N,) volume of the first i + 1 points
+    within = (2 * w.tril(-1).sum(1) + w.diagonal()).cumsum(0)
+    cut = volume - within
+    ncut = cut / volume + cut / (volume[-1] - volume).clamp_min(1e-12)
+    left = torch.arange(1, N + 1, device=affinity.device)
+    ncut = torch.where((left >= min_size) & (N - left >= min_size), ncut, torch.inf)
+    labels = torch.zeros(N, dtype=torch.long, device=affinity.device)
+    labels[order[int(ncut.argmin()) + 1 :]] = 1
+    return labels
+
+
+def _two_way_labels(x: torch.Tensor, neighbors: tuple[int, ...]) -> torch.Tensor:
+    """Sweep cuts of k-NN graphs with 5, 6 and ``neighbors`` neighbours; the winner has the least
+    normalized cut summed over the ``neighbors`` graphs. Sparse graphs propose cuts that the
+    denser ones cannot order (a narrow gap where two clusters nearly touch), but they can also
+    split a cluster at a gap of sampling noise, so only the denser graphs judge."""
+    judges = [_knn_affinity(x, k) for k in neighbors]
+    proposers = [_knn_affinity(x, k) for k in (5, 6) if k not in neighbors] + judges
+    min_size = max(1, x.shape[0] // 20)
+    candidates = [sweep_bisection(g, min_size) for g in proposers]
+    total = [sum(normalized_cut(g, c, 2) for g in judges) for c in candidates]
+    return candidates[min(range(len(candidates)), key=total.__getitem__)]
+
+
 def spectral_labels(
     x: torch.Tensor,
     num_clusters: int,
@@ -51,9 +89,12 @@ def spectral_labels(
 ) -> torch.Tensor:
     """Spectral clustering (Ng, Jordan & Weiss, 2002) on locally scaled k-NN graphs.
 
-    Candidates: the spectral partition for each neighbourhood size in ``neighbors`` and plain
-    k-means; the consensus wins (the candidate with the highest summed adjusted Rand index to the
-    others). Follows manifolds (moons, rings, spiral arms) where k-means cuts them.
+    For K > 2 the candidates are the spectral partition (k-means on the embedding) for each
+    neighbourhood size in ``neighbors`` and plain k-means; the consensus wins (the candidate with
+    the highest summed adjusted Rand index to the others). For K = 2 the candidates are the
+    sweep cuts (``sweep_bisection``) of these and sparser graphs, and the one with the least
+    normalized cut summed over the ``neighbors`` graphs wins. Follows manifolds (moons,
+    rings, spiral arms) where k-means cuts them.
 
     Args:
         x: points, (N, D).
@@ -71,6 +112,8 @@ def spectral_labels(
         )
         nearest = torch.cat([torch.cdist(c, x[subset]).argmin(1) for c in x.split(4096)])
         return sub_labels[nearest]
+    if num_clusters == 2:
+        return _two_way_labels(x, neighbors)
     candidates = [kmeans(x, num_clusters, generator=generator)[1]]
     for k in neighbors:
         embedding = _spectral_embedding(_knn_affinity(x, k), num_clusters)
