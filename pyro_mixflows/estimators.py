@@ -15,6 +15,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from ._init import INIT_METHODS, initial_labels
 from .distributions import FlowMixture
 from .flows import FLOWS, FlowComponents
+from .infer import FitResult
 from .infer import fit as _fit
 from .infer._checkpoint import atomic_save
 from .models.vmonf import ASSIGNMENTS, WEIGHTS, VMoNF, paper_temperature
@@ -42,6 +43,26 @@ def _as_2d(X, name: str = "X") -> np.ndarray:
     return X
 
 
+def _chain_results(first: FitResult, second: FitResult) -> FitResult:
+    """One ``FitResult`` for two consecutive ``fit`` calls (steps of the second shifted)."""
+    shift = first.num_steps
+    best_second = second.best_loss is not None and (
+        first.best_loss is None or second.best_loss <= first.best_loss
+    )
+    best = second if best_second else first
+    return FitResult(
+        losses=first.losses + second.losses,
+        val_losses=first.val_losses + second.val_losses,
+        val_steps=first.val_steps + [s + shift for s in second.val_steps],
+        best_step=(second.best_step + shift) if best_second else first.best_step,
+        best_loss=best.best_loss,
+        converged=second.converged,
+        num_steps=first.num_steps + second.num_steps,
+        time=first.time + second.time,
+        stop_reason=second.stop_reason,
+    )
+
+
 class VariationalFlowMixture:
     """A mixture of normalizing flows with the interface of scikit-learn's ``GaussianMixture``.
 
@@ -65,6 +86,11 @@ class VariationalFlowMixture:
         max_steps: training steps at most; init_steps: hard-assignment pre-training steps.
         batch_size: minibatch size (None: full batch).
         learning_rate: Adam step size.
+        weight_decay: Adam's L2 penalty on all parameters (helps many-feature data with few
+            points per component, where flows overfit).
+        plateau_lr_factor: when the held-out loss stops improving, training goes on once more
+            from the best parameters at ``learning_rate * plateau_lr_factor`` with the same
+            early stopping (None: stop at the first plateau).
         validation_fraction: share of rows held out for early stopping (0 disables it).
         patience: evaluations without improvement before stopping; eval_every: steps between them.
         supervised_scale: weight of the classifier's supervised term (amortized, labelled rows).
@@ -96,6 +122,8 @@ class VariationalFlowMixture:
         init_steps: int = 300,
         batch_size: int | None = 256,
         learning_rate: float = 3e-3,
+        weight_decay: float = 0.0,
+        plateau_lr_factor: float | None = 0.1,
         validation_fraction: float = 0.1,
         patience: int = 6,
         eval_every: int = 50,
@@ -118,6 +146,8 @@ class VariationalFlowMixture:
         self.init_steps = init_steps
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.plateau_lr_factor = plateau_lr_factor
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.eval_every = eval_every
@@ -175,6 +205,11 @@ class VariationalFlowMixture:
             )
         if not self.learning_rate > 0:
             raise ValueError(f"expected learning_rate > 0, got {self.learning_rate!r}")
+        factor = self.plateau_lr_factor
+        if factor is not None and not 0 < factor < 1:
+            raise ValueError(f"expected plateau_lr_factor None or in (0, 1), got {factor!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"expected weight_decay >= 0, got {self.weight_decay!r}")
 
     def _check_y(self, y, n: int) -> np.ndarray | None:
         if y is None:
@@ -270,7 +305,7 @@ class VariationalFlowMixture:
             counts = torch.bincount(labels, minlength=K).to(xs.dtype) + 1.0
             with torch.no_grad():
                 vm.weight_logits.copy_(counts.log())
-        optim = pyro.optim.Adam({"lr": self.learning_rate})
+        optim = pyro.optim.Adam({"lr": self.learning_rate, "weight_decay": self.weight_decay})
         batch = self.batch_size if self.batch_size and self.batch_size < len(x_train) else None
         common = dict(optim=optim, batch_size=batch, seed=None, progress_bar=self.progress_bar)
         elbo = TraceEnum_ELBO(max_plate_nesting=1)
@@ -307,6 +342,26 @@ class VariationalFlowMixture:
             eval_every=self.eval_every,
             **common,
         )
+        if val_args is not None and self.plateau_lr_factor and result.converged:
+            lr = self.learning_rate * self.plateau_lr_factor
+            common["optim"] = pyro.optim.Adam({"lr": lr, "weight_decay": self.weight_decay})
+            before = {k: v.detach().clone() for k, v in vm.state_dict().items()}
+            refined = _fit(
+                vm.model,
+                vm.guide,
+                x_unl,
+                *extra,
+                loss=elbo,
+                num_steps=max(self.max_steps - result.num_steps, self.patience * self.eval_every),
+                val_args=val_args,
+                patience=self.patience,
+                eval_every=self.eval_every,
+                **common,
+            )
+            if refined.best_loss > result.best_loss:  # no evaluation improved: keep the first
+                with torch.no_grad():
+                    vm.load_state_dict(before)
+            result = _chain_results(result, refined)
         self.module_ = vm.eval()
         self.fit_result_ = result
         self.n_features_in_ = D

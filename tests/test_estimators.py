@@ -109,6 +109,8 @@ def test_load_refuses_foreign_files(tmp_path):
         (dict(flow="glow"), None, None, "expected flow in"),
         (dict(init="ward"), None, None, "expected init in"),
         (dict(batch_size=0), None, None, "batch_size"),
+        (dict(weight_decay=-1.0), None, None, "weight_decay >= 0"),
+        (dict(plateau_lr_factor=1.5), None, None, r"plateau_lr_factor None or in \(0, 1\)"),
         (
             dict(),
             lambda X: np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X),
@@ -133,6 +135,19 @@ def test_bad_input_is_refused_before_training(data, kwargs, X_fn, y_fn, match):
     params = {**SMALL, "random_state": 0, "n_components": 2, **kwargs}
     with pytest.raises(ValueError, match=match):
         VariationalFlowMixture(**params).fit(X, y)
+
+
+def test_plateau_refinement_never_loses_the_best_held_out_loss(data):
+    # With patience 1 the first phase stops at its first plateau; the second phase goes on from
+    # the best parameters at a tenth of the step size and keeps them unless it does better.
+    params = {**SMALL, "max_steps": 200, "patience": 1, "random_state": 0}
+    once = VariationalFlowMixture(2, plateau_lr_factor=None, **params).fit(data[0])
+    twice = VariationalFlowMixture(2, plateau_lr_factor=0.1, **params).fit(data[0])
+    first = once.fit_result_
+    assert first.converged and len(twice.fit_result_.losses) > len(first.losses)
+    assert twice.fit_result_.losses[: len(first.losses)] == first.losses  # same first phase
+    assert twice.fit_result_.best_loss <= first.best_loss
+    assert twice.n_iter_ == twice.fit_result_.num_steps > once.n_iter_
 
 
 def test_scoring_errors(fitted, data):
