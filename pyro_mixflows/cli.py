@@ -137,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--steps",
         type=_int_at_least(1, "--steps"),
-        default=1500,
-        help="training steps at most; early stopping usually ends sooner (1500)",
+        default=4000,
+        help="training steps at most; early stopping usually ends sooner (4000)",
     )
     fit.add_argument(
         "--init-steps",
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="spectral",
         help="initial clustering that places the components (spectral)",
     )
-    fit.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam step size (3e-3)")
+    fit.add_argument("--lr", type=_positive_float, default=5e-4, help="Adam step size (5e-4)")
     fit.add_argument(
         "--test-fraction",
         type=_fraction,
