@@ -324,12 +324,13 @@ def test_sharpened_target_of_an_affine_flow_is_the_squared_gaussian(float64):
     assert ((x.var(0) / var - 1).abs() <= 5 * math.sqrt(2 / 1500)).all()
 
 
-@pytest.mark.parametrize("target_accept_prob", [0.35, 0.574, 0.8])
+@pytest.mark.parametrize("target_accept_prob", [0.35, 0.8])
 def test_step_size_adaptation_reaches_the_target_acceptance(float64, target_accept_prob):
     kernel = LatentMALA(
-        _flow(), target="tempered", target_accept_prob=target_accept_prob, num_chains_batched=200
+        _flow(), target="tempered", target_accept_prob=target_accept_prob, num_chains_batched=100
     )
-    kernel.run_chains(20, warmup_steps=100)
-    # 4000 post-warm-up accept/reject draws: a binomial standard error below 0.008; the frozen
-    # dual-averaging step size lands within 0.07 of the aim.
+    kernel.run_chains(20, warmup_steps=60)
+    # 2000 post-warm-up accept/reject draws: a binomial standard error below 0.012; the frozen
+    # dual-averaging step size lands within 0.07 of the aim (the default 0.574 is checked by
+    # test_explicit_target_has_the_known_moments).
     assert abs(kernel.diagnostics()["acceptance rate"] - target_accept_prob) < 0.07
