@@ -1,25 +1,34 @@
 """Bridge samples of trained flows: naive sampling vs latent MALA (targets, preconditioners) vs NUTS.
 
 For three 2-D sets (two moons, 8 Gaussians, a two-mode Gaussian mixture with a wide gap) a single
-spline flow, ``FlowComponents(1, 2)``, is trained by maximum likelihood; then every sampler draws
-from it and is scored against the TRUE data density:
+spline flow, ``FlowComponents(1, 2)``, is trained by maximum likelihood (1500 Adam steps); then every
+sampler draws from it and is scored against the TRUE data density:
 
-- bridge %: share of samples whose true log-density is below the 1% quantile of the true
-  log-density over true samples (so exact sampling gives 1%);
+- br<q: "bridge" share, the fraction of samples whose true log-density is below the q-quantile of
+  the true log-density over 20000 true samples, for q = 1% and q = 0.1% (so exact sampling of the
+  truth gives q); cut: naive share / sampler share (inf when the sampler has none);
+- target: the same two bridge shares and the mode error of the kernel's target itself, computed
+  without MCMC by self-normalized importance sampling of 200000 flow draws (what a perfectly
+  mixed chain would give);
 - energy: energy distance to 2000 fresh true samples;
-- mode err: total-variation distance between sample mode frequencies and the true weights;
-- acc: acceptance rate; ESS/s: minimum over coordinates of ArviZ bulk ESS of x (all chains)
-  divided by the sampler's wall time (warm-up included); R-hat: maximum ArviZ R-hat over x.
+- mode: total-variation distance between sample mode frequencies and the true weights;
+- acc / iacc: acceptance rate of the MALA moves / of the independence moves;
+- ESS/s: minimum over coordinates of ArviZ bulk ESS of x (all chains) divided by the sampler's
+  wall time, warm-up included; R-hat: maximum over coordinates of ArviZ's rank-normalized split
+  R-hat of x (``az.rhat``).
 
-NUTS (Pyro) runs on the same latent tempered target (the kernel's ``model``), NeuTra-style.
-Threads: ``torch.set_num_threads(1)``. Run: ``python -m benchmarks.mala_bridges``
-(``PYRO_MIXFLOWS_QUICK=1`` for a smoke run).
+MALA rows run ``CHAINS`` batched chains started at exact flow draws (z ~ q_Z), with independence
+moves from the base (``independence_prob``) except the "MALA only" and "base" rows. NUTS (Pyro)
+runs on the same latent targets (the kernel's ``model``), NeuTra-style, chains in turn.
+Threads: ``torch.set_num_threads(1)``. Run: ``python -m benchmarks.mala_bridges`` (or name sets:
+``python -m benchmarks.mala_bridges moons gap``; ``PYRO_MIXFLOWS_QUICK=1`` for a smoke run).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import warnings
 
@@ -31,9 +40,12 @@ from pyro_mixflows import FlowComponents, LatentMALA
 from pyro_mixflows.datasets import eight_gaussians_log_prob, make_eight_gaussians, make_two_moons
 
 QUICK = os.environ.get("PYRO_MIXFLOWS_QUICK") == "1"
-TRAIN_STEPS = 60 if QUICK else 400
-CHAINS, WARMUP, SAMPLES = (16, 50, 50) if QUICK else (32, 150, 150)
-NUTS_CHAINS, NUTS_WARMUP, NUTS_SAMPLES = (2, 20, 20) if QUICK else (2, 75, 75)
+TRAIN_STEPS = 60 if QUICK else 1500
+CHAINS, WARMUP, SAMPLES = (16, 50, 50) if QUICK else (32, 200, 1000)
+NUTS_CHAINS, NUTS_WARMUP, NUTS_SAMPLES = (2, 20, 20) if QUICK else (2, 60, 60)
+NAIVE_DRAWS = 4000 if QUICK else 100_000
+INDEPENDENCE_PROB = 0.5
+QUANTILES = (0.01, 0.001)  # bridge: true log-density below this quantile of it over true draws
 
 
 # --- true densities and samplers ------------------------------------------------------------
@@ -133,21 +145,31 @@ def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(2 * d(a, b) - d(a, a) - d(b, b))
 
 
-def score(name, x_chains, seconds, acc, spec, threshold, fresh):
-    """x_chains: (C, S, 2) or (N, 2) for independent draws."""
-    flat = x_chains.reshape(-1, 2)
+def bridge_and_modes(x, spec, thresholds, weights=None):
+    """Bridge shares (per threshold) and mode TV error of draws x (N, 2), optionally weighted."""
     with torch.no_grad():
-        lp = spec["log_prob"](flat)
-        bridge = float((lp < threshold).double().mean())
-        freq = torch.bincount(spec["mode"](flat), minlength=len(spec["weights"])).double()
-        mode_err = float(0.5 * (freq / freq.sum() - spec["weights"].double()).abs().sum())
+        lp = spec["log_prob"](x)
+        w = torch.full_like(lp, 1.0 / len(lp)) if weights is None else weights
+        bridges = [float((w * (lp < t)).sum()) for t in thresholds]
+        freq = torch.zeros(len(spec["weights"]), dtype=w.dtype).index_add_(0, spec["mode"](x), w)
+        mode_err = float(0.5 * (freq - spec["weights"].to(w)).abs().sum())
+    return bridges, mode_err
+
+
+def score(name, x_chains, seconds, diag, spec, thresholds, fresh, naive_bridges, exact=None):
+    """x_chains: (C, S, 2), or (N, 2) for independent draws; exact: the target's IS values."""
+    flat = x_chains.reshape(-1, 2)
+    bridges, mode_err = bridge_and_modes(flat, spec, thresholds)
     idx = torch.randperm(len(flat))[:2000]
     row = dict(
         sampler=name,
-        bridge=100 * bridge,
+        bridge=[100 * b for b in bridges],
+        cut=[nb / b if b > 0 else math.inf for nb, b in zip(naive_bridges, bridges, strict=True)],
+        exact=exact,
         energy=energy_distance(flat[idx], fresh),
         mode_err=mode_err,
-        acc=acc,
+        acc=diag.get("acceptance rate", float("nan")),
+        iacc=diag.get("independence acceptance rate", float("nan")),
         ess_s=float("nan"),
         rhat=float("nan"),
         sec=seconds,
@@ -159,42 +181,23 @@ def score(name, x_chains, seconds, acc, spec, threshold, fresh):
     return row
 
 
-def run_set(set_name, spec, seed):
-    x_train = spec["sample"](4000, seed)
-    fresh = spec["sample"](2000, seed + 100).double()
-    truth = spec["sample"](20000, seed + 200)
-    threshold = float(torch.quantile(spec["log_prob"](truth), 0.01))
-    t0 = time.perf_counter()
-    comps = train_flow(x_train, seed)
-    train_s = time.perf_counter() - t0
+def target_exact(kernel, spec, thresholds, n=200_000):
+    """Bridge share and mode error of the kernel's target itself (no MCMC error): self-normalized
+    importance sampling with n flow draws, weights π(z) / q_Z(z)."""
     with torch.no_grad():
-        nll = -float(comps.component_log_probs(fresh.float()).mean())
-    rows = []
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        naive = comps.rsample((CHAINS * SAMPLES,))[:, 0]
-    rows.append(
-        score("naive", naive, time.perf_counter() - t0, float("nan"), spec, threshold, fresh)
-    )
-    configs = [
-        ("MALA base / identity", dict(target="base")),
-        ("MALA tempered / identity", dict(target="tempered")),
-        ("MALA tempered / diagonal", dict(target="tempered", preconditioner="diagonal")),
-        ("MALA tempered / metric", dict(target="tempered", preconditioner="metric")),
-        ("MALA explicit / identity", dict(target="explicit", log_prob_fn=spec["log_prob"])),
-    ]
-    for name, kw in configs:
-        torch.manual_seed(seed)
-        kernel = LatentMALA(comps, num_chains_batched=CHAINS, **kw)
-        t0 = time.perf_counter()
-        out = kernel.run_chains(SAMPLES, warmup_steps=WARMUP)
-        seconds = time.perf_counter() - t0
-        acc = kernel.diagnostics()["acceptance rate"]
-        rows.append(score(name, out["x"], seconds, acc, spec, threshold, fresh))
-    # NUTS on the same latent tempered target: Pyro's MCMC, chains in turn.
+        z = torch.randn(n, 2)
+        ev = {"z": z, "lt": kernel._component_log_targets(z.unsqueeze(-2))[0]}
+        x = kernel.flows.push(z.unsqueeze(-2))[0][:, 0]
+        lw = kernel._log_importance(ev)
+        w = (lw - lw.logsumexp(0)).exp()
+    bridges, mode_err = bridge_and_modes(x, spec, thresholds, weights=w)
+    return [100 * b for b in bridges], mode_err
+
+
+def run_nuts(kernel, comps, seed):
+    """Pyro's NUTS on the kernel's latent target (its ``model``), chains in turn."""
     torch.manual_seed(seed)
-    model_kernel = LatentMALA(comps, target="tempered")
-    nuts = NUTS(model_kernel.model, max_tree_depth=6)
+    nuts = NUTS(kernel.model, max_tree_depth=6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         mcmc = MCMC(nuts, NUTS_SAMPLES, NUTS_WARMUP, num_chains=NUTS_CHAINS, disable_progbar=True)
@@ -204,25 +207,86 @@ def run_set(set_name, spec, seed):
     z = mcmc.get_samples(group_by_chain=True)["z"]  # (chains, S, 2)
     with torch.no_grad():
         x = comps.transform(z.reshape(-1, 1, 2))[0].reshape(*z.shape)
-    rows.append(score("NUTS tempered (Pyro)", x, seconds, float("nan"), spec, threshold, fresh))
+    return x, seconds
+
+
+def run_set(set_name, spec, seed):
+    x_train = spec["sample"](4000, seed)
+    fresh = spec["sample"](2000, seed + 100).double()
+    truth = spec["sample"](20000, seed + 200)
+    lp_truth = spec["log_prob"](truth)
+    thresholds = [float(torch.quantile(lp_truth, q)) for q in QUANTILES]
+    t0 = time.perf_counter()
+    comps = train_flow(x_train, seed)
+    train_s = time.perf_counter() - t0
+    with torch.no_grad():
+        nll = -float(comps.component_log_probs(fresh.float()).mean())
+    rows = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        naive = comps.rsample((NAIVE_DRAWS,))[:, 0]
+    seconds = time.perf_counter() - t0
+    naive_bridges = bridge_and_modes(naive, spec, thresholds)[0]
+    rows.append(score("naive", naive, seconds, {}, spec, thresholds, fresh, naive_bridges))
+    ind = dict(independence_prob=INDEPENDENCE_PROB)
+    configs = [
+        ("base", dict(target="base")),
+        ("tempered (paper), MALA only", dict(target="tempered")),
+        ("tempered", dict(target="tempered", **ind)),
+        ("sharpened b=1.5", dict(target="sharpened", beta=1.5, **ind)),
+        ("sharpened b=2", dict(target="sharpened", beta=2.0, **ind)),
+        ("sharpened b=2 / metric", dict(target="sharpened", preconditioner="metric", **ind)),
+        ("explicit (true p)", dict(target="explicit", log_prob_fn=spec["log_prob"], **ind)),
+    ]
+    for name, kw in configs:
+        torch.manual_seed(seed)
+        kernel = LatentMALA(comps, num_chains_batched=CHAINS, **kw)
+        exact = target_exact(kernel, spec, thresholds)
+        t0 = time.perf_counter()
+        out = kernel.run_chains(SAMPLES, warmup_steps=WARMUP)
+        seconds = time.perf_counter() - t0
+        diag = kernel.diagnostics()
+        rows.append(
+            score(name, out["x"], seconds, diag, spec, thresholds, fresh, naive_bridges, exact)
+        )
+    for name, kw in [
+        ("NUTS tempered (Pyro)", dict(target="tempered")),
+        ("NUTS sharpened b=2 (Pyro)", dict(target="sharpened", beta=2.0)),
+    ]:
+        x, seconds = run_nuts(LatentMALA(comps, **kw), comps, seed)
+        rows.append(score(name, x, seconds, {}, spec, thresholds, fresh, naive_bridges))
     return rows, train_s, nll
 
 
 def main() -> None:
     torch.set_num_threads(1)
     print(
-        f"chains={CHAINS} warmup={WARMUP} samples={SAMPLES}; NUTS {NUTS_CHAINS}x"
-        f"({NUTS_WARMUP}+{NUTS_SAMPLES}); train steps={TRAIN_STEPS}; threads=1; float32"
+        f"MALA: {CHAINS} batched chains x ({WARMUP} warm-up + {SAMPLES} draws), independence "
+        f"proposals with probability {INDEPENDENCE_PROB} per step (except 'MALA only' and "
+        f"'base'); naive: {NAIVE_DRAWS} draws; NUTS {NUTS_CHAINS} chains x ({NUTS_WARMUP}+"
+        f"{NUTS_SAMPLES}); flows trained {TRAIN_STEPS} steps; threads=1; float32"
     )
-    header = f"{'sampler':26s} {'bridge%':>8s} {'energy':>8s} {'mode err':>8s} {'acc':>6s} {'ESS/s':>9s} {'R-hat':>6s} {'sec':>7s}"
+    q = [f"{100 * v:g}%" for v in QUANTILES]
+    header = (
+        f"{'sampler':28s} {'br<' + q[0]:>7s} {'cut':>5s} {'br<' + q[1]:>8s} {'cut':>5s} "
+        f"{'target':>13s} {'energy':>7s} {'mode':>6s} {'acc':>5s} {'iacc':>5s} "
+        f"{'ESS/s':>7s} {'R-hat':>6s} {'sec':>6s}"
+    )
+    chosen = sys.argv[1:] or list(SETS)  # e.g. `python -m benchmarks.mala_bridges moons`
     for i, (set_name, spec) in enumerate(SETS.items()):
+        if not any(c in set_name for c in chosen):
+            continue
         rows, train_s, nll = run_set(set_name, spec, seed=i)
         print(f"\n== {set_name}: flow trained in {train_s:.0f}s, held-out NLL {nll:.3f} ==")
         print(header)
         for r in rows:
+            ex = r["exact"]
+            exact = "" if ex is None else f"{ex[0][0]:.2f}/{ex[0][1]:.3f}/{ex[1]:.3f}"
             print(
-                f"{r['sampler']:26s} {r['bridge']:8.2f} {r['energy']:8.4f} {r['mode_err']:8.3f} "
-                f"{r['acc']:6.3f} {r['ess_s']:9.1f} {r['rhat']:6.3f} {r['sec']:7.1f}"
+                f"{r['sampler']:28s} {r['bridge'][0]:7.2f} {r['cut'][0]:5.1f} "
+                f"{r['bridge'][1]:8.3f} {r['cut'][1]:5.1f} {exact:>13s} {r['energy']:7.4f} "
+                f"{r['mode_err']:6.3f} {r['acc']:5.2f} {r['iacc']:5.2f} {r['ess_s']:7.1f} "
+                f"{r['rhat']:6.3f} {r['sec']:6.1f}"
             )
 
 

@@ -22,7 +22,7 @@ from torch.distributions.utils import _sum_rightmost
 from ..distributions.flow_mixture import FlowMixture
 from ..flows.components import Components
 
-TARGETS = ("tempered", "base", "explicit")
+TARGETS = ("tempered", "sharpened", "base", "explicit")
 PRECONDITIONERS = ("identity", "diagonal", "metric")
 _MAX_ENERGY_ERROR = 1000.0  # as Pyro's HMC: a proposal this far below the current state diverged
 
@@ -132,7 +132,14 @@ class LatentMALA(MCMCKernel):
     - ``"tempered"`` (the paper's): :math:`\pi(z) \propto q_Z(z) / |\det J_f(z)| = q_X(f(z))`.
       It favours latent points that the flow does not stretch, which cuts the low-density
       "bridge" samples; it is *not* q_X in data space (its x-marginal is
-      :math:`q_X(x) |\det J_{f^{-1}}(x)|`, normalized), so mode weights may shift.
+      :math:`q_X(x) |\det J_{f^{-1}}(x)| = q_X(x)^2 / q_Z(f^{-1}(x))`, normalized), so mode
+      weights may shift, by how much depends on where the flow puts each mode in latent space.
+    - ``"sharpened"``: :math:`\pi(z) \propto q_X(f(z))^\beta |\det J_f(z)|
+      = q_Z(z)^\beta / |\det J_f(z)|^{\beta - 1}`, whose x-marginal is exactly
+      :math:`q_X^\beta` (normalized): the flow's density raised to the power ``beta`` > 1, which
+      empties the low-density bridges between modes whatever the parameterization. Separated
+      modes of the same shape keep their relative weights only when these are equal: in general
+      weight w_k becomes about :math:`w_k^\beta / \sum_j w_j^\beta`. ``beta=1`` is ``"base"``.
     - ``"base"``: :math:`\pi = q_Z`; reproduces naive sampling x = f(z), z ~ q_Z.
     - ``"explicit"``: :math:`\pi(z) \propto p_X(f(z)) |\det J_f(z)|` for a user log-density
       ``log_prob_fn`` (NeuTra-style): the x-marginal is exactly p_X, and the flow only
@@ -157,6 +164,18 @@ class LatentMALA(MCMCKernel):
     constant, so x is distributed exactly as p_X. The Pyro ``model`` holds the marginal
     :math:`\log \sum_c w_c t_c(z)`.
 
+    Independence moves: with ``independence_prob`` = p > 0, each step of each chain is, with
+    probability p (drawn independently of the state, so the mixture of the two kernels keeps
+    π invariant), an independence Metropolis-Hastings move instead of a MALA move: z' ~ q_Z,
+    the flow's own base, accepted with probability
+    :math:`\min\{1, [\pi(z') / q_Z(z')] / [\pi(z) / q_Z(z)]\}` (for a mixture, π is the
+    marginal over c, and c is then redrawn from p(c | z')). Local Langevin moves in latent space
+    cannot cross the stretched boundaries between modes that a bridge-cutting target creates;
+    these global moves do, so every chain visits every mode with its target weight (R-hat and
+    ESS across chains are then meaningful). For the ``"base"`` target they are always accepted;
+    for ``"tempered"`` the ratio is :math:`|\det J_f(z)| / |\det J_f(z')|`. Step-size
+    adaptation and the "acceptance rate" use the MALA moves only.
+
     Batched chains: ``num_chains_batched=C`` runs C chains as one (C, D) tensor (the fast
     path; :meth:`run_chains` returns (C, S, D)). Pyro's ``MCMC(..., num_chains=n)`` also works,
     each of its chains holding C batched chains (site shape (C, D)), or (D,) when
@@ -165,18 +184,22 @@ class LatentMALA(MCMCKernel):
     Args:
         flow: a ``FlowMixture``, a ``FlowComponents`` with K = 1, or a Pyro/torch
             ``TransformedDistribution`` with event shape (D,).
-        target: "tempered", "base" or "explicit".
+        target: "tempered", "sharpened", "base" or "explicit".
         log_prob_fn: for ``target="explicit"``, an unnormalized log p_X: (..., D) -> (...).
+        beta: the power of the ``"sharpened"`` target, > 0 (ignored by the other targets).
         preconditioner: "identity", "diagonal" or "metric".
         step_size: initial (or, without adaptation, fixed) step size γ > 0.
         adapt_step_size: adapt γ during warm-up.
         target_accept_prob: acceptance rate the adaptation aims at (0.574 is optimal for MALA).
+        independence_prob: probability in [0, 1), per step and chain, of an independence move
+            from the flow's base instead of a MALA move (0 = MALA only, the paper's scheme).
         num_chains_batched: C chains in one tensor, or None for a single unbatched chain.
         return_latent: also save "z" (and "component" for a mixture) in MCMC samples.
 
     Raises:
         ValueError: an unknown target/preconditioner, a missing or superfluous
-            ``log_prob_fn``, a non-positive step size or a bad ``num_chains_batched``.
+            ``log_prob_fn``, a non-positive step size or ``beta``, an ``independence_prob``
+            outside [0, 1) or a bad ``num_chains_batched``.
 
     Example::
 
@@ -193,10 +216,12 @@ class LatentMALA(MCMCKernel):
         *,
         target: str = "tempered",
         log_prob_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        beta: float = 2.0,
         preconditioner: str = "identity",
         step_size: float = 0.1,
         adapt_step_size: bool = True,
         target_accept_prob: float = 0.574,
+        independence_prob: float = 0.0,
         num_chains_batched: int | None = None,
         return_latent: bool = False,
     ) -> None:
@@ -211,6 +236,10 @@ class LatentMALA(MCMCKernel):
                 "expected log_prob_fn exactly when target='explicit', got "
                 f"target={target!r} and log_prob_fn={'set' if log_prob_fn else 'None'}"
             )
+        if not isinstance(beta, (int, float)) or not beta > 0:
+            raise ValueError(f"expected a positive beta, got {beta!r}")
+        if not isinstance(independence_prob, (int, float)) or not 0.0 <= independence_prob < 1.0:
+            raise ValueError(f"expected independence_prob in [0, 1), got {independence_prob!r}")
         if not isinstance(step_size, (int, float)) or not step_size > 0:
             raise ValueError(f"expected a positive step_size, got {step_size!r}")
         if not 0.0 < float(target_accept_prob) < 1.0:
@@ -224,6 +253,8 @@ class LatentMALA(MCMCKernel):
         self.flows = _LatentFlows(flow)
         self.target = target
         self.log_prob_fn = log_prob_fn
+        self.beta = float(beta)
+        self.independence_prob = float(independence_prob)
         self.preconditioner = preconditioner
         self.init_step_size = float(step_size)
         self.adapt_step_size = adapt_step_size
@@ -255,6 +286,10 @@ class LatentMALA(MCMCKernel):
             lt = self.flows.base_log_prob(zK)
         elif self.target == "tempered":
             lt = self.flows.base_log_prob(zK) - log_det
+        elif (
+            self.target == "sharpened"
+        ):  # beta log q_X(f(z)) + log|det J| = beta log q_Z - (beta-1) log|det J|
+            lt = self.beta * self.flows.base_log_prob(zK) - (self.beta - 1.0) * log_det
         else:
             lt = self.log_prob_fn(x) + log_det
         return lt, x, log_det
@@ -348,7 +383,11 @@ class LatentMALA(MCMCKernel):
         self._returned = None
         self._divergences: list[int] = []
         self._accept_sum = 0.0
+        self._accept_count = 0
+        self._indep_accept_sum = 0.0
+        self._indep_count = 0
         self._accept_prob_mean = 0.0
+        self._accept_prob_n = 0
         self._da_restart()
         self._welford = None
 
@@ -406,6 +445,13 @@ class LatentMALA(MCMCKernel):
         self._returned = out["z"]
         return out
 
+    def _log_importance(self, ev: dict) -> torch.Tensor:
+        """log π(z) - log q_Z(z) of the marginal target, for independence moves: (C,)."""
+        K = self.flows.num_components
+        zK = ev["z"].unsqueeze(-2).expand(ev["z"].shape[0], K, self.dim)
+        log_base = self.flows.base_log_prob(zK)[..., 0]  # every component shares q_Z
+        return (self.flows.log_weights + ev["lt"]).logsumexp(-1) - log_base
+
     def sample(self, params: dict) -> dict:
         if params.get("z") is not self._returned:  # a state set from outside: re-evaluate
             C = self.num_chains_batched or 1
@@ -416,11 +462,22 @@ class LatentMALA(MCMCKernel):
         c = self._component
         s = self._at(ev, c)
         step_size = self._step_size
-        z_new = self._propose(s, step_size)
+        z_new = self._propose(s, step_size)  # (C, D)
+        C = z_new.shape[0]
+        # Per chain, with probability independence_prob: an independence proposal z' ~ q_Z.
+        indep = torch.zeros(C, dtype=torch.bool, device=z_new.device)
+        if self.independence_prob > 0:
+            indep = torch.rand(C, device=z_new.device) < self.independence_prob  # (C,)
+            z_new = torch.where(indep.unsqueeze(-1), self.flows.sample_base(torch.Size([C])), z_new)
         ev_new = self._evaluate(z_new)
         s_new = self._at(ev_new, c)
         log_ratio = self._log_accept_ratio(s, s_new, step_size)
+        if self.independence_prob > 0:
+            log_ratio = torch.where(
+                indep, self._log_importance(ev_new) - self._log_importance(ev), log_ratio
+            )
         finite = torch.isfinite(log_ratio) & torch.isfinite(s_new["grad"]).all(-1)
+        finite &= ~indep | torch.isfinite(ev_new["grad"]).flatten(1).all(-1)
         log_ratio = torch.where(finite, log_ratio, torch.full_like(log_ratio, -math.inf))
         accept_prob = log_ratio.clamp(max=0.0).exp()  # (C,)
         accept = torch.rand_like(accept_prob) < accept_prob
@@ -428,8 +485,13 @@ class LatentMALA(MCMCKernel):
             k: torch.where(accept.view(-1, *([1] * (v.dim() - 1))), ev_new[k], v)
             for k, v in ev.items()
         }
-        mean_accept = float(accept_prob.mean())
-        diverged = bool(((~finite) | (log_ratio < -_MAX_ENERGY_ERROR)).any())
+        if K > 1 and bool((indep & accept).any()):  # c | z' for chains that jumped
+            c_new = dist.Categorical(logits=self.flows.log_weights + ev_new["lt"]).sample()
+            self._component = torch.where(indep & accept, c_new, c)
+        local = ~indep
+        n_local, n_indep = int(local.sum()), C - int(local.sum())
+        mean_accept = float(accept_prob[local].mean()) if n_local else None
+        diverged = bool((local & ((~finite) | (log_ratio < -_MAX_ENERGY_ERROR))).any())
 
         warm = self._t < self._warmup_steps
         if warm:
@@ -438,17 +500,24 @@ class LatentMALA(MCMCKernel):
             n = self._t - self._warmup_steps
             if diverged:
                 self._divergences.append(n)
-            self._accept_sum += float(accept.double().mean())
+            if n_local:
+                self._accept_sum += float(accept[local].double().sum())
+                self._accept_count += n_local
+            if n_indep:
+                self._indep_accept_sum += float(accept[indep].double().sum())
+                self._indep_count += n_indep
         self._t += 1
-        n = self._t if warm else self._t - self._warmup_steps
-        if not warm and n == 1:
-            self._accept_prob_mean = 0.0
-        self._accept_prob_mean += (mean_accept - self._accept_prob_mean) / n
+        if mean_accept is not None:
+            self._accept_prob_n += 1
+            n = self._accept_prob_n
+            self._accept_prob_mean += (mean_accept - self._accept_prob_mean) / n
+        if self._t == self._warmup_steps:  # the progress bar shows post-warm-up means
+            self._accept_prob_mean, self._accept_prob_n = 0.0, 0
         return self._output()
 
-    def _adapt(self, accept_prob: float) -> None:
+    def _adapt(self, accept_prob: float | None) -> None:
         t, W = self._t, self._warmup_steps
-        if self.adapt_step_size:
+        if self.adapt_step_size and accept_prob is not None:
             self._da_update(accept_prob)
         if self.preconditioner == "diagonal":
             start, stop = int(0.25 * W), int(0.75 * W)
@@ -493,13 +562,16 @@ class LatentMALA(MCMCKernel):
         )
 
     def diagnostics(self) -> dict:
-        """ "divergences": post-warm-up draw indices where a batched chain diverged; "acceptance rate"."""
-        n = max(self._t - self._warmup_steps, 1)
-        return {
+        """ "divergences": post-warm-up draw indices where a batched chain diverged (MALA moves);
+        "acceptance rate" of the MALA moves; "independence acceptance rate" when they are on."""
+        out = {
             "divergences": list(self._divergences),
-            "acceptance rate": self._accept_sum / n,
+            "acceptance rate": self._accept_sum / max(self._accept_count, 1),
             "step size": self._step_size,
         }
+        if self.independence_prob > 0:
+            out["independence acceptance rate"] = self._indep_accept_sum / max(self._indep_count, 1)
+        return out
 
     # --- the fast path -----------------------------------------------------------------------
     @torch.no_grad()
