@@ -43,6 +43,11 @@ def _as_2d(X, name: str = "X") -> np.ndarray:
     return X
 
 
+def _plain(value):
+    """A NumPy scalar as the Python number it holds; anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _chain_results(first: FitResult, second: FitResult) -> FitResult:
     """One ``FitResult`` for two consecutive ``fit`` calls (steps of the second shifted)."""
     shift = first.num_steps
@@ -507,6 +512,11 @@ class VariationalFlowMixture:
         else:
             params["temperature_schedule"] = "paper"
         params["device"] = None
+        # Plain Python values only, so that ``load`` can read the file with weights_only=True.
+        params = {
+            k: tuple(_plain(x) for x in v) if isinstance(v, (tuple, list)) else _plain(v)
+            for k, v in params.items()
+        }
         state = {
             "format": _FORMAT,
             "params": params,
@@ -516,15 +526,19 @@ class VariationalFlowMixture:
             "module": {k: v.cpu() for k, v in self.module_.state_dict().items()},
             "converged": self.converged_,
             "n_iter": self.n_iter_,
-            "lower_bound": self.lower_bound_,
+            "lower_bound": float(self.lower_bound_),
         }
         atomic_save(state, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device=None) -> VariationalFlowMixture:
-        """Read a model written by ``save``; raises ``ValueError`` on a corrupt or foreign file."""
+        """Read a model written by ``save``; raises ``ValueError`` on a corrupt or foreign file.
+
+        The file is read with ``torch.load(weights_only=True)``: tensors and plain values only,
+        so a crafted file cannot run code.
+        """
         try:
-            state = torch.load(os.fspath(path), map_location="cpu", weights_only=False)
+            state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise
         except Exception as err:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pyro_mixflows import datasets
-from pyro_mixflows._init import initial_labels, normalized_cut, spectral_labels, sweep_bisection
+from pyro_mixflows._init import initial_labels, spectral_labels, sweep_bisection
 from pyro_mixflows.diagnostics import adjusted_rand_index, balanced_accuracy
 
 

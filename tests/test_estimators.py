@@ -92,6 +92,22 @@ def test_save_and_load_round_trip(fitted, data, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
 
 
+class _Payload:
+    def __reduce__(self):  # unpickling would call print: a stand-in for arbitrary code
+        return (print, ("unpickled code ran",))
+
+
+def test_load_reads_plain_values_only(data, tmp_path, capsys):
+    params = {**SMALL, "max_steps": 10, "hidden_dims": (np.int64(8),)}
+    model = VariationalFlowMixture(np.int64(2), random_state=0, **params).fit(data[0])
+    model.save(tmp_path / "np.pt")  # NumPy scalars in the parameters are stored as numbers
+    assert VariationalFlowMixture.load(tmp_path / "np.pt").get_params()["n_components"] == 2
+    torch.save({"format": "x", "payload": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="expected a pyro_mixflows model file"):
+        VariationalFlowMixture.load(tmp_path / "evil.pt")
+    assert "unpickled code ran" not in capsys.readouterr().out
+
+
 def test_load_refuses_foreign_files(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a model")

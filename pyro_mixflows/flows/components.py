@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -120,12 +121,14 @@ class FlowComponents(Components):
     ) -> None:
         super().__init__()
         for name, value in (("num_components", num_components), ("dim", dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"expected {name} to be an int >= 1, got {value!r}")
+        num_components, dim = int(num_components), int(dim)  # NumPy integers welcome
         if flow not in FLOWS:
             raise ValueError(f"expected flow in {FLOWS}, got {flow!r}")
-        if not isinstance(num_layers, int) or num_layers < 0:
+        if not isinstance(num_layers, numbers.Integral) or num_layers < 0:
             raise ValueError(f"expected num_layers to be an int >= 0, got {num_layers!r}")
+        num_layers = int(num_layers)
         hidden_dims = tuple(int(h) for h in hidden_dims)
         if any(h < 1 for h in hidden_dims):
             raise ValueError(f"expected positive hidden_dims, got {hidden_dims}")
