@@ -149,9 +149,10 @@ class MixtureVAE(PyroModule):
 
     Local sticks tie the posterior responsibilities to the prior weights: r(x) can only move
     away from the mean weights E[π(v)] by paying KL(q(v | x) ‖ p(v)), which a Kumaraswamy
-    posterior pays dearly for sharp weights. Trained on digits they stay at the GEM means
-    for every x, so the posterior does not assign data to components; global sticks with
-    free responsibilities do (see ``benchmarks/mixture_vae.py``).
+    posterior pays dearly for sharp weights. Trained on digits (``benchmarks/mixture_vae.py``,
+    T = 10) they stay near the GEM means: only 2-3 components are ever the most probable one
+    for a test image, and the 5-NN error of the posterior means is worse than a Gaussian
+    VAE's; global sticks with free responsibilities use 9-10 components.
 
     **Objective.** Train with ``TraceEnum_ELBO(max_plate_nesting=1)``. It enumerates k in the
     guide and, because the z site's density is log q(z|x) - log r_k(x) (the full mixture), it
