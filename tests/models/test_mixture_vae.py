@@ -361,6 +361,11 @@ def test_errors_name_what_was_expected():
         MixtureVAE(4, 2, weights="dirichlet")
     with pytest.raises(ValueError, match="expected a truncation"):
         MixtureVAE(4, 2, num_components=1, weights="beta")
+    with pytest.raises(ValueError, match="expected sticks"):
+        MixtureVAE(4, 2, weights="beta", sticks="shared")
+    local = MixtureVAE(4, 2, num_components=3, weights="beta", sticks="local")
+    with pytest.raises(ValueError, match="expected x"):
+        local.stick_kl()
     with pytest.raises(ValueError, match="expected likelihood"):
         MixtureVAE(4, 2, likelihood="poisson")
     with pytest.raises(ValueError, match="expected latent_dim"):
