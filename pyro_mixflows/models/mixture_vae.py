@@ -23,6 +23,7 @@ from ..flows import FlowComponents
 __all__ = ["MixtureVAE", "stick_breaking_log_weights"]
 
 WEIGHTS = ("softmax", "kumaraswamy", "beta")
+STICKS = ("global", "local")
 LIKELIHOODS = ("bernoulli", "normal")
 
 
@@ -120,54 +121,69 @@ def _posterior_component_log_probs(loc, scale, flows, z):
 class MixtureVAE(PyroModule):
     """Variational autoencoder with a mixture prior and a mixture (or flow-mixture) posterior.
 
-    Generative model, per data point (c is summed out exactly):
+    Generative model (c is summed out exactly):
 
     .. math::
         v_t \\sim \\mathrm{Beta}(1, α)\\ (t < T, \\text{DP only}), \\qquad
-        p(z) = \\sum_c w_c\\, \\mathcal{N}(z; μ^0_c, σ^0_c), \\qquad
-        x \\mid z \\sim p_θ(x \\mid z),
+        p(z_n) = \\sum_c w_c\\, \\mathcal{N}(z_n; μ^0_c, σ^0_c), \\qquad
+        x_n \\mid z_n \\sim p_θ(x_n \\mid z_n),
 
-    with w = softmax of a global parameter (finite, ``weights="softmax"``) or the per-point
-    stick-breaking weights w = π(v) (Dirichlet process truncated at T, otherwise). The decoder
-    is Bernoulli (binary data) or a diagonal Normal with a learned per-feature scale.
+    with w = softmax of a global parameter (finite, ``weights="softmax"``) or the
+    stick-breaking weights w = π(v) of a Dirichlet process truncated at T: one set of sticks
+    shared by all points (``sticks="global"``, the default: a DP mixture prior over the codes)
+    or one set per point (``sticks="local"``, the form of Nalisnick et al.). The decoder is
+    Bernoulli (binary data) or a diagonal Normal with a learned per-feature scale.
 
-    Guide: sticks v ~ q(v | x) (Kumaraswamy or Beta, DP only), then
+    Guide:
 
-    .. math:: q(z \\mid x) = \\sum_k π_k(x)\\, q_k(z \\mid x), \\qquad
+    .. math:: q(z \\mid x) = \\sum_k r_k(x)\\, q_k(z \\mid x), \\qquad
         z = g_k(μ_k(x) + σ_k(x) ⊙ ε),\\ ε \\sim \\mathcal{N}(0, I),
 
-    with π(x) a softmax head (finite) or π(v) (DP), and g_k the identity (Gaussian components)
-    or the k-th flow of a :class:`FlowComponents` (``flow=...``), whose density follows by
-    change of variables through ``inverse``. The component index k is an enumerated guide
-    site and z | k is reparameterized.
+    with g_k the identity (Gaussian components) or the k-th flow of a :class:`FlowComponents`
+    (``flow=...``), whose density follows by change of variables through ``inverse``. The
+    responsibilities r(x) are a softmax head of the encoder (finite weights and global
+    sticks; the global sticks then have their own non-amortized posterior q(v), Kumaraswamy
+    or Beta, started at the prior), or, for local sticks, the prior weights themselves,
+    r = π(v) with v ~ q(v | x). The component index k is an enumerated guide site and z | k is
+    reparameterized.
+
+    Local sticks tie the posterior responsibilities to the prior weights: r(x) can only move
+    away from the mean weights E[π(v)] by paying KL(q(v | x) ‖ p(v)), which a Kumaraswamy
+    posterior pays dearly for sharp weights. Trained on digits (``benchmarks/mixture_vae.py``,
+    T = 10) they stay near the GEM means: only 2-3 components are ever the most probable one
+    for a test image, and the 5-NN error of the posterior means is worse than a Gaussian
+    VAE's; global sticks with free responsibilities use 9-10 components.
 
     **Objective.** Train with ``TraceEnum_ELBO(max_plate_nesting=1)``. It enumerates k in the
-    guide and, because the z site's density is log q(z|x) - log π_k(x) (the full mixture), it
+    guide and, because the z site's density is log q(z|x) - log r_k(x) (the full mixture), it
     computes exactly the stratified mixture ELBO
 
-    .. math:: \\mathcal{L}(x) = \\mathbb{E}_{q(v|x)} \\sum_k π_k \\, \\mathbb{E}_{q_k(z|x)}
-        \\big[\\log p(x \\mid z) + \\log p(z \\mid v) - \\log q(z \\mid x, v)\\big]
-        + \\mathbb{E}_{q(v|x)}\\big[\\log p(v) - \\log q(v \\mid x)\\big],
+    .. math:: \\mathcal{L} = \\mathbb{E}_{q(v)} \\Big[\\sum_n \\sum_k r_k(x_n)
+        \\, \\mathbb{E}_{q_k(z|x_n)} \\big[\\log p(x_n \\mid z) + \\log p(z \\mid v)
+        - \\log q(z \\mid x_n)\\big]\\Big] + \\mathbb{E}_{q(v)}\\big[\\log p(v) - \\log q(v)\\big]
 
-    one reparameterized draw per component, no score-function term, and the entropy of the
-    whole mixture (not the per-component shortcut Σ_k π_k H[q_k]). The stick term is the
+    (for local sticks, v, q(v | x_n) and the stick term move inside the sum over n), one
+    reparameterized draw per component, no score-function term, and the entropy of the
+    whole mixture (not the per-component shortcut Σ_k r_k H[q_k]). The stick term is the
     pathwise one-draw estimate with exact densities (TraceEnum_ELBO computes no analytic KLs);
     the series KL(Kumaraswamy ‖ Beta) registered by :mod:`pyro_mixflows.distributions`
-    serves :meth:`stick_kl` and mean-field guides. With K = 1 and a fixed N(0, I) prior this
-    is exactly a Gaussian VAE trained with ``Trace_ELBO``.
+    serves :meth:`stick_kl`. With K = 1 and a fixed N(0, I) prior this is exactly a Gaussian
+    VAE trained with ``Trace_ELBO``.
 
-    Sites: "v" (sticks, DP only), "k" (guide-only, enumerated, auxiliary), "latent" (the code
-    z, event D) and the observed "x" (event P), all in the plate "data" that honours
-    ``subsample`` (a LongTensor of row indices) for minibatching.
+    Sites: "v" (sticks, DP only; outside the data plate when global), "k" (guide-only,
+    enumerated, auxiliary), "latent" (the code z, event D) and the observed "x" (event P), in
+    the plate "data" that honours ``subsample`` (a LongTensor of row indices) for minibatching.
 
     Args:
         data_dim: P, the number of observed features.
         latent_dim: D.
         num_components: K for ``weights="softmax"``, the truncation T otherwise (>= 2).
-        weights: "softmax" (finite), "kumaraswamy" or "beta" (DP sticks q(v | x)).
+        weights: "softmax" (finite), "kumaraswamy" or "beta" (DP sticks, posterior family).
         hidden_dims: widths of the encoder's and the decoder's hidden layers.
         likelihood: "bernoulli" or "normal".
         alpha: DP concentration α of the stick prior Beta(1, α).
+        sticks: "global" (one posterior q(v) for the data set, free responsibilities) or
+            "local" (amortized q(v | x) per point whose π(v) are the responsibilities).
         learn_prior: learn μ⁰, σ⁰ (and w in the finite case); otherwise they stay at their
             initial values.
         prior_spread: initial μ⁰_c are drawn from N(0, prior_spread²) (fixed generator);
@@ -193,6 +209,7 @@ class MixtureVAE(PyroModule):
         hidden_dims: Sequence[int] = (128,),
         likelihood: str = "bernoulli",
         alpha: float = 1.0,
+        sticks: str = "global",
         learn_prior: bool = True,
         prior_spread: float = 1.0,
         flow: str | None = None,
@@ -215,15 +232,18 @@ class MixtureVAE(PyroModule):
             raise ValueError(f"expected likelihood in {LIKELIHOODS}, got {likelihood!r}")
         if not alpha > 0:
             raise ValueError(f"expected alpha > 0, got {alpha!r}")
+        if sticks not in STICKS:
+            raise ValueError(f"expected sticks in {STICKS}, got {sticks!r}")
         hidden_dims = tuple(int(h) for h in hidden_dims)
         if any(h < 1 for h in hidden_dims):
             raise ValueError(f"expected positive hidden_dims, got {hidden_dims}")
         self.data_dim, self.latent_dim = data_dim, latent_dim
         self.num_components = K = num_components
         self.weights, self.likelihood, self.alpha = weights, likelihood, float(alpha)
+        self.sticks = None if weights == "softmax" else sticks
         self.learn_prior = learn_prior
         D = latent_dim
-        num_weight_outputs = K if weights == "softmax" else 2 * (K - 1)
+        num_weight_outputs = 2 * (K - 1) if self.sticks == "local" else K
         if weights == "softmax" and K == 1:
             num_weight_outputs = 0
         self._sizes = (K * D, K * D, num_weight_outputs)
@@ -231,6 +251,10 @@ class MixtureVAE(PyroModule):
         self.decoder = _mlp((latent_dim, *hidden_dims, data_dim))
         if likelihood == "normal":
             self.decoder_log_scale = nn.Parameter(torch.zeros(data_dim))
+        if self.sticks == "global":
+            # q(v) starts at the prior: Kumaraswamy(1, α) = Beta(1, α); softplus(raw) + 1e-3 = a, b.
+            start = torch.tensor([1.0, self.alpha]).repeat_interleave(K - 1) - 1e-3  # (2(T-1),)
+            self.stick_raw = nn.Parameter(torch.log(torch.expm1(start)))
         self.flows = None
         if flow is not None:
             self.flows = FlowComponents(K, D, flow=flow, **(flow_kwargs or {}))
@@ -292,13 +316,15 @@ class MixtureVAE(PyroModule):
     def model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         """Mixture prior over the code, decoder likelihood for x (N, P); see the class docs."""
         self._check_x(x)
-        N = x.shape[0]
+        N, T = x.shape[0], self.num_components
+        if self.sticks == "global":
+            prior = self._stick_prior(x).expand([T - 1]).to_event(1)
+            log_w = stick_breaking_log_weights(pyro.sample("v", prior))  # (..., T)
         with pyro.plate("data", N, subsample=subsample) as idx:
             xb = x[idx]
             if self.weights == "softmax":
                 log_w = self._prior_log_weights(xb)  # (K,)
-            else:
-                T = self.num_components
+            elif self.sticks == "local":
                 prior = self._stick_prior(xb).expand([len(idx), T - 1]).to_event(1)
                 log_w = stick_breaking_log_weights(pyro.sample("v", prior))  # (..., N, T)
             scale0 = self.prior_log_scale.exp()
@@ -316,6 +342,8 @@ class MixtureVAE(PyroModule):
         """Mixture posterior q(z | x) with the component k enumerated; see the class docs."""
         self._check_x(x)
         N = x.shape[0]
+        if self.sticks == "global":
+            pyro.sample("v", self._stick_posterior(self.stick_raw).to_event(1))  # (..., T-1)
         with pyro.plate("data", N, subsample=subsample) as idx:
             loc, scale, w = self._encode(x[idx])
             log_w = self._posterior_log_weights(w, sample=True)  # (..., N, K)
@@ -327,7 +355,8 @@ class MixtureVAE(PyroModule):
             pyro.sample("latent", _ComponentDraw(loc, scale, log_w, k, self.flows))
 
     def _posterior_log_weights(self, w: torch.Tensor, sample: bool) -> torch.Tensor:
-        if self.weights == "softmax":
+        """log q(k | x) (finite, global sticks) or log π(v), v ~ q(v | x) (local sticks)."""
+        if self.sticks != "local":
             if self.num_components == 1:
                 return w.new_zeros(*w.shape[:-1], 1)
             return torch.log_softmax(w, -1)
@@ -340,7 +369,8 @@ class MixtureVAE(PyroModule):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-point component probabilities and component means.
 
-        For DP weights the probabilities are E_q[π(v)] = π(E_q[v]) (the sticks are independent).
+        The probabilities are q(k | x), the softmax head (finite weights and global sticks), or
+        E_q[π(v)] = π(E_q[v]) for local sticks (independent sticks).
         For Gaussian components the means are μ_k(x); for flow components they are g_k(μ_k(x)),
         the image of the base mean (the flow's mean has no closed form).
 
@@ -365,28 +395,78 @@ class MixtureVAE(PyroModule):
         return (probs.unsqueeze(-1) * means).sum(-2)
 
     @torch.no_grad()
-    def stick_kl(self, x: torch.Tensor) -> torch.Tensor:
-        """KL(q(v | x) ‖ p(v)) per point, (N, P) -> (N,), by the registered divergence.
+    def stick_kl(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        """KL(q(v) ‖ p(v)) of the sticks by the registered divergence (series form).
+
+        Args:
+            x: (N, P), needed for local sticks only.
+
+        Returns:
+            A scalar for global sticks; (N,), one KL(q(v | x_n) ‖ p(v)) per point, for local ones.
 
         Raises:
-            ValueError: the model has no sticks (``weights="softmax"``).
+            ValueError: the model has no sticks (``weights="softmax"``), or local sticks and no x.
         """
         if self.weights == "softmax":
             raise ValueError("expected a DP model (weights='kumaraswamy' or 'beta'), got 'softmax'")
-        self._check_x(x)
-        w = self._encode(x)[2]
+        if self.sticks == "global":
+            w = self.stick_raw
+        else:
+            if x is None:
+                raise ValueError("expected x (N, P) for local sticks, got None")
+            self._check_x(x)
+            w = self._encode(x)[2]
         q = self._stick_posterior(w)
-        return torch.distributions.kl_divergence(q, self._stick_prior(w).expand(q.batch_shape)).sum(
-            -1
-        )
+        kl = torch.distributions.kl_divergence(q, self._stick_prior(w).expand(q.batch_shape))
+        return kl.sum(-1)
 
     @torch.no_grad()
-    def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """Importance log-weights log p(x, v, z) - log q(v, z | x) for draws from the guide.
+    def prior_weights(self) -> torch.Tensor:
+        """Marginal prior weights of the K latent components, (K,).
+
+        softmax(logits) for finite weights; for sticks the exact mean weights, π(E[v]) (the
+        sticks are independent): under the posterior q(v) for global sticks (the weights of
+        the posterior predictive), under the prior Beta(1, α) for local sticks, whose marginal
+        model is the finite mixture with these fixed weights.
+        """
+        return self._mean_prior_log_weights().exp()
+
+    def _mean_prior_log_weights(self) -> torch.Tensor:
+        like = self.prior_loc
+        if self.weights == "softmax":
+            return self._prior_log_weights(like)
+        if self.sticks == "global":
+            mean_v = self._stick_posterior(self.stick_raw).mean  # (T-1,)
+        else:
+            mean_v = self._stick_prior(like).mean.expand(self.num_components - 1)
+        return stick_breaking_log_weights(mean_v)  # (K,)
+
+    @torch.no_grad()
+    def log_weights(
+        self, x: torch.Tensor, num_samples: int, integrate_sticks: bool = True
+    ) -> torch.Tensor:
+        """Importance log-weights of draws from the guide (their mean is an ELBO).
+
+        p(x | v) is linear in the weights π(v) and the sticks are independent, so the sticks
+        integrate out exactly: the marginal prior over z is the mixture with the mean weights
+        π̄ = E[π(v)] (:meth:`prior_weights`; under q(v) for global sticks, which makes
+        E_{q(v)}[p(x | v)] the posterior predictive, under Beta(1, α) for local ones), and the
+        marginal guide is the mixture with responsibilities r̄(x) (:meth:`encode`). By default
+        (``integrate_sticks=True``) the log-weights are those of these marginals,
+
+        .. math:: \\log p(x \\mid z) + \\log \\sum_c π̄_c\\, p_c(z)
+            - \\log \\sum_k \\bar r_k(x)\\, q_k(z \\mid x), \\qquad z \\sim \\bar q(z \\mid x),
+
+        an estimator of the same log p(x) as the joint one with less variance. With
+        ``integrate_sticks=False`` the sticks are drawn too: for local sticks the weights are
+        log p(x, v, z) - log q(v, z | x), the training objective's terms; for global sticks,
+        v ~ q(v) once per draw and the weights are log p(x, z | v) - log q(z | x), without the
+        shared stick term log p(v) - log q(v). Finite weights ignore the flag.
 
         Args:
             x: (N, P).
             num_samples: S >= 1.
+            integrate_sticks: see above.
 
         Returns:
             (S, N).
@@ -395,9 +475,13 @@ class MixtureVAE(PyroModule):
         S, N = num_samples, x.shape[0]
         loc, scale, w = self._encode(x)
         log_pv = log_qv = 0.0
-        if self.weights == "softmax":
+        if self.sticks is None or integrate_sticks:
             log_w_q = self._posterior_log_weights(w, sample=False).expand(S, N, -1)  # (S, N, K)
-            log_w_p = self._prior_log_weights(x)
+            log_w_p = self._mean_prior_log_weights()  # (K,)
+        elif self.sticks == "global":
+            v = self._stick_posterior(self.stick_raw).rsample((S, 1))  # (S, 1, T-1)
+            log_w_q = self._posterior_log_weights(w, sample=False).expand(S, N, -1)
+            log_w_p = stick_breaking_log_weights(v)  # (S, 1, T)
         else:
             q = self._stick_posterior(w)
             v = q.rsample((S,))  # (S, N, T-1)
@@ -417,12 +501,19 @@ class MixtureVAE(PyroModule):
 
     @torch.no_grad()
     def importance_log_likelihood(
-        self, x: torch.Tensor, num_samples: int = 500, batch_size: int = 100
+        self,
+        x: torch.Tensor,
+        num_samples: int = 500,
+        batch_size: int = 100,
+        integrate_sticks: bool = True,
     ) -> torch.Tensor:
         """Importance-sampled estimate of log p(x) per point, with the guide as proposal.
 
         .. math:: \\log \\hat p(x) = \\log \\frac1S \\sum_{s=1}^S
-            \\frac{p(x, v_s, z_s)}{q(v_s, z_s \\mid x)}, \\qquad (v_s, z_s) \\sim q(\\cdot \\mid x).
+            \\frac{p(x, z_s)}{\\bar q(z_s \\mid x)}, \\qquad z_s \\sim \\bar q(z \\mid x),
+
+        with the sticks integrated out exactly (or drawn as well, see :meth:`log_weights`); for
+        global sticks p(x) is the posterior predictive E_{q(v)}[p(x | v)].
 
         Its expectation is at least the ELBO and increases to log p(x) as S grows
         (Importance Weighted Autoencoders, Burda et al., 2016, arXiv:1509.00519).
@@ -431,6 +522,7 @@ class MixtureVAE(PyroModule):
             x: (N, P).
             num_samples: S >= 1.
             batch_size: draws evaluated at once (memory S_b·N·K·D).
+            integrate_sticks: passed to :meth:`log_weights`.
 
         Returns:
             (N,) estimates.
@@ -447,7 +539,7 @@ class MixtureVAE(PyroModule):
         done = 0
         while done < num_samples:
             s = min(batch_size, num_samples - done)
-            lw = self.log_weights(x, s)
+            lw = self.log_weights(x, s, integrate_sticks)
             if not bool(torch.isfinite(lw).all()):
                 bad = (~torch.isfinite(lw)).sum().item()
                 raise ValueError(
@@ -462,7 +554,8 @@ class MixtureVAE(PyroModule):
     def sample(self, num_samples: int, component: int | None = None) -> torch.Tensor:
         """Decoder means for codes drawn from the prior (or from prior component ``component``).
 
-        For DP models, the prior weights are drawn per sample from the stick prior.
+        For local sticks the weights are drawn per sample from the stick prior; for global
+        sticks they are the posterior mean weights :meth:`prior_weights`.
 
         Returns:
             (num_samples, P): Bernoulli probabilities or Normal means.
@@ -472,8 +565,8 @@ class MixtureVAE(PyroModule):
             raise ValueError(f"expected component in [0, {K}), got {component!r}")
         like = self.prior_loc
         if component is None:
-            if self.weights == "softmax":
-                log_w = self._prior_log_weights(like).expand(num_samples, K)
+            if self.sticks != "local":
+                log_w = self._mean_prior_log_weights().expand(num_samples, K)
             else:
                 v = self._stick_prior(like).sample((num_samples, K - 1))
                 log_w = stick_breaking_log_weights(v)

@@ -127,9 +127,10 @@ def test_single_component_is_exactly_a_gaussian_vae(float64):
     assert torch.allclose(lw, expected.detach(), rtol=1e-12)
 
 
-def _separated_vae(weights="softmax", K=3):
+def _separated_vae(weights="softmax", K=3, sticks="global"):
     """A tiny VAE whose posterior components sit far apart, so I(k; z) under q is large."""
-    vae = perturb(MixtureVAE(5, 2, num_components=K, weights=weights, hidden_dims=(4,)), 0.3)
+    vae = MixtureVAE(5, 2, num_components=K, weights=weights, sticks=sticks, hidden_dims=(4,))
+    perturb(vae, 0.3)
     with torch.no_grad():
         last = vae.encoder[-1]
         last.weight.mul_(0.1)
@@ -140,16 +141,44 @@ def _separated_vae(weights="softmax", K=3):
     return vae
 
 
-@pytest.mark.parametrize("weights", ["softmax", "kumaraswamy", "beta"])
-def test_elbo_is_the_full_mixture_entropy_bound(float64, weights):
+def _joint_elbo_draws(vae, x, num_samples):
+    """S one-draw estimates of the training ELBO per point with global sticks sampled, (S,)."""
+    loc, scale, w = vae._encode(x)
+    q_v = vae._stick_posterior(vae.stick_raw)
+    v = q_v.rsample((num_samples,))  # (S, T-1)
+    stick_term = (vae._stick_prior(v).log_prob(v) - q_v.log_prob(v)).sum(-1)  # (S,)
+    log_r = torch.log_softmax(w, -1).expand(num_samples, *w.shape)  # (S, N, K)
+    k = dist.Categorical(logits=log_r).sample()  # (S, N)
+    draw = _ComponentDraw(loc, scale, log_r, k)
+    z = draw.rsample()  # (S, N, D)
+    log_q = torch.logsumexp(log_r + draw.component_log_probs(z), -1)
+    log_p = vae._prior_log_probs(z, stick_breaking_log_weights(v).unsqueeze(-2))
+    per_point = vae._likelihood(z).log_prob(x) + log_p - log_q  # (S, N)
+    return (per_point.sum(-1) + stick_term) / x.shape[0]
+
+
+STICK_CASES = {
+    "softmax": ("softmax", "global"),
+    "kumaraswamy": ("kumaraswamy", "global"),
+    "beta": ("beta", "global"),
+    "kumaraswamy-local": ("kumaraswamy", "local"),
+}
+
+
+@pytest.mark.parametrize("case", STICK_CASES.values(), ids=STICK_CASES.keys())
+def test_elbo_is_the_full_mixture_entropy_bound(float64, case):
     # TraceEnum_ELBO on model/guide must estimate E_q[log p(x, v, z) - log q(v, z | x)] with the
     # FULL mixture q(z | x); the per-component entropy shortcut would differ by I(k; z) (> 0.5 nats).
+    weights, sticks = case
     x = _binary(4, 5)
-    vae = _separated_vae(weights)
+    vae = _separated_vae(weights, sticks=sticks)
     elbo = TraceEnum_ELBO(max_plate_nesting=1, num_particles=2000, vectorize_particles=True)
     with torch.no_grad():
         value = -elbo.loss(vae.model, vae.guide, x) / 4
-        direct = vae.log_weights(x, 20_000).mean().item()
+        if vae.sticks == "global":  # the sticks are shared: one stick term for the 4 points
+            direct = _joint_elbo_draws(vae, x, 20_000).mean().item()
+        else:
+            direct = vae.log_weights(x, 20_000, integrate_sticks=False).mean().item()
         probs, _ = vae.encode(x)
     entropy_k = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean().item()
     assert entropy_k > 0.5  # the shortcut would be off by about this much
@@ -177,6 +206,65 @@ def test_importance_estimate_bounds_elbo_and_converges(float64):
     # E[IS_S] increases with S towards log p(x); Monte Carlo error of each mean here < 0.01.
     assert (is_10 > elbo + 0.05).all() and (gap_10 > -0.02).all()
     assert (gap_big.abs() < 0.1 * gap_elbo).all() and (gap_big.abs() < gap_10).all()
+
+
+def _component_log_marginals(vae, x):
+    """log p_c(x) = log ∫ N(z; μ⁰_c, σ⁰_c) p(x | z) dz for a 1-D latent, by quadrature: (N, K)."""
+    z = torch.linspace(-15, 15, 30_001).unsqueeze(-1)  # (M, 1)
+    prior = dist.Normal(vae.prior_loc, vae.prior_log_scale.exp())
+    log_pc = prior.log_prob(z.unsqueeze(-2)).sum(-1)  # (M, K)
+    log_px = vae._likelihood(z.unsqueeze(1)).log_prob(x)  # (M, N)
+    dz = math.log(z[1, 0] - z[0, 0])
+    return torch.logsumexp(log_pc.unsqueeze(1) + log_px.unsqueeze(-1), 0) + dz
+
+
+@pytest.mark.parametrize("sticks", ["global", "local"])
+def test_mean_stick_weights_match_monte_carlo(float64, sticks):
+    # prior_weights() is π(E[v]); it must equal E[π(v)] (independent sticks), here by Monte Carlo.
+    vae = perturb(MixtureVAE(4, 1, num_components=4, weights="kumaraswamy", sticks=sticks), 0.5)
+    q_v = (
+        vae._stick_posterior(vae.stick_raw)
+        if sticks == "global"
+        else vae._stick_prior(vae.prior_loc)
+    )
+    with torch.no_grad():
+        w = stick_breaking_log_weights(q_v.expand([200_000, 3]).sample()).exp()  # (S, T)
+    standard_error = w.std(0) / math.sqrt(len(w))
+    assert ((w.mean(0) - vae.prior_weights()).abs() < 5 * standard_error).all()
+    if sticks == "local":  # GEM(1) means: 1/2, 1/4, 1/8, 1/8
+        assert torch.allclose(vae.prior_weights(), torch.tensor([0.5, 0.25, 0.125, 0.125]))
+
+
+@pytest.mark.parametrize("sticks", ["global", "local"])
+def test_dp_importance_estimate_converges_to_the_exact_likelihood(float64, sticks):
+    # Both stick forms integrate out exactly to the mixture with mean weights (p(x | v) is linear
+    # in π(v)); the default estimator uses that marginal, the joint one draws the sticks too.
+    x = _binary(3, 4)
+    vae = MixtureVAE(4, 1, num_components=3, weights="kumaraswamy", sticks=sticks, hidden_dims=(6,))
+    perturb(vae, 0.5 if sticks == "global" else 0.2)
+
+    def mean_is_10(**kwargs):  # E[IS_10] from 100 independent 10-draw estimates, (N,)
+        lw = vae.log_weights(x, 1000, **kwargs).reshape(100, 10, -1)
+        return (torch.logsumexp(lw, 1) - math.log(10)).mean(0)
+
+    with torch.no_grad():
+        log_pc = _component_log_marginals(vae, x)  # (N, K)
+        exact = torch.logsumexp(vae.prior_weights().log() + log_pc, -1)  # (N,)
+        elbo = vae.log_weights(x, 4000).mean(0)
+        is_10, joint_10 = mean_is_10(), mean_is_10(integrate_sticks=False)
+        is_big = vae.importance_log_likelihood(x, 10_000, batch_size=5000)
+        joint_big = vae.importance_log_likelihood(x, 10_000, 5000, integrate_sticks=False)
+    gap_elbo, gap_10, gap_big = exact - elbo, exact - is_10, exact - is_big
+    assert (gap_elbo > 0.15).all()  # the guide is not exact
+    assert (is_10 > elbo + 0.02).all() and (gap_10 > -0.02).all()  # MC error of the means < 0.01
+    if sticks == "global":
+        assert (gap_big.abs() < 0.1 * gap_elbo).all() and (gap_big.abs() < gap_10).all()
+        # The joint estimator (v ~ q(v) drawn too) targets the same predictive from below.
+        assert (joint_10 < joint_big).all() and (joint_big - exact).abs().max() < 0.1
+    else:
+        # Random local q(v | x) make heavy-tailed weights: at 10^4 draws still ~0.1 below.
+        assert (gap_big.abs() < 0.5 * gap_elbo).all() and (gap_big < gap_10).all()
+        assert (joint_10 < joint_big).all() and (joint_big < exact + 0.05).all()
 
 
 def test_importance_estimate_refuses_non_finite_terms(float64):
@@ -214,10 +302,11 @@ def test_flow_posterior_density_normalizes(float64):
     [
         dict(num_components=3),
         dict(num_components=4, weights="kumaraswamy"),
+        dict(num_components=4, weights="kumaraswamy", sticks="local"),
         dict(num_components=4, weights="beta", likelihood="normal"),
         dict(num_components=2, flow="affine_coupling", flow_kwargs=dict(num_layers=2)),
     ],
-    ids=["softmax", "kumaraswamy", "beta-normal", "flow"],
+    ids=["softmax", "kumaraswamy", "kumaraswamy-local", "beta-normal", "flow"],
 )
 def test_shapes_subsampling_and_gradients(kwargs):
     x = _binary(9, 6).float()
@@ -236,8 +325,10 @@ def test_shapes_subsampling_and_gradients(kwargs):
     loss.backward()
     trained = [n for n, p in vae.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not trained, f"no gradient reached {trained}"
+    assert torch.allclose(vae.prior_weights().sum(), torch.tensor(1.0))
     if kwargs.get("weights", "softmax") != "softmax":
-        assert vae.stick_kl(x).shape == (9,) and (vae.stick_kl(x) >= 0).all()
+        kl = vae.stick_kl(x)
+        assert kl.shape == ((9,) if vae.sticks == "local" else ()) and (kl >= 0).all()
 
 
 @pytest.mark.parametrize("flow", [None, "affine_coupling"])
@@ -270,6 +361,11 @@ def test_errors_name_what_was_expected():
         MixtureVAE(4, 2, weights="dirichlet")
     with pytest.raises(ValueError, match="expected a truncation"):
         MixtureVAE(4, 2, num_components=1, weights="beta")
+    with pytest.raises(ValueError, match="expected sticks"):
+        MixtureVAE(4, 2, weights="beta", sticks="shared")
+    local = MixtureVAE(4, 2, num_components=3, weights="beta", sticks="local")
+    with pytest.raises(ValueError, match="expected x"):
+        local.stick_kl()
     with pytest.raises(ValueError, match="expected likelihood"):
         MixtureVAE(4, 2, likelihood="poisson")
     with pytest.raises(ValueError, match="expected latent_dim"):
