@@ -269,7 +269,7 @@ class BoostedFlowMixture(nn.Module):
     the same weight). ``refit`` is the optional second pass: each component in turn is trained
     again against the mixture of the others and its weight searched again.
 
-    Three further steps (all off by default) make the boosted mixture a stronger density
+    Four further options (all off by default) make the boosted mixture a stronger density
     estimator. ``objective="mixture"`` trains g_c on the exact greedy objective
     ``sum_i log((1 - rho) G_{c-1}(x_i) + rho g(x_i))`` jointly in g and rho (G frozen; its
     gradient in g is the log-likelihood weighted by the share of each point that g explains,
