@@ -497,6 +497,26 @@ class BoostedFlowMixture(nn.Module):
             self._finetune(x_tr, x_va, finetune_steps)
         return self
 
+    def fit_weights(self, x_val: torch.Tensor) -> BoostedFlowMixture:
+        """Set all C weights to the exact maximizer of the log-likelihood of ``x_val``, flows fixed.
+
+        Uses :func:`fit_mixture_weights` whatever ``rho`` is, so a mixture boosted with the fixed
+        schedule (``rho="fixed"``: every flow trained against equal weights) can be given exact
+        weights at the end.
+
+        Args:
+            x_val: held-out data (M, D), M >= 1.
+
+        Returns:
+            self.
+        """
+        self._check_fitted()
+        x_val = self._as_data(x_val)
+        with torch.no_grad():
+            lp = torch.cat([s.component_log_probs(x_val) for s in self.stages], -1)  # (M, C)
+            self.log_weights = fit_mixture_weights(lp).to(self.log_weights.dtype)
+        return self
+
     def finetune(
         self, x: torch.Tensor, num_steps: int, *, x_val: torch.Tensor | None = None
     ) -> BoostedFlowMixture:

@@ -348,3 +348,15 @@ def test_finetune_never_lowers_the_held_out_likelihood(float64, rho):
         model.finetune(x, 0)
     with pytest.raises(ValueError, match="finetune_steps"):
         model.fit(x, 1, finetune_steps=-1)
+
+
+def test_fit_weights_gives_a_fixed_schedule_mixture_exact_weights(float64):
+    x, x_val = _data(seed=0), _data(60, seed=1)
+    model = BoostedFlowMixture(2, **SMALL, rho="fixed").fit(x, 3, x_val=x_val)
+    before = model.score(x_val)
+    model.fit_weights(x_val)
+    lp = model.components.component_log_probs(x_val).detach()
+    torch.testing.assert_close(model.log_weights, fit_mixture_weights(lp))
+    assert model.score(x_val) >= before - 1e-12  # equal weights are one point of the simplex
+    with pytest.raises(RuntimeError, match="fitted"):
+        BoostedFlowMixture(2, **SMALL).fit_weights(x_val)
