@@ -13,18 +13,27 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .._kmeans import kmeans
 from .._validation import check_event, check_finite
 from ..distributions.flow_mixture import FlowMixture
 from ..flows.components import FLOWS, Components, FlowComponents
 from ..flows.concat import ConcatComponents
 
-__all__ = ["BoostedFlowMixture", "boosting_weights", "rho_objective", "search_rho"]
+__all__ = [
+    "BoostedFlowMixture",
+    "boosting_weights",
+    "fit_mixture_weights",
+    "rho_objective",
+    "search_rho",
+]
 
 _WEIGHTINGS = ("loss", "resample")
 _RHO_MODES = ("search", "fixed")
-_INITS = ("moments", "previous")
+_INITS = ("moments", "previous", "greedy")
+_OBJECTIVES = ("weighted", "mixture")
 _LOG_RATIO_BOUND = 600.0  # |log g - log G| is clamped here; exp(600) is still finite in float64
 
 
@@ -156,6 +165,60 @@ def search_rho(log_prev: torch.Tensor, log_new: torch.Tensor, tol: float = 1e-10
     return 0.5 * (lo + hi)
 
 
+def fit_mixture_weights(
+    log_probs: torch.Tensor, tol: float = 1e-8, max_iter: int = 100_000
+) -> torch.Tensor:
+    """The exact maximizer over the simplex of the mean log-likelihood of a mixture with fixed components.
+
+    .. math:: \\max_{w \\in \\Delta_C}\\; f(w) = \\frac1N \\sum_i \\log \\sum_k w_k\\, g_k(x_i)
+
+    f is concave in w, so a point is the global maximizer exactly when it meets the KKT
+    conditions ``s_k(w) = (1/N) sum_i g_k(x_i) / G_w(x_i) <= 1`` for every k, with equality where
+    ``w_k > 0``. The EM fixed-point update ``w_k <- w_k s_k(w)`` increases f monotonically from
+    the uniform start; it runs (in float64, in log space) until ``max_k s_k - 1 <= tol`` (and
+    ``|s_k - 1| <= tol`` where ``w_k > tol``) or ``max_iter`` updates. Used to re-fit all
+    boosting weights at once on held-out data (the fully corrective step).
+
+    Args:
+        log_probs: log g_k(x_i), shape (N, C).
+        tol: tolerance on the KKT conditions.
+        max_iter: the most EM updates.
+
+    Returns:
+        log w, shape (C,), float64 (``-inf`` for a component whose weight underflows).
+
+    Raises:
+        ValueError: ``log_probs`` is not (N, C) with N, C >= 1, holds NaN or +inf, or a row is
+            ``-inf`` under every component.
+
+    Example::
+
+        >>> fit_mixture_weights(torch.zeros(5, 2)).exp()  # identical components: any w; EM stays put
+        tensor([0.5000, 0.5000], dtype=torch.float64)
+    """
+    if not torch.is_tensor(log_probs) or log_probs.dim() != 2 or 0 in log_probs.shape:
+        raise ValueError(
+            f"expected log_probs of shape (N, C) with N, C >= 1, got {log_probs!r:.80}"
+        )
+    if bool(torch.isnan(log_probs).any()) or bool((log_probs == math.inf).any()):
+        raise ValueError("expected log_probs without NaN or +inf entries, got some")
+    lp = log_probs.detach().double()
+    if not bool(torch.isfinite(lp.max(-1).values).all()):
+        raise ValueError("expected every row to have a finite log-density under some component")
+    N, C = lp.shape
+    log_w = torch.full((C,), -math.log(C), dtype=torch.float64, device=lp.device)
+    for _ in range(max_iter):
+        log_G = (log_w + lp).logsumexp(-1, keepdim=True)  # (N, 1)
+        log_s = (lp - log_G).logsumexp(0) - math.log(N)  # (C,)  log s_k
+        s = log_s.exp()
+        active = log_w.exp() > tol
+        if float(s.max()) - 1 <= tol and bool(((s - 1).abs()[active] <= tol).all()):
+            break
+        log_w = log_w + log_s
+        log_w = log_w - log_w.logsumexp(0)  # exact in theory; removes rounding drift
+    return log_w
+
+
 def _golden_section_max(fn: Callable[[float], float], grid: int = 101, tol: float = 1e-8) -> float:
     """Maximize fn on [0, 1]: best point of a grid, then golden-section search in its bracket."""
     xs = [i / (grid - 1) for i in range(grid)]
@@ -206,6 +269,22 @@ class BoostedFlowMixture(nn.Module):
     the same weight). ``refit`` is the optional second pass: each component in turn is trained
     again against the mixture of the others and its weight searched again.
 
+    Four further options (all off by default) make the boosted mixture a stronger density
+    estimator. ``objective="mixture"`` trains g_c on the exact greedy objective
+    ``sum_i log((1 - rho) G_{c-1}(x_i) + rho g(x_i))`` jointly in g and rho (G frozen; its
+    gradient in g is the log-likelihood weighted by the share of each point that g explains,
+    whose small-rho limit is the 1/G weighting above), before the exact held-out rho search.
+    ``init="greedy"`` starts g_c as the best Gaussian to add: among the clusters of k-means
+    with k = 1, 2, 4, ..., ``num_candidates`` on the training data (each a Gaussian at its
+    cluster's mean and per-axis standard deviation), the one whose exactly searched rho gives
+    the largest training log-likelihood of ``(1 - rho) G + rho N``; so a new flow starts on
+    the region the mixture fits worst. ``refit_weights=True`` (with ``rho="search"``) re-fits
+    all C weights after every round by :func:`fit_mixture_weights` on the held-out data (the
+    fully corrective step; the objective is concave, the result its exact maximizer). And
+    ``finetune`` (or ``fit(..., finetune_steps=...)``) trains all components together on the
+    mixture's log-likelihood, weights learned too unless ``rho="fixed"``, keeping the best
+    held-out state.
+
     Variational mode (``fit_variational``): given an unnormalized target log-density
     log p~(x), g_1 maximizes the ELBO ``E_g[log p~ - log g]`` and every later g_c maximizes
     ``E_g[log p~(x) - log G_{c-1}(x)] + lambda H(g)`` with entropy weight lambda, from
@@ -238,7 +317,11 @@ class BoostedFlowMixture(nn.Module):
         init: how a new flow starts: "previous" (a copy of the last component when it has the
             same architecture, else as "moments"; the warm start refines what the mixture
             already has) or "moments" (a Gaussian at the weighted data's mean and standard
-            deviation).
+            deviation) or "greedy" (the best Gaussian to add, see above).
+        objective: "weighted" (the 1/G-weighted log-likelihood) or "mixture" (the greedy
+            mixture log-likelihood, see above).
+        num_candidates: the largest k of the k-means candidates of ``init="greedy"``.
+        refit_weights: re-fit all weights on held-out data after each round (``rho="search"``).
         seed: seeds component initialization, the split and the minibatches (None: global RNG).
 
     Example::
@@ -269,12 +352,26 @@ class BoostedFlowMixture(nn.Module):
         eval_every: int = 50,
         patience: int | None = None,
         init: str = "previous",
+        objective: str = "weighted",
+        num_candidates: int = 16,
+        refit_weights: bool = False,
         seed: int | None = None,
     ) -> None:
         super().__init__()
         if init not in _INITS:
             raise ValueError(f"expected init in {_INITS}, got {init!r}")
+        if objective not in _OBJECTIVES:
+            raise ValueError(f"expected objective in {_OBJECTIVES}, got {objective!r}")
+        if (
+            not isinstance(num_candidates, int)
+            or isinstance(num_candidates, bool)
+            or num_candidates < 1
+        ):
+            raise ValueError(f"expected num_candidates to be an int >= 1, got {num_candidates!r}")
         self.init = init
+        self.objective = objective
+        self.num_candidates = num_candidates
+        self.refit_weights = bool(refit_weights)
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"expected dim to be an int >= 1, got {dim!r}")
         if flow not in FLOWS:
@@ -364,8 +461,10 @@ class BoostedFlowMixture(nn.Module):
         *,
         x_val: torch.Tensor | None = None,
         refit_passes: int = 0,
+        finetune_steps: int = 0,
     ) -> BoostedFlowMixture:
-        """Add ``num_components`` flows by boosting (then ``refit_passes`` second passes).
+        """Add ``num_components`` flows by boosting (then ``refit_passes`` second passes, then
+        ``finetune_steps`` steps of joint training, see ``finetune``).
 
         Args:
             x: training data, shape (N, D).
@@ -373,6 +472,7 @@ class BoostedFlowMixture(nn.Module):
             x_val: held-out data (M, D) for rho and early stopping; default: a
                 ``val_fraction`` split of x, the same split on every call.
             refit_passes: second passes over all components (see ``refit``).
+            finetune_steps: joint optimizer steps over all components at the end (0: none).
 
         Returns:
             self.
@@ -386,11 +486,62 @@ class BoostedFlowMixture(nn.Module):
             raise ValueError(f"expected num_components to be an int >= 1, got {num_components}")
         if not isinstance(refit_passes, int) or refit_passes < 0:
             raise ValueError(f"expected refit_passes to be an int >= 0, got {refit_passes!r}")
+        if not isinstance(finetune_steps, int) or finetune_steps < 0:
+            raise ValueError(f"expected finetune_steps to be an int >= 0, got {finetune_steps!r}")
         x_tr, x_va = self._split(x, x_val)
         for _ in range(num_components):
             self._add(x_tr, x_va, None, {})
         for _ in range(refit_passes):
             self._refit(x_tr, x_va)
+        if finetune_steps:
+            self._finetune(x_tr, x_va, finetune_steps)
+        return self
+
+    def fit_weights(self, x_val: torch.Tensor) -> BoostedFlowMixture:
+        """Set all C weights to the exact maximizer of the log-likelihood of ``x_val``, flows fixed.
+
+        Uses :func:`fit_mixture_weights` whatever ``rho`` is, so a mixture boosted with the fixed
+        schedule (``rho="fixed"``: every flow trained against equal weights) can be given exact
+        weights at the end.
+
+        Args:
+            x_val: held-out data (M, D), M >= 1.
+
+        Returns:
+            self.
+        """
+        self._check_fitted()
+        x_val = self._as_data(x_val)
+        with torch.no_grad():
+            lp = torch.cat([s.component_log_probs(x_val) for s in self.stages], -1)  # (M, C)
+            self.log_weights = fit_mixture_weights(lp).to(self.log_weights.dtype)
+        return self
+
+    def finetune(
+        self, x: torch.Tensor, num_steps: int, *, x_val: torch.Tensor | None = None
+    ) -> BoostedFlowMixture:
+        """Train all components together on the mixture's log-likelihood; keep the best held-out state.
+
+        .. math:: \\max_{\\theta_1..\\theta_C,\\, w}\\; \\sum_i \\log \\sum_c w_c\\, g_c(x_i; \\theta_c)
+
+        Adam (``lr``) on ``batch_size`` minibatches; the weights w are learned too (as logits)
+        unless ``rho="fixed"``, and with ``refit_weights`` they are re-fitted exactly on the
+        held-out data at the end. The held-out log-likelihood is evaluated every ``eval_every``
+        steps and the best state kept (``patience`` stops early).
+
+        Args:
+            x: training data (N, D).
+            num_steps: optimizer steps, >= 1.
+            x_val: held-out data (M, D); default: the ``val_fraction`` split of x.
+
+        Returns:
+            self.
+        """
+        self._check_fitted()
+        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+            raise ValueError(f"expected num_steps to be an int >= 1, got {num_steps!r}")
+        x_tr, x_va = self._split(x, x_val)
+        self._finetune(x_tr, x_va, num_steps)
         return self
 
     def add_component(
@@ -570,27 +721,50 @@ class BoostedFlowMixture(nn.Module):
             log_w = log_w - log_w.logsumexp(0)
         return (log_w + lp).logsumexp(-1)
 
-    def _train(self, comp, x_tr, w_tr, x_va, w_va, index: int) -> dict:
-        """Maximize sum_i w_i log g(x_i) over comp's parameters only; keep the best held-out state."""
+    def _train(self, comp, x_tr, w_tr, x_va, w_va, index: int, mix=None) -> dict:
+        """Train comp's parameters only; keep the best held-out state.
+
+        Without ``mix``: maximize sum_i w_i log g(x_i). With ``mix = (log G(x_tr), log G(x_va),
+        rho0)``: maximize sum_i log((1 - rho) G(x_i) + rho g(x_i)), rho = sigmoid(a) learned from
+        rho0 unless ``rho="fixed"``.
+        """
         params = [p for p in comp.parameters() if p.requires_grad]
+        a = None
+        if mix is not None:
+            lG_tr, lG_va, rho0 = mix
+            rho0 = min(max(rho0, 1e-4), 1 - 1e-4)
+            a = torch.tensor(math.log(rho0 / (1 - rho0)), dtype=x_tr.dtype, device=x_tr.device)
+            if self.rho_mode == "search":
+                a.requires_grad_(True)
+                params = params + [a]
         opt = torch.optim.Adam(params, lr=self.lr)
         gen = self._generator(index + 1)
         N = x_tr.shape[0]
         B = min(self.batch_size, N)
         w_va = w_va / w_va.sum()
 
+        def mix_ll(lG, lg):  # mean log((1 - rho) G + rho g) from log G, log g: (n,), (n,)
+            return torch.logaddexp(F.logsigmoid(-a) + lG, F.logsigmoid(a) + lg).mean()
+
         def held_out() -> float:
             with torch.no_grad():
-                return float(-(w_va * comp.component_log_probs(x_va)[:, 0]).sum())
+                lg = comp.component_log_probs(x_va)[:, 0]
+                if mix is not None:
+                    return float(-mix_ll(lG_va, lg))
+                return float(-(w_va * lg).sum())
 
-        best, best_state, bad, steps = held_out(), copy.deepcopy(comp.state_dict()), 0, 0
+        def state():
+            return copy.deepcopy(comp.state_dict()), None if a is None else a.detach().clone()
+
+        best, best_state, bad, steps = held_out(), state(), 0, 0
         for step in range(self.num_steps):
-            if self.weighting == "resample":
+            if self.weighting == "resample" and mix is None:
                 idx = torch.multinomial(w_tr, B, replacement=True, generator=gen)
                 loss = -comp.component_log_probs(x_tr[idx])[:, 0].mean()
             else:
                 idx = torch.randint(N, (B,), generator=gen)
-                loss = -(w_tr[idx] * comp.component_log_probs(x_tr[idx])[:, 0]).mean()
+                lg = comp.component_log_probs(x_tr[idx])[:, 0]
+                loss = -mix_ll(lG_tr[idx], lg) if mix is not None else -(w_tr[idx] * lg).mean()
             if not bool(torch.isfinite(loss)):
                 break  # keep the best finite state found so far
             opt.zero_grad()
@@ -601,13 +775,58 @@ class BoostedFlowMixture(nn.Module):
             if steps % self.eval_every == 0 or steps == self.num_steps:
                 value = held_out()
                 if value < best:
-                    best, best_state, bad = value, copy.deepcopy(comp.state_dict()), 0
+                    best, best_state, bad = value, state(), 0
                 else:
                     bad += 1
                     if self.patience is not None and bad >= self.patience:
                         break
-        comp.load_state_dict(best_state)
-        return {"steps": steps, "val_weighted_nll": best}
+        comp.load_state_dict(best_state[0])
+        info = {"steps": steps, "val_objective": -best}
+        if a is not None:
+            info["rho_trained"] = float(torch.sigmoid(best_state[1]))
+        return info
+
+    def _candidates(self, x_tr: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Gaussians (loc (D,), scale (D,)) of the k-means clusters of x_tr, k = 1, 2, 4, ...,
+        ``num_candidates``; cached for the last training set (they do not depend on G)."""
+        cache = getattr(self, "_candidate_cache", None)
+        if cache is not None and cache[0].shape == x_tr.shape and torch.equal(cache[0], x_tr):
+            return cache[1]
+        top = min(self.num_candidates, x_tr.shape[0])
+        ks = sorted({min(2**j, top) for j in range(top.bit_length() + 1)})
+        gen = self._generator(500)
+        floor = 1e-3 * x_tr.std(0).clamp(min=1e-12)  # (D,)
+        out = []
+        with torch.no_grad():
+            for k in ks:
+                if k == 1:
+                    labels = torch.zeros(x_tr.shape[0], dtype=torch.long, device=x_tr.device)
+                else:
+                    labels = kmeans(x_tr, k, n_init=3, generator=gen)[1]
+                for j in range(k):
+                    members = x_tr[labels == j]
+                    if members.shape[0] >= 2:
+                        out.append((members.mean(0), members.std(0) + floor))
+        self._candidate_cache = (x_tr, out)
+        return out
+
+    def _greedy_start(self, x_tr: torch.Tensor, log_prev: torch.Tensor, c: int):
+        """The best Gaussian to add to G among ``_candidates``, each scored by
+        max_rho mean_i log((1 - rho) G(x_i) + rho N(x_i; loc, scale)) on the training data.
+
+        Returns ``(loc (D,), scale (D,), rho)`` of the best candidate.
+        """
+        best = None
+        with torch.no_grad():
+            for loc, scale in self._candidates(x_tr):
+                log_n = torch.distributions.Normal(loc, scale).log_prob(x_tr).sum(-1)  # (N,)
+                rho = search_rho(log_prev, log_n)
+                value = float(rho_objective(rho, log_prev, log_n))
+                if best is None or value > best[0]:
+                    best = (value, loc, scale, rho)
+        if best is None:  # no cluster with two points: the data's moments
+            return x_tr.mean(0), x_tr.std(0).clamp(min=1e-6), 1.0 / (c + 1)
+        return best[1], best[2], best[3]
 
     def _freeze(self, requires_grad: bool = False) -> None:
         """Freeze (or, with True, release) every fitted component's parameters."""
@@ -618,16 +837,24 @@ class BoostedFlowMixture(nn.Module):
         start = time.perf_counter()
         c = len(self.stages)
         self._freeze()
+        mix = None
         if c == 0:
             w_tr = torch.ones(x_tr.shape[0], dtype=x_tr.dtype)
             w_va = torch.ones(x_va.shape[0], dtype=x_va.dtype)
         else:
-            w_tr = boosting_weights(self._log_mix(x_tr), self.weight_clip)
-            w_va = boosting_weights(self._log_mix(x_va), self.weight_clip)
+            lG_tr, lG_va = self._log_mix(x_tr), self._log_mix(x_va)
+            w_tr = boosting_weights(lG_tr, self.weight_clip)
+            w_va = boosting_weights(lG_va, self.weight_clip)
+        rho0 = 1.0 / (c + 1)
         if comp is None:
             comp = self._new_component(config, x_tr)
             previous = self.stages[-1] if c else None
-            if (
+            if c and self.init == "greedy":
+                loc, scale, rho_g = self._greedy_start(x_tr, lG_tr, c)
+                comp.set_affine(loc.unsqueeze(0), scale.unsqueeze(0))
+                if self.rho_mode == "search":
+                    rho0 = rho_g
+            elif (
                 self.init == "previous"
                 and isinstance(previous, FlowComponents)
                 and previous.config == comp.config
@@ -640,16 +867,20 @@ class BoostedFlowMixture(nn.Module):
                 comp.set_affine(mean.unsqueeze(0), std.unsqueeze(0))
         else:
             comp = comp.to(dtype=x_tr.dtype, device=x_tr.device)
-        info = self._train(comp, x_tr, w_tr, x_va, w_va, c)
+        if c and self.objective == "mixture":
+            mix = (lG_tr, lG_va, rho0)
+        info = self._train(comp, x_tr, w_tr, x_va, w_va, c, mix)
         with torch.no_grad():
             if c == 0:
                 rho = 1.0
             elif self.rho_mode == "fixed":
                 rho = 1.0 / (c + 1)
             else:
-                rho = search_rho(self._log_mix(x_va), comp.component_log_probs(x_va)[:, 0])
+                rho = search_rho(lG_va, comp.component_log_probs(x_va)[:, 0])
         self._append(comp, rho)
         self._freeze(True)
+        if self.refit_weights:
+            self._refit_weights(x_va)
         info.update(
             component=c,
             rho=rho,
@@ -658,6 +889,70 @@ class BoostedFlowMixture(nn.Module):
         )
         self.history.append(info)
         return rho
+
+    @torch.no_grad()
+    def _refit_weights(self, x_va: torch.Tensor) -> None:
+        """Exact re-fit of all weights on held-out data (``rho="search"`` only)."""
+        if self.rho_mode != "search" or len(self.stages) < 2:
+            return
+        lp = torch.cat([s.component_log_probs(x_va) for s in self.stages], -1)  # (M, C)
+        self.log_weights = fit_mixture_weights(lp).to(self.log_weights.dtype)
+
+    def _finetune(self, x_tr, x_va, num_steps: int) -> None:
+        """Joint training of all components (and the weights, unless rho is fixed)."""
+        start = time.perf_counter()
+        self._freeze(True)
+        learn_w = self.rho_mode == "search" and len(self.stages) > 1
+        logits = self.log_weights.clamp(min=-30.0).clone().to(x_tr.dtype).requires_grad_(learn_w)
+        params = list(self.stages.parameters()) + ([logits] if learn_w else [])
+        opt = torch.optim.Adam(params, lr=self.lr)
+        gen = self._generator(900)
+        N = x_tr.shape[0]
+        B = min(self.batch_size, N)
+
+        def log_mix(x):
+            lp = torch.cat([s.component_log_probs(x) for s in self.stages], -1)  # (n, C)
+            return (logits.log_softmax(0) + lp).logsumexp(-1)
+
+        def held_out() -> float:
+            with torch.no_grad():
+                return float(log_mix(x_va).mean())
+
+        def state():
+            return copy.deepcopy(self.stages.state_dict()), logits.detach().clone()
+
+        best, best_state, bad, steps = held_out(), state(), 0, 0
+        for step in range(num_steps):
+            idx = torch.randint(N, (B,), generator=gen)
+            loss = -log_mix(x_tr[idx]).mean()
+            if not bool(torch.isfinite(loss)):
+                break
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 100.0)
+            opt.step()
+            steps = step + 1
+            if steps % self.eval_every == 0 or steps == num_steps:
+                value = held_out()
+                if value > best:
+                    best, best_state, bad = value, state(), 0
+                else:
+                    bad += 1
+                    if self.patience is not None and bad >= self.patience:
+                        break
+        self.stages.load_state_dict(best_state[0])
+        with torch.no_grad():
+            self.log_weights = best_state[1].log_softmax(0).to(self.log_weights.dtype)
+        if self.refit_weights:
+            self._refit_weights(x_va)
+        self.history.append(
+            {
+                "finetune": True,
+                "steps": steps,
+                "val_log_likelihood": float(self._log_mix(x_va).mean()),
+                "seconds": time.perf_counter() - start,
+            }
+        )
 
     def _append(self, comp, rho: float) -> None:
         with torch.no_grad():
@@ -704,6 +999,8 @@ class BoostedFlowMixture(nn.Module):
                 seconds=time.perf_counter() - start,
             )
             self.history.append(info)
+        if self.refit_weights:
+            self._refit_weights(x_va)
 
     def _add_variational(self, log_density, lam, S, rho_S, loc, scale) -> float:
         start = time.perf_counter()

@@ -9,6 +9,7 @@ from pyro_mixflows.models import BoostedFlowMixture
 from pyro_mixflows.models.boosting import (
     _golden_section_max,
     boosting_weights,
+    fit_mixture_weights,
     rho_objective,
     search_rho,
 )
@@ -251,3 +252,111 @@ def test_concat_components_errors():
         ConcatComponents([a, torch.nn.Linear(2, 2)])
     with pytest.raises(ValueError, match="K=2"):
         ConcatComponents([a]).transform(torch.randn(4, 3, 2))
+
+
+# --- the exact weight re-fit, the greedy start, the mixture objective, the joint pass ----------
+def test_fit_mixture_weights_matches_search_rho_for_two(float64):
+    g = torch.Generator().manual_seed(4)
+    lp = torch.randn(200, 2, generator=g, dtype=torch.float64) * 3
+    rho = search_rho(lp[:, 0], lp[:, 1])
+    assert 0 < rho < 1
+    torch.testing.assert_close(
+        fit_mixture_weights(lp, tol=1e-10).exp(),
+        torch.tensor([1 - rho, rho], dtype=torch.float64),
+        atol=1e-7,
+        rtol=0,
+    )
+
+
+def test_fit_mixture_weights_is_the_simplex_maximizer(float64):
+    g = torch.Generator().manual_seed(5)
+    lp = torch.randn(200, 3, generator=g, dtype=torch.float64) * 3
+    lp[:, 2] -= 3.0  # a poor third component: its optimal weight may sit on the boundary
+    log_w = fit_mixture_weights(lp, tol=1e-10)
+    w = log_w.exp()
+    assert abs(float(w.sum()) - 1) < 1e-12
+
+    def f(weights):  # (..., 3) -> (...)
+        return (weights.log().unsqueeze(-2) + lp).logsumexp(-1).mean(-1)
+
+    # KKT: s_k = mean_i g_k / G <= 1, with equality where w_k > 0.
+    s = (lp - (log_w + lp).logsumexp(-1, keepdim=True)).exp().mean(0)
+    assert float(s.max()) <= 1 + 1e-9
+    assert bool(((s - 1).abs()[w > 1e-6] <= 1e-8).all())
+    # No point of a simplex grid (step 1/200) does better.
+    t = torch.linspace(0, 1, 201, dtype=torch.float64)
+    a, b = torch.meshgrid(t, t, indexing="ij")
+    grid = torch.stack([a, b, 1 - a - b], -1).reshape(-1, 3)
+    grid = grid[grid[:, 2] >= -1e-12].clamp(min=0)
+    assert float(f(w)) >= float(f(grid).max()) - 1e-12
+
+
+def test_fit_mixture_weights_errors(float64):
+    with pytest.raises(ValueError, match="shape \\(N, C\\)"):
+        fit_mixture_weights(torch.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        fit_mixture_weights(torch.tensor([[0.0, math.nan]]))
+    with pytest.raises(ValueError, match="finite log-density"):
+        fit_mixture_weights(torch.tensor([[0.0, 0.0], [-math.inf, -math.inf]]))
+
+
+def test_greedy_start_lands_on_the_region_the_mixture_misses(float64):
+    x = _data(400)  # two clusters, at (-2, 0) and (2, 1)
+    model = BoostedFlowMixture(2, **SMALL, init="greedy", num_candidates=4)
+    # The mixture so far: a narrow Gaussian on the left cluster only.
+    log_prev = (
+        torch.distributions.Normal(torch.tensor([-2.0, 0.0], dtype=torch.float64), 0.5)
+        .log_prob(x)
+        .sum(-1)
+    )
+    loc, scale, rho = model._greedy_start(x, log_prev, 1)
+    right = x[x[:, 0] > 0]
+    torch.testing.assert_close(loc, right.mean(0))  # exactly the right cluster's moments
+    torch.testing.assert_close(scale, right.std(0) + 1e-3 * x.std(0))
+    assert abs(rho - right.shape[0] / x.shape[0]) < 0.05  # about its share of the points
+
+
+@pytest.mark.parametrize("objective", ["weighted", "mixture"])
+def test_new_options_keep_frozen_components_and_weights_exact(float64, objective):
+    x, x_val = _data(seed=0), _data(60, seed=1)
+    opts = dict(init="greedy", num_candidates=4, objective=objective, refit_weights=True)
+    model = BoostedFlowMixture(2, **SMALL, **opts).fit(x, 1, x_val=x_val)
+    before = {k: v.clone() for k, v in model.stages.state_dict().items()}
+    model.fit(x, 2, x_val=x_val)
+    after = model.stages.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    if objective == "mixture":
+        assert all(0 < h["rho_trained"] < 1 for h in model.history[1:])
+    # The weights are the exact held-out maximizer for the fitted components.
+    lp = model.components.component_log_probs(x_val).detach()
+    torch.testing.assert_close(model.log_weights, fit_mixture_weights(lp))
+    assert abs(float(model.weights.sum()) - 1) < 1e-12
+
+
+@pytest.mark.parametrize("rho", ["search", "fixed"])
+def test_finetune_never_lowers_the_held_out_likelihood(float64, rho):
+    x, x_val = _data(seed=0), _data(60, seed=1)
+    model = BoostedFlowMixture(2, **SMALL, rho=rho).fit(x, 2, x_val=x_val)
+    weights, score = model.weights.clone(), model.score(x_val)
+    model.finetune(x, 9, x_val=x_val)
+    assert model.history[-1]["finetune"] and model.history[-1]["steps"] == 9
+    assert model.score(x_val) >= score - 1e-12  # the best held-out state is kept
+    if rho == "fixed":
+        torch.testing.assert_close(model.weights, weights)  # fixed weights stay fixed
+    with pytest.raises(ValueError, match="num_steps"):
+        model.finetune(x, 0)
+    with pytest.raises(ValueError, match="finetune_steps"):
+        model.fit(x, 1, finetune_steps=-1)
+
+
+def test_fit_weights_gives_a_fixed_schedule_mixture_exact_weights(float64):
+    x, x_val = _data(seed=0), _data(60, seed=1)
+    model = BoostedFlowMixture(2, **SMALL, rho="fixed").fit(x, 3, x_val=x_val)
+    before = model.score(x_val)
+    model.fit_weights(x_val)
+    lp = model.components.component_log_probs(x_val).detach()
+    torch.testing.assert_close(model.log_weights, fit_mixture_weights(lp))
+    assert model.score(x_val) >= before - 1e-12  # equal weights are one point of the simplex
+    with pytest.raises(RuntimeError, match="fitted"):
+        BoostedFlowMixture(2, **SMALL).fit_weights(x_val)
