@@ -69,6 +69,24 @@ def _pairs(D: int) -> int:
     return min(D, MAX_PANELS)
 
 
+def _pair_panels(plt, P: int, columns: Sequence[str], diagonal, off_diagonal):
+    """A P x P grid of panels for the first P columns: ``diagonal(ax, i)`` on the diagonal,
+    ``off_diagonal(ax, i, j)`` (row i, column j) elsewhere; axis labels on the outer panels."""
+    fig, axes = plt.subplots(P, P, figsize=(2.2 * P, 2.2 * P), squeeze=False)
+    for i in range(P):
+        for j in range(P):
+            ax = axes[i, j]
+            if i == j:
+                diagonal(ax, i)
+            else:
+                off_diagonal(ax, i, j)
+            if i == P - 1:
+                ax.set_xlabel(columns[j])
+            if j == 0:
+                ax.set_ylabel(columns[i])
+    return fig
+
+
 def plot_density(
     path: str,
     X: np.ndarray,
@@ -102,20 +120,16 @@ def plot_density(
         ax.set_title("fitted density")
     else:
         P = _pairs(D)
-        fig, axes = plt.subplots(P, P, figsize=(2.2 * P, 2.2 * P), squeeze=False)
-        for i in range(P):
-            for j in range(P):
-                ax = axes[i, j]
-                if i == j:
-                    ax.hist(X[:, i], bins=30, density=True, color="0.6", alpha=0.7)
-                    ax.hist(samples[:, i], bins=30, density=True, color="C1", alpha=0.5)
-                else:
-                    ax.scatter(X[:, j], X[:, i], s=4, c="0.3", alpha=0.5, linewidths=0)
-                    ax.scatter(samples[:, j], samples[:, i], s=4, c="C1", alpha=0.4, linewidths=0)
-                if i == P - 1:
-                    ax.set_xlabel(columns[j])
-                if j == 0:
-                    ax.set_ylabel(columns[i])
+
+        def diagonal(ax, i):
+            ax.hist(X[:, i], bins=30, density=True, color="0.6", alpha=0.7)
+            ax.hist(samples[:, i], bins=30, density=True, color="C1", alpha=0.5)
+
+        def off_diagonal(ax, i, j):
+            ax.scatter(X[:, j], X[:, i], s=4, c="0.3", alpha=0.5, linewidths=0)
+            ax.scatter(samples[:, j], samples[:, i], s=4, c="C1", alpha=0.4, linewidths=0)
+
+        fig = _pair_panels(plt, P, columns, diagonal, off_diagonal)
         extra = f" (first {P} of {D} columns)" if D > P else ""
         fig.suptitle(f"data (grey) and samples of the fit (orange){extra}")
     fig.tight_layout()
@@ -140,19 +154,15 @@ def plot_clusters(path: str, X: np.ndarray, columns: Sequence[str], labels: np.n
         ax.set_ylabel(columns[1])
         ax.legend(*sc.legend_elements(), title="component", fontsize=7)
     else:
-        P = _pairs(D)
-        fig, axes = plt.subplots(P, P, figsize=(2.2 * P, 2.2 * P), squeeze=False)
-        for i in range(P):
-            for j in range(P):
-                ax = axes[i, j]
-                if i == j:
-                    ax.hist([X[labels == k, i] for k in range(K)], bins=30, stacked=True)
-                else:
-                    ax.scatter(X[:, j], X[:, i], c=labels, s=2, cmap="tab10", vmin=0, vmax=9)
-                if i == P - 1:
-                    ax.set_xlabel(columns[j])
-                if j == 0:
-                    ax.set_ylabel(columns[i])
+        fig = _pair_panels(
+            plt,
+            _pairs(D),
+            columns,
+            lambda ax, i: ax.hist([X[labels == k, i] for k in range(K)], bins=30, stacked=True),
+            lambda ax, i, j: ax.scatter(
+                X[:, j], X[:, i], c=labels, s=2, cmap="tab10", vmin=0, vmax=9
+            ),
+        )
     fig.suptitle("clusters (most probable component)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

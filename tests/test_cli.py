@@ -413,3 +413,27 @@ def test_a_diverging_fit_exits_1_and_writes_nothing(moons, tmp_path, capsys, mon
     assert main(["fit", moons[0], *TINY, "--out", str(out)]) == 1
     assert "training failed: non-finite loss at step 7" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_report_plots_pairwise_panels_for_more_than_two_columns(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pyro_mixflows import _report
+
+    rng = np.random.default_rng(0)
+    X, samples = rng.normal(size=(50, 3)), rng.normal(size=(50, 3))
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figures to look at them
+    cols = ["a", "b", "c"]
+    _report.plot_density(str(tmp_path / "d.png"), X, cols, lambda x: -x.sum(1), samples)
+    _report.plot_clusters(str(tmp_path / "c.png"), X, cols, rng.integers(0, 3, 50))
+    monkeypatch.undo()
+    assert len(figures) == 2 and (tmp_path / "d.png").stat().st_size > 0
+    for fig in figures:
+        assert len(fig.axes) == 9  # 3 x 3 panels
+        assert [ax.get_xlabel() for ax in fig.axes[6:]] == cols
+        assert [fig.axes[k].get_ylabel() for k in (0, 3, 6)] == cols
+        plt.close(fig)
