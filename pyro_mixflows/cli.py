@@ -85,6 +85,16 @@ def _hidden(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=_int_at_least(1, "--threads"), help=THREADS_HELP)
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default cpu)")
+
+
+def _add_output_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", metavar="FILE", help="output CSV (default: standard output)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pyro-mixflows`` and its three subcommands."""
     from .datasets import DATASETS
@@ -172,8 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", default="mixflows-out", metavar="DIR", help="output folder")
     fit.add_argument("--force", action="store_true", help="replace an earlier output folder")
     fit.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
-    fit.add_argument("--threads", type=_int_at_least(1, "--threads"), help=THREADS_HELP)
-    fit.add_argument("--device", help="torch device, e.g. cpu or cuda (default cpu)")
+    _add_runtime_options(fit)
     fit.set_defaults(run=run_fit)
 
     score = sub.add_parser(
@@ -190,10 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--proba", action="store_true", help="add the responsibilities p_0..p_K-1 of each row"
     )
-    score.add_argument("--out", metavar="FILE", help="output CSV (default: standard output)")
-    score.add_argument("--force", action="store_true", help="replace an existing --out file")
-    score.add_argument("--threads", type=_int_at_least(1, "--threads"), help=THREADS_HELP)
-    score.add_argument("--device", help="torch device, e.g. cpu or cuda (default cpu)")
+    _add_output_file(score)
+    _add_runtime_options(score)
     score.set_defaults(run=run_score)
 
     sample = sub.add_parser(
@@ -215,10 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--chains", type=_int_at_least(1, "--chains"), default=16, help="MALA batched chains (16)"
     )
     sample.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    sample.add_argument("--out", metavar="FILE", help="output CSV (default: standard output)")
-    sample.add_argument("--force", action="store_true", help="replace an existing --out file")
-    sample.add_argument("--threads", type=_int_at_least(1, "--threads"), help=THREADS_HELP)
-    sample.add_argument("--device", help="torch device, e.g. cpu or cuda (default cpu)")
+    _add_output_file(sample)
+    _add_runtime_options(sample)
     sample.set_defaults(run=run_sample)
     return parser
 

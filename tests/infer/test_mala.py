@@ -136,13 +136,15 @@ def test_detailed_balance_of_the_mh_step(float64, target, preconditioner):
     gamma = 0.3
     f, log_pi = _reference_log_target(comps, target, log_prob_fn)
 
+    def mass(at):  # reference preconditioner, from an autograd Jacobian
+        if preconditioner == "metric":
+            J = torch.autograd.functional.jacobian(lambda z: f(z)[0], at)
+            return torch.linalg.inv(J.T @ J)
+        return torch.diag(kernel._mass)
+
     def log_q(to, frm):  # reference proposal density, from autograd Jacobians and gradients
         g = torch.autograd.functional.jacobian(log_pi, frm)
-        if preconditioner == "metric":
-            J = torch.autograd.functional.jacobian(lambda z: f(z)[0], frm)
-            M = torch.linalg.inv(J.T @ J)
-        else:
-            M = torch.diag(kernel._mass)
+        M = mass(frm)
         return MultivariateNormal(frm + gamma * M @ g, 2 * gamma * M).log_prob(to)
 
     c = torch.zeros(1, dtype=torch.long)
@@ -165,11 +167,7 @@ def test_detailed_balance_of_the_mh_step(float64, target, preconditioner):
     s = kernel._at(kernel._evaluate(z.expand(n, 2)), torch.zeros(n, dtype=torch.long))
     draws = kernel._propose(s, gamma)
     g = torch.autograd.functional.jacobian(log_pi, z)
-    if preconditioner == "metric":
-        J = torch.autograd.functional.jacobian(lambda u: f(u)[0], z)
-        M = torch.linalg.inv(J.T @ J)
-    else:
-        M = torch.diag(kernel._mass)
+    M = mass(z)
     # Within 5 Monte Carlo standard errors of a Gaussian's sample mean and covariance:
     # sd(mean_i) = sqrt(S_ii / n), sd(cov_ij) = sqrt((S_ii S_jj + S_ij^2) / n), S = 2 gamma M.
     S = 2 * gamma * M
