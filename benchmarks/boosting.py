@@ -6,12 +6,15 @@ rate, batch 256, the best held-out state kept, evaluated every 50 steps):
 - ``single small``: one 2-layer flow, ``S`` steps (the first boosting round);
 - ``boosted C=2/4/8``: 2-layer flows added by boosting with ``S`` steps each, started as the
   best Gaussian to add (``init="greedy"``), trained on the greedy mixture objective
-  (``objective="mixture"``), every rho searched exactly on held-out data and all weights
-  re-fitted exactly after each round (``refit_weights=True``); times are cumulative;
+  (``objective="mixture"``) with the share in it held at 1/c (``train_rho="fixed"``), every
+  rho then searched exactly on held-out data and all weights re-fitted exactly after each
+  round (``refit_weights=True``); times are cumulative;
 - ``same C=4 flows, equal weights``: the ``boosted C=4`` flows scored with weights 1/4 each
   (isolates the weights from differences in training);
-- ``fixed rho C=4``: the same method with rho_c = 1/c (equal weights) during training too, the
+- ``fixed rho C=4``: the same method with the weights left at rho_c = 1/c (equal weights), the
   reference code's behaviour;
+- ``learned rho in training C=4``: the boosted method with the share in the training objective
+  learned jointly with the flow (``train_rho="learned"``), started at the greedy Gaussian's share;
 - ``same flows, exact weights``: the ``fixed rho C=4`` flows with their weights then fitted
   exactly on the validation set (``fit_weights``), no further training;
 - ``paper-style C=4``: the 1/G-weighted objective with a warm start from the previous flow and
@@ -42,7 +45,7 @@ from pyro_mixflows import datasets
 from pyro_mixflows.models import BoostedFlowMixture
 
 SETS = ("eight_gaussians", "checkerboard", "two_spirals", "rings")
-GREEDY = dict(init="greedy", objective="mixture", refit_weights=True)
+GREEDY = dict(init="greedy", objective="mixture", refit_weights=True, train_rho="fixed")
 
 
 def _tensor(name: str, n: int, seed: int) -> torch.Tensor:
@@ -96,6 +99,9 @@ def run(name: str, args) -> list[tuple[str, float, float]]:
     # exactly on the validation set: no further training.
     fixed.fit_weights(x_val)
     rows.append(("  same flows, exact weights", fixed.score(x_test), 0.0))
+    boosted(
+        lambda c: "learned rho in training C=4", (4,), 2, S, **{**GREEDY, "train_rho": "learned"}
+    )
     boosted(lambda c: "paper-style C=4 (L=2)", (4,), 2, S)
     control = BoostedFlowMixture(2, num_layers=2, num_steps=4 * S, **common)
     start = time.perf_counter()

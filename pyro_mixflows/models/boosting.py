@@ -34,6 +34,7 @@ _WEIGHTINGS = ("loss", "resample")
 _RHO_MODES = ("search", "fixed")
 _INITS = ("moments", "previous", "greedy")
 _OBJECTIVES = ("weighted", "mixture")
+_TRAIN_RHOS = ("learned", "fixed")
 _LOG_RATIO_BOUND = 600.0  # |log g - log G| is clamped here; exp(600) is still finite in float64
 
 
@@ -278,7 +279,11 @@ class BoostedFlowMixture(nn.Module):
     with k = 1, 2, 4, ..., ``num_candidates`` on the training data (each a Gaussian at its
     cluster's mean and per-axis standard deviation), the one whose exactly searched rho gives
     the largest training log-likelihood of ``(1 - rho) G + rho N``; so a new flow starts on
-    the region the mixture fits worst. ``refit_weights=True`` (with ``rho="search"``) re-fits
+    the region the mixture fits worst. With ``objective="mixture"``, ``train_rho="fixed"``
+    holds the share in that objective at its initial value 1/c instead of learning it, so
+    every new flow is trained to explain a full 1/c of the data (a wider role than the small
+    share a learned rho settles on); its weight is still searched exactly afterwards.
+    ``refit_weights=True`` (with ``rho="search"``) re-fits
     all C weights after every round by :func:`fit_mixture_weights` on the held-out data (the
     fully corrective step; the objective is concave, the result its exact maximizer). And
     ``finetune`` (or ``fit(..., finetune_steps=...)``) trains all components together on the
@@ -321,6 +326,9 @@ class BoostedFlowMixture(nn.Module):
         objective: "weighted" (the 1/G-weighted log-likelihood) or "mixture" (the greedy
             mixture log-likelihood, see above).
         num_candidates: the largest k of the k-means candidates of ``init="greedy"``.
+        train_rho: the share in the ``objective="mixture"`` training loss: "learned" (from the
+            initial value, jointly with the flow) or "fixed" (held at 1/c). The weights are
+            set afterwards by ``rho`` either way.
         refit_weights: re-fit all weights on held-out data after each round (``rho="search"``).
         seed: seeds component initialization, the split and the minibatches (None: global RNG).
 
@@ -355,9 +363,13 @@ class BoostedFlowMixture(nn.Module):
         objective: str = "weighted",
         num_candidates: int = 16,
         refit_weights: bool = False,
+        train_rho: str = "learned",
         seed: int | None = None,
     ) -> None:
         super().__init__()
+        if train_rho not in _TRAIN_RHOS:
+            raise ValueError(f"expected train_rho in {_TRAIN_RHOS}, got {train_rho!r}")
+        self.train_rho = train_rho
         if init not in _INITS:
             raise ValueError(f"expected init in {_INITS}, got {init!r}")
         if objective not in _OBJECTIVES:
@@ -726,7 +738,7 @@ class BoostedFlowMixture(nn.Module):
 
         Without ``mix``: maximize sum_i w_i log g(x_i). With ``mix = (log G(x_tr), log G(x_va),
         rho0)``: maximize sum_i log((1 - rho) G(x_i) + rho g(x_i)), rho = sigmoid(a) learned from
-        rho0 unless ``rho="fixed"``.
+        rho0 unless ``rho="fixed"`` or ``train_rho="fixed"``.
         """
         params = [p for p in comp.parameters() if p.requires_grad]
         a = None
@@ -734,7 +746,7 @@ class BoostedFlowMixture(nn.Module):
             lG_tr, lG_va, rho0 = mix
             rho0 = min(max(rho0, 1e-4), 1 - 1e-4)
             a = torch.tensor(math.log(rho0 / (1 - rho0)), dtype=x_tr.dtype, device=x_tr.device)
-            if self.rho_mode == "search":
+            if self.rho_mode == "search" and self.train_rho == "learned":
                 a.requires_grad_(True)
                 params = params + [a]
         opt = torch.optim.Adam(params, lr=self.lr)
@@ -852,7 +864,7 @@ class BoostedFlowMixture(nn.Module):
             if c and self.init == "greedy":
                 loc, scale, rho_g = self._greedy_start(x_tr, lG_tr, c)
                 comp.set_affine(loc.unsqueeze(0), scale.unsqueeze(0))
-                if self.rho_mode == "search":
+                if self.rho_mode == "search" and self.train_rho == "learned":
                     rho0 = rho_g
             elif (
                 self.init == "previous"

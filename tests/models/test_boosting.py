@@ -334,6 +334,21 @@ def test_new_options_keep_frozen_components_and_weights_exact(float64, objective
     assert abs(float(model.weights.sum()) - 1) < 1e-12
 
 
+def test_train_rho_fixed_holds_the_training_share_and_searches_the_weight(float64):
+    x, x_val = _data(seed=0), _data(60, seed=1)
+    opts = dict(init="greedy", num_candidates=4, objective="mixture", train_rho="fixed")
+    model = BoostedFlowMixture(2, **SMALL, **opts).fit(x, 3, x_val=x_val)
+    # The share in the training loss stayed at its initial value 1/c ...
+    assert [h["rho_trained"] for h in model.history[1:]] == pytest.approx([1 / 2, 1 / 3], abs=1e-12)
+    # ... while the last weight is the exact held-out maximizer given G_2 (the first two flows
+    # with their weights before the third came).
+    lp = model.components.component_log_probs(x_val).detach()
+    log_prev = torch.logsumexp(lp[:, :2] + model.log_weights[:2] - torch.log1p(-model.weights[2]), -1)
+    assert model.rhos[2] == pytest.approx(search_rho(log_prev, lp[:, 2]), abs=1e-9)
+    with pytest.raises(ValueError, match="train_rho"):
+        BoostedFlowMixture(2, train_rho="grid")
+
+
 @pytest.mark.parametrize("rho", ["search", "fixed"])
 def test_finetune_never_lowers_the_held_out_likelihood(float64, rho):
     x, x_val = _data(seed=0), _data(60, seed=1)
