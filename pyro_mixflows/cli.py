@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--dp",
         action="store_true",
-        help="Dirichlet-process (stick-breaking) weights truncated at --truncation components",
+        help="Dirichlet-process (stick-breaking) weights truncated at --truncation components; "
+        "components that split one dense region are merged, so the number fitted is found",
     )
     fit.add_argument("--truncation", type=int, metavar="T", help="DP truncation (default 10)")
     fit.add_argument(
@@ -428,7 +429,7 @@ def _print_fit(args: argparse.Namespace, summary: dict) -> None:
     stop = "early stopping" if training["converged"] else "step limit"
     ll = summary["held_out_log_likelihood"]
     lines = [
-        f"fitted {est['n_components']} {est['flow']} flows to {data['n_rows']} rows x "
+        f"fitted {len(summary['weights'])} {est['flow']} flows to {data['n_rows']} rows x "
         f"{data['n_features']} columns ({source})",
         f"  {training['n_iter']} steps ({stop}) in {summary['timings']['fit_s']:.1f} s",
         "  held-out log-likelihood: "

@@ -18,6 +18,7 @@ from .flows import FLOWS, FlowComponents
 from .infer import FitResult
 from .infer import fit as _fit
 from .infer._checkpoint import atomic_save
+from .models.dp import density_connected_groups
 from .models.vmonf import ASSIGNMENTS, WEIGHTS, VMoNF, paper_temperature
 
 _FORMAT = "pyro_mixflows.VariationalFlowMixture/1"
@@ -26,6 +27,8 @@ DEAD_WEIGHT_FRACTION = 0.01
 # Dirichlet-process fits: components with at least this weight are "effective"; the others get
 # no points in predict/predict_proba.
 EFFECTIVE_WEIGHT_THRESHOLD = 0.01
+# Dirichlet-process fits: how over-split components are merged before the final fit.
+MERGES = ("density", None)
 
 
 def _as_2d(X, name: str = "X") -> np.ndarray:
@@ -85,6 +88,14 @@ class VariationalFlowMixture:
             "dirichlet_process", ``n_components`` is the truncation T and
             ``effective_n_components_`` counts the components with weight >= 1%.
         weight_concentration: Dirichlet / Dirichlet-process concentration.
+        merge: Dirichlet-process fits only. "density" (default): the truncation's T components
+            are first fitted as Gaussians (a DP mixture of T affine flows from a T-way spectral
+            start), components whose points are joined through dense regions of that fit are
+            grouped (``pyro_mixflows.models.density_connected_groups``), and the flows are then
+            fitted as a DP mixture with one component per group, started at the groups; the
+            fitted model has ``n_components_`` = the number of groups. None: one DP fit with
+            T flow components (flexible flows tend to split one cluster into several).
+        merge_ratio: in (0, 1], the ``ratio`` of ``density_connected_groups``.
         assignment: "enumerate" (z summed out in the model; exact) or "amortized" (the paper's
             q(k | x) network, enumerated in the guide, with ``temperature_schedule``).
         init: "spectral", "kmeans" or "random" initial assignments.
@@ -121,6 +132,8 @@ class VariationalFlowMixture:
         count_bins: int = 8,
         weights: str = "learned",
         weight_concentration: float = 1.0,
+        merge: str | None = "density",
+        merge_ratio: float = 0.25,
         assignment: str = "enumerate",
         init: str = "spectral",
         max_steps: int = 4000,
@@ -145,6 +158,8 @@ class VariationalFlowMixture:
         self.count_bins = count_bins
         self.weights = weights
         self.weight_concentration = weight_concentration
+        self.merge = merge
+        self.merge_ratio = merge_ratio
         self.assignment = assignment
         self.init = init
         self.max_steps = max_steps
@@ -215,6 +230,10 @@ class VariationalFlowMixture:
             raise ValueError(f"expected plateau_lr_factor None or in (0, 1), got {factor!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"expected weight_decay >= 0, got {self.weight_decay!r}")
+        if self.merge not in MERGES:
+            raise ValueError(f"expected merge in {MERGES}, got {self.merge!r}")
+        if not 0 < self.merge_ratio <= 1:
+            raise ValueError(f"expected merge_ratio in (0, 1], got {self.merge_ratio!r}")
 
     def _check_y(self, y, n: int) -> np.ndarray | None:
         if y is None:
@@ -242,12 +261,12 @@ class VariationalFlowMixture:
     def _standardize(self, X: np.ndarray) -> torch.Tensor:
         return (self._tensor(X) - self._mean) / self._scale
 
-    def _build(self, D: int) -> VMoNF:
+    def _build(self, D: int, K: int | None = None, num_layers: int | None = None) -> VMoNF:
         components = FlowComponents(
-            self.n_components,
+            self.n_components if K is None else K,
             D,
             flow=self.flow,
-            num_layers=self.num_layers,
+            num_layers=self.num_layers if num_layers is None else num_layers,
             hidden_dims=self.hidden_dims,
             count_bins=self.count_bins,
         )
@@ -274,10 +293,50 @@ class VariationalFlowMixture:
         if self.flow != "maf" and D < 2 and self.num_layers > 0:
             raise ValueError(f"expected D >= 2 for flow={self.flow!r}, got D={D}; use flow='maf'")
 
+        self.merge_groups_ = None
+        self.num_layers_ = self.num_layers
         seed = self.random_state
-        pyro.set_rng_seed(
-            seed if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
-        )
+        if seed is None:  # one draw, so that every stage below sees the same validation rows
+            seed = int(np.random.SeedSequence().entropy % 2**31)
+        if (
+            self.weights == "dirichlet_process"
+            and self.merge == "density"
+            and (y is None or not bool((y >= 0).any()))
+        ):
+            stage_labels, K = self._merge_stage(X, seed)
+            self._fit(X, y, K, stage_labels, seed, self.num_layers)
+            if self.num_layers > 0:
+                # The same groups with Gaussian components; keep whichever predicts the
+                # held-out rows better (flexible flows overfit clusters that are Gaussian).
+                flows = self._fitted_state()
+                self._fit(X, y, K, stage_labels, seed, 0)
+                if not self.validation_log_likelihood_ > flows["validation_log_likelihood_"]:
+                    self.__dict__.update(flows)
+            return self
+        return self._fit(X, y, K, None, seed, self.num_layers)
+
+    _FITTED = (
+        "module_",
+        "n_components_",
+        "num_layers_",
+        "fit_result_",
+        "n_features_in_",
+        "converged_",
+        "n_iter_",
+        "lower_bound_",
+        "validation_log_likelihood_",
+        "_mean",
+        "_scale",
+    )
+
+    def _fitted_state(self) -> dict:
+        return {name: getattr(self, name) for name in self._FITTED}
+
+    def _fit(self, X, y, K: int, stage_labels, seed: int, num_layers: int):
+        """One training run of K components (the body of ``fit``)."""
+        N, D = X.shape
+        self.num_layers_ = num_layers
+        pyro.set_rng_seed(seed)
         generator = torch.Generator().manual_seed(int(torch.randint(2**31, ()).item()))
         pyro.clear_param_store()
         x_all = self._tensor(X)
@@ -301,8 +360,21 @@ class VariationalFlowMixture:
         train_mask[val_idx] = False
         x_train = xs[train_mask]
 
-        labels = self._initial_labels(x_train, None if y_t is None else y_t[train_mask], generator)
-        vm = self._build(D).to(xs.device)
+        if stage_labels is not None:
+            labels = stage_labels(x_train)
+        else:
+            labels = self._initial_labels(
+                x_train, None if y_t is None else y_t[train_mask], generator
+            )
+        if self.weights == "dirichlet_process" and y_t is None:
+            # Largest initial cluster first: the stick prior expects weights to fall with index.
+            counts = torch.bincount(labels, minlength=K)
+            rank = torch.empty_like(counts)
+            rank[counts.argsort(descending=True, stable=True)] = torch.arange(
+                K, device=counts.device
+            )
+            labels = rank[labels]
+        vm = self._build(D, K, num_layers).to(xs.device)
         loc = torch.stack([self._cluster_stat(x_train, labels, k, "mean") for k in range(K)])
         spread = torch.stack([self._cluster_stat(x_train, labels, k, "std") for k in range(K)])
         vm.components.set_affine(loc, spread.clamp_min(0.05))
@@ -310,6 +382,14 @@ class VariationalFlowMixture:
             counts = torch.bincount(labels, minlength=K).to(xs.dtype) + 1.0
             with torch.no_grad():
                 vm.weight_logits.copy_(counts.log())
+        elif self.weights == "dirichlet_process":
+            # q(v) starts at the sticks' conjugate posterior given the initial labels,
+            # Beta(1 + n_k, alpha + n_{k+1} + ... + n_K), instead of at the prior: a small alpha
+            # puts the prior's sticks so close to 1 that float32 draws and their gradients break.
+            counts = torch.bincount(labels, minlength=K).to(xs.dtype)
+            after = counts.flip(0).cumsum(0).flip(0)[1:]  # n_{k+1} + ... + n_K for k < K
+            vm.stick_a = 1.0 + counts[:-1]
+            vm.stick_b = (self.weight_concentration + after).clamp_min(1.0)
         optim = pyro.optim.Adam({"lr": self.learning_rate, "weight_decay": self.weight_decay})
         batch = self.batch_size if self.batch_size and self.batch_size < len(x_train) else None
         common = dict(optim=optim, batch_size=batch, seed=None, progress_bar=self.progress_bar)
@@ -368,6 +448,7 @@ class VariationalFlowMixture:
                     vm.load_state_dict(before)
             result = _chain_results(result, refined)
         self.module_ = vm.eval()
+        self.n_components_ = int(K)
         self.fit_result_ = result
         self.n_features_in_ = D
         self.converged_ = bool(result.converged)
@@ -375,6 +456,10 @@ class VariationalFlowMixture:
         with torch.no_grad():
             per_point = -float(elbo.loss(vm.model, vm.guide, x_train)) / len(x_train)
             self.lower_bound_ = per_point - float(self._scale.log().sum())
+            self.validation_log_likelihood_ = float("nan")
+            if n_val > 0:
+                held_out = vm.mixture().log_prob(xs[val_idx]).mean()
+                self.validation_log_likelihood_ = float(held_out) - float(self._scale.log().sum())
         if self.weights != "dirichlet_process":
             self._warn_dead_components(x_train)
         return self
@@ -383,6 +468,36 @@ class VariationalFlowMixture:
     def effective_n_components_(self) -> int:
         """Components with weight >= ``EFFECTIVE_WEIGHT_THRESHOLD`` (1%)."""
         return int((self.weights_ >= EFFECTIVE_WEIGHT_THRESHOLD).sum())
+
+    def _merge_stage(self, X: np.ndarray, seed: int):
+        """DP fit of Gaussian components, then their density-connected groups.
+
+        Returns a function from standardized rows to group labels, and the number of components
+        for the final fit (the number of groups, at least 2 for the truncation).
+        """
+        params = {**self.get_params(), "num_layers": 0, "merge": None, "random_state": seed}
+        stage = VariationalFlowMixture(**params).fit(X)
+        generator = torch.Generator().manual_seed(seed)
+        weights = torch.as_tensor(stage.weights_, dtype=torch.get_default_dtype())
+        groups = density_connected_groups(
+            stage.module_.components,
+            weights,
+            stage._standardize(X),
+            threshold=EFFECTIVE_WEIGHT_THRESHOLD,
+            ratio=self.merge_ratio,
+            generator=generator,
+        )
+        self.merge_groups_ = groups.cpu().numpy()
+        keep = torch.as_tensor(stage.weights_ >= EFFECTIVE_WEIGHT_THRESHOLD)
+
+        @torch.no_grad()
+        def labels(x: torch.Tensor) -> torch.Tensor:
+            mixture = stage.module_.mixture()
+            joint = mixture.logits + mixture.component_log_probs(x)
+            joint = joint.masked_fill(~keep.to(joint.device), -float("inf"))
+            return groups.to(x.device)[joint.argmax(-1)]
+
+        return labels, max(2, int(groups.max()) + 1)
 
     def _initial_labels(self, x, y, generator) -> torch.Tensor:
         K = self.n_components
@@ -489,7 +604,7 @@ class VariationalFlowMixture:
 
     def _n_parameters(self) -> int:
         n = sum(p.numel() for p in self.module_.components.parameters())
-        return n + (self.n_components - 1 if self.weights != "uniform" else 0)
+        return n + (self.n_components_ - 1 if self.weights != "uniform" else 0)
 
     def bic(self, X) -> float:
         """Bayesian information criterion on X (lower is better)."""
@@ -521,6 +636,9 @@ class VariationalFlowMixture:
             "format": _FORMAT,
             "params": params,
             "n_features_in": self.n_features_in_,
+            "n_components": int(self.n_components_),
+            "num_layers": int(self.num_layers_),
+            "validation_log_likelihood": float(self.validation_log_likelihood_),
             "mean": self._mean.cpu(),
             "scale": self._scale.cpu(),
             "module": {k: v.cpu() for k, v in self.module_.state_dict().items()},
@@ -553,7 +671,10 @@ class VariationalFlowMixture:
         model.n_features_in_ = state["n_features_in"]
         model._mean = state["mean"].to(device)
         model._scale = state["scale"].to(device)
-        vm = model._build(model.n_features_in_)
+        model.n_components_ = int(state.get("n_components", model.n_components))
+        model.num_layers_ = int(state.get("num_layers", model.num_layers))
+        model.validation_log_likelihood_ = float(state.get("validation_log_likelihood", math.nan))
+        vm = model._build(model.n_features_in_, model.n_components_, model.num_layers_)
         vm.load_state_dict(state["module"])
         model.module_ = vm.to(device).eval()
         model.converged_ = state["converged"]

@@ -95,3 +95,19 @@ def test_latent_mala_runs_on_cuda(preconditioner):
     x = kernel.run_chains(10, warmup_steps=10)["x"]
     assert x.shape == (4, 10, 2) and x.device.type == "cuda"
     assert torch.isfinite(x).all()
+
+
+def test_dirichlet_process_merge_on_cuda():
+    import numpy as np
+
+    from pyro_mixflows import VariationalFlowMixture
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (150, 2)), rng.normal(0, 1, (150, 2)) + [12.0, 0.0]])
+    small = dict(flow="affine_coupling", num_layers=2, hidden_dims=(8,), max_steps=60)
+    model = VariationalFlowMixture(
+        6, weights="dirichlet_process", init="kmeans", random_state=0, device="cuda", **small
+    ).fit(X)
+    assert model.n_components_ == 2 and model.effective_n_components_ == 2
+    assert next(model.module_.parameters()).device.type == "cuda"
+    assert np.isfinite(model.score_samples(X)).all()

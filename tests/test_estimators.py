@@ -6,6 +6,7 @@ import torch
 
 from pyro_mixflows import VariationalFlowMixture
 from pyro_mixflows.datasets import make_two_moons
+from pyro_mixflows.diagnostics import adjusted_rand_index
 
 SMALL = dict(
     flow="affine_coupling",
@@ -180,9 +181,15 @@ def test_scoring_errors(fitted, data):
 def test_dirichlet_process_option(data):
     X = data[0]
     model = VariationalFlowMixture(
-        6, weights="dirichlet_process", weight_concentration=0.5, random_state=0, **SMALL
+        6,
+        weights="dirichlet_process",
+        weight_concentration=0.5,
+        merge=None,
+        random_state=0,
+        **SMALL,
     ).fit(X)
     w = model.weights_
+    assert model.n_components_ == 6 and model.merge_groups_ is None
     assert w.shape == (6,) and w.sum() == pytest.approx(1.0, abs=1e-5)
     assert 1 <= model.effective_n_components_ <= 6
     proba = model.predict_proba(X)
@@ -192,3 +199,38 @@ def test_dirichlet_process_option(data):
     assert np.isfinite(model.score_samples(X)).all()
     with pytest.raises(ValueError, match="truncation"):
         VariationalFlowMixture(1, weights="dirichlet_process").fit(X)
+
+
+def _blobs(n=150, seed=0):
+    """Two round clusters far apart, each wide enough for several components."""
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([rng.normal(0, 1, (n, 2)), rng.normal(0, 1, (n, 2)) + [12.0, 0.0]])
+    return X, np.repeat([0, 1], n)
+
+
+def test_dirichlet_process_merge_finds_the_clusters_and_round_trips(tmp_path):
+    X, y = _blobs()
+    model = VariationalFlowMixture(
+        6, weights="dirichlet_process", random_state=0, **{**SMALL, "max_steps": 60}
+    ).fit(X)
+    groups = model.merge_groups_
+    assert groups.shape == (6,) and set(groups[groups >= 0].tolist()) == {0, 1}
+    assert (groups >= 0).sum() > 2  # the first stage split the two blobs into several pieces
+    assert model.n_components_ == 2 and model.weights_.shape == (2,)
+    assert model.effective_n_components_ == 2
+    assert model.num_layers_ in (0, SMALL["num_layers"])
+    assert np.isfinite(model.validation_log_likelihood_)
+    assert adjusted_rand_index(y, model.predict(X)) == 1.0
+    model.save(tmp_path / "dp.pt")
+    loaded = VariationalFlowMixture.load(tmp_path / "dp.pt")
+    assert loaded.n_components_ == 2 and loaded.num_layers_ == model.num_layers_
+    np.testing.assert_allclose(loaded.score_samples(X), model.score_samples(X), rtol=1e-6)
+    # Labels given: the labels define the clusters, no merge stage.
+    labelled = VariationalFlowMixture(6, weights="dirichlet_process", random_state=0, **SMALL).fit(
+        X, np.where(np.arange(len(y)) % 10 == 0, y, -1)
+    )
+    assert labelled.merge_groups_ is None and labelled.n_components_ == 6
+    with pytest.raises(ValueError, match="merge"):
+        VariationalFlowMixture(6, weights="dirichlet_process", merge="ncut").fit(X)
+    with pytest.raises(ValueError, match="merge_ratio"):
+        VariationalFlowMixture(6, weights="dirichlet_process", merge_ratio=0.0).fit(X)

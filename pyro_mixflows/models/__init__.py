@@ -5,6 +5,7 @@ from .dp import (
     DPFlowMixtureModel,
     DPStickGuide,
     active_components,
+    density_connected_groups,
     effective_components,
     responsibilities,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "MixtureVAE",
     "VMoNF",
     "active_components",
+    "density_connected_groups",
     "effective_components",
     "responsibilities",
 ]

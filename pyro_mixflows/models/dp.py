@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import pyro
@@ -290,3 +291,115 @@ def responsibilities(
     keep = active_components(weights, threshold)  # (T,)
     logits = torch.where(keep, weights.log(), torch.full_like(weights, -torch.inf))
     return FlowMixture(components, logits=logits).responsibilities(x)
+
+
+@torch.no_grad()
+def density_connected_groups(
+    components: Components,
+    weights: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    n_neighbors: int = 10,
+    num_points: int = 8,
+    ratio: float = 0.25,
+    max_points: int = 2000,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Group the active components whose points are joined through dense regions of the mixture.
+
+    A truncated DP mixture of flexible flows tends to cut one cluster into several components:
+    the stick prior charges little for a component and flows gain likelihood from the cut. Two
+    pieces of one cluster touch inside it, two clusters meet only across a low-density gap, so
+    the fitted density tells them apart. Each point goes to its most probable active component;
+    for every k-NN edge between points of components i and j, the edge's level is the lowest
+    mixture log-density on the segment (its ends and ``num_points`` inner points). Components i
+    and j are joined when their best edge's level is at least ``log(ratio)`` above the median
+    log-density of the points of the sparser of the two, and groups are the connected sets of
+    that relation (single linkage).
+
+    Args:
+        components: the T components.
+        weights: the fitted weights (T,) (pruned below ``threshold``).
+        x: data (N, D) on the scale of the fit (N >= 2); a random subset of ``max_points`` rows
+            is used when N is larger.
+        threshold: weight below which a component is pruned (see ``effective_components``).
+        n_neighbors: k of the k-NN graph.
+        num_points: inner points per edge at which the density is evaluated.
+        ratio: in (0, 1]; a bridge must be at least this fraction of the sparser component's
+            median density.
+        max_points: subsample size for the k-NN graph.
+        generator: for the subsample.
+
+    Returns:
+        (T,) long: the group of each component, numbered 0, 1, ... by decreasing total weight,
+        and -1 for pruned components.
+
+    Example::
+
+        >>> comps = FlowComponents(3, 2, flow="affine_coupling", num_layers=0)
+        >>> comps.set_affine(torch.tensor([[-4.0, 0], [-3.0, 0], [4.0, 0]]), torch.ones(3, 2))
+        >>> x = torch.cat([torch.randn(200, 2) * 0.5 + torch.tensor([-3.5, 0]), torch.randn(100, 2) + 4])
+        >>> density_connected_groups(comps, torch.tensor([0.3, 0.3, 0.4]), x).tolist()
+        [0, 0, 1]
+    """
+    _check_threshold(threshold)
+    check_finite(x, "x")
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise ValueError(f"expected x of shape (N >= 2, D), got {tuple(x.shape)}")
+    for name, value in (("n_neighbors", n_neighbors), ("num_points", num_points)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"expected {name} to be an int >= 1, got {value!r}")
+    if not 0 < ratio <= 1:
+        raise ValueError(f"expected ratio in (0, 1], got {ratio!r}")
+    T = components.num_components
+    if weights.shape != (T,):
+        raise ValueError(f"expected weights of shape ({T},), got {tuple(weights.shape)}")
+    if x.shape[0] > max_points:
+        x = x[torch.randperm(x.shape[0], generator=generator)[:max_points].to(x.device)]
+    weights = weights.to(device=x.device, dtype=x.dtype)
+    keep = active_components(weights, threshold)
+    logits = torch.where(keep, weights.log(), torch.full_like(weights, -torch.inf))
+    mixture = FlowMixture(components, logits=logits)
+    labels = mixture.responsibilities(x).argmax(-1)  # (N,)
+    log_p = mixture.log_prob(x)  # (N,)
+    k = min(n_neighbors, x.shape[0] - 1)
+    neighbors = torch.cdist(x, x).topk(k + 1, largest=False).indices[:, 1:]  # (N, k), self first
+    a = torch.arange(x.shape[0], device=x.device).repeat_interleave(k)
+    b = neighbors.reshape(-1)
+    cross = labels[a] != labels[b]
+    a, b = a[cross], b[cross]
+    # Median log-density of each component's points (-inf for components that got none).
+    median = torch.full((T,), -torch.inf, dtype=x.dtype, device=x.device)
+    for c in labels.unique().tolist():
+        median[c] = log_p[labels == c].median()
+    best = torch.full((T * T,), -torch.inf, dtype=x.dtype, device=x.device)
+    if len(a):
+        t = torch.linspace(0, 1, num_points + 2, dtype=x.dtype, device=x.device)[1:-1]
+        inner = x[a].unsqueeze(1) + t.unsqueeze(-1) * (x[b] - x[a]).unsqueeze(1)  # (E, m, D)
+        level = mixture.log_prob(inner).min(-1).values
+        level = torch.minimum(level, torch.minimum(log_p[a], log_p[b]))  # (E,)
+        best.scatter_reduce_(0, labels[a] * T + labels[b], level, "amax")
+    best = best.reshape(T, T)
+    best = torch.maximum(best, best.T)
+    joined = best - torch.minimum(median[:, None], median[None, :]) >= math.log(ratio)
+    # Connected sets of the active components (union-find).
+    parent = list(range(T))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in joined.nonzero().tolist():
+        if keep[i] and keep[j]:
+            parent[root(i)] = root(j)
+    roots = [root(i) if keep[i] else -1 for i in range(T)]
+    mass: dict[int, float] = {}
+    for i, r in enumerate(roots):
+        if r >= 0:
+            mass[r] = mass.get(r, 0.0) + float(weights[i])
+    order = sorted(mass, key=lambda r: -mass[r])
+    number = {r: g for g, r in enumerate(order)}
+    return torch.tensor([number.get(r, -1) for r in roots], dtype=torch.long)

@@ -343,7 +343,9 @@ def test_train_rho_fixed_holds_the_training_share_and_searches_the_weight(float6
     # ... while the last weight is the exact held-out maximizer given G_2 (the first two flows
     # with their weights before the third came).
     lp = model.components.component_log_probs(x_val).detach()
-    log_prev = torch.logsumexp(lp[:, :2] + model.log_weights[:2] - torch.log1p(-model.weights[2]), -1)
+    log_prev = torch.logsumexp(
+        lp[:, :2] + model.log_weights[:2] - torch.log1p(-model.weights[2]), -1
+    )
     assert model.rhos[2] == pytest.approx(search_rho(log_prev, lp[:, 2]), abs=1e-9)
     with pytest.raises(ValueError, match="train_rho"):
         BoostedFlowMixture(2, train_rho="grid")

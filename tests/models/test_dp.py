@@ -12,6 +12,7 @@ from pyro_mixflows.models import (
     DPFlowMixtureModel,
     DPStickGuide,
     active_components,
+    density_connected_groups,
     effective_components,
     responsibilities,
 )
@@ -223,3 +224,57 @@ def test_guide_starts_at_the_requested_weights(float64):
     assert torch.allclose(DPStickGuide(4, init_weights=w0).mean_weights(), w0, rtol=1e-12)
     with pytest.raises(ValueError, match="expected init_weights of shape"):
         DPStickGuide(4, init_weights=torch.tensor([0.5, 0.5, 0.0, 0.0]))
+
+
+# --- merging over-split components ----------------------------------------------------------
+def _pieces():
+    """Components 0 and 1 share blob A, 2 sits on blob B, 3 is pruned (weight below 1%)."""
+    comps = FlowComponents(4, 2, flow="affine_coupling", num_layers=0)
+    loc = torch.tensor([[-4.0, 0.0], [-3.0, 0.0], [4.0, 0.0], [0.0, 0.0]])
+    comps.set_affine(loc, torch.ones(4, 2))
+    weights = torch.tensor([0.3, 0.3, 0.395, 0.005])
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat(
+        [
+            torch.randn(200, 2, generator=g) * torch.tensor([1.0, 0.5]) + torch.tensor([-3.5, 0.0]),
+            torch.randn(100, 2, generator=g) + torch.tensor([4.0, 0.0]),
+        ]
+    )
+    return comps, weights, x
+
+
+def test_density_connected_groups_joins_pieces_of_one_cluster():
+    comps, weights, x = _pieces()
+    groups = density_connected_groups(comps, weights, x)
+    # Groups are numbered by total weight: blob A (0.6) first; the pruned component gets -1.
+    assert groups.tolist() == [0, 0, 1, -1]
+    # With every pair of points a neighbour, edges cross the gap between the blobs too; the
+    # density there is far below the blobs' own, so only an absurdly permissive ratio joins them.
+    dense = dict(n_neighbors=len(x) - 1)
+    assert density_connected_groups(comps, weights, x, **dense).tolist() == [0, 0, 1, -1]
+    assert density_connected_groups(comps, weights, x, ratio=1e-30, **dense).tolist() == [
+        0,
+        0,
+        0,
+        -1,
+    ]
+    # Subsampling keeps the answer on data this clear.
+    g = torch.Generator().manual_seed(1)
+    groups = density_connected_groups(comps, weights, x, max_points=120, generator=g)
+    assert groups.tolist() == [0, 0, 1, -1]
+
+
+def test_density_connected_groups_errors():
+    comps, weights, x = _pieces()
+    with pytest.raises(ValueError, match="ratio"):
+        density_connected_groups(comps, weights, x, ratio=0.0)
+    with pytest.raises(ValueError, match="weights of shape"):
+        density_connected_groups(comps, weights[:3], x)
+    with pytest.raises(ValueError, match="N >= 2"):
+        density_connected_groups(comps, weights, x[:1])
+    with pytest.raises(ValueError, match="n_neighbors"):
+        density_connected_groups(comps, weights, x, n_neighbors=0)
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError):
+        density_connected_groups(comps, weights, bad)
