@@ -18,7 +18,7 @@ from .flows import FLOWS, FlowComponents
 from .infer import FitResult
 from .infer import fit as _fit
 from .infer._checkpoint import atomic_save
-from .models.dp import density_connected_groups
+from .models.dp import density_connected_groups, responsibilities
 from .models.vmonf import ASSIGNMENTS, WEIGHTS, VMoNF, paper_temperature
 
 _FORMAT = "pyro_mixflows.VariationalFlowMixture/1"
@@ -488,14 +488,12 @@ class VariationalFlowMixture:
             generator=generator,
         )
         self.merge_groups_ = groups.cpu().numpy()
-        keep = torch.as_tensor(stage.weights_ >= EFFECTIVE_WEIGHT_THRESHOLD)
 
         @torch.no_grad()
         def labels(x: torch.Tensor) -> torch.Tensor:
-            mixture = stage.module_.mixture()
-            joint = mixture.logits + mixture.component_log_probs(x)
-            joint = joint.masked_fill(~keep.to(joint.device), -float("inf"))
-            return groups.to(x.device)[joint.argmax(-1)]
+            comps = stage.module_.components
+            r = responsibilities(comps, weights.to(x.device), x, EFFECTIVE_WEIGHT_THRESHOLD)
+            return groups.to(x.device)[r.argmax(-1)]
 
         return labels, max(2, int(groups.max()) + 1)
 
