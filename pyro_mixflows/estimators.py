@@ -294,7 +294,6 @@ class VariationalFlowMixture:
             raise ValueError(f"expected D >= 2 for flow={self.flow!r}, got D={D}; use flow='maf'")
 
         self.merge_groups_ = None
-        self.num_layers_ = self.num_layers
         seed = self.random_state
         if seed is None:  # one draw, so that every stage below sees the same validation rows
             seed = int(np.random.SeedSequence().entropy % 2**31)

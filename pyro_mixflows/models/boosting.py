@@ -523,10 +523,7 @@ class BoostedFlowMixture(nn.Module):
             self.
         """
         self._check_fitted()
-        x_val = self._as_data(x_val)
-        with torch.no_grad():
-            lp = torch.cat([s.component_log_probs(x_val) for s in self.stages], -1)  # (M, C)
-            self.log_weights = fit_mixture_weights(lp).to(self.log_weights.dtype)
+        self._set_exact_weights(self._as_data(x_val))
         return self
 
     def finetune(
@@ -722,11 +719,15 @@ class BoostedFlowMixture(nn.Module):
                 comp = FlowComponents(1, self.dim, **cfg)
         return comp.to(dtype=like.dtype, device=like.device)
 
+    def _stage_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """log g_c(x) of every component: (N, D) -> (N, C)."""
+        return torch.cat([s.component_log_probs(x) for s in self.stages], -1)
+
     @torch.no_grad()
     def _log_mix(self, x: torch.Tensor, exclude: int | None = None) -> torch.Tensor:
         """log of the mixture (renormalized without component ``exclude``) at x (N, D) -> (N,)."""
         log_w = self.log_weights.to(x.dtype)
-        lp = torch.stack([s.component_log_probs(x)[..., 0] for s in self.stages], -1)  # (N, C)
+        lp = self._stage_log_probs(x)  # (N, C)
         if exclude is not None:
             keep = [j for j in range(len(self.stages)) if j != exclude]
             log_w, lp = log_w[keep], lp[:, keep]
@@ -907,8 +908,14 @@ class BoostedFlowMixture(nn.Module):
         """Exact re-fit of all weights on held-out data (``rho="search"`` only)."""
         if self.rho_mode != "search" or len(self.stages) < 2:
             return
-        lp = torch.cat([s.component_log_probs(x_va) for s in self.stages], -1)  # (M, C)
-        self.log_weights = fit_mixture_weights(lp).to(self.log_weights.dtype)
+        self._set_exact_weights(x_va)
+
+    @torch.no_grad()
+    def _set_exact_weights(self, x_va: torch.Tensor) -> None:
+        """All C weights = the exact maximizer of the log-likelihood of x_va, flows fixed."""
+        self.log_weights = fit_mixture_weights(self._stage_log_probs(x_va)).to(
+            self.log_weights.dtype
+        )
 
     def _finetune(self, x_tr, x_va, num_steps: int) -> None:
         """Joint training of all components (and the weights, unless rho is fixed)."""
@@ -923,8 +930,7 @@ class BoostedFlowMixture(nn.Module):
         B = min(self.batch_size, N)
 
         def log_mix(x):
-            lp = torch.cat([s.component_log_probs(x) for s in self.stages], -1)  # (n, C)
-            return (logits.log_softmax(0) + lp).logsumexp(-1)
+            return (logits.log_softmax(0) + self._stage_log_probs(x)).logsumexp(-1)
 
         def held_out() -> float:
             with torch.no_grad():
@@ -1062,8 +1068,7 @@ class BoostedFlowMixture(nn.Module):
 
     def _log_mix_grad(self, x: torch.Tensor) -> torch.Tensor:
         """log G_{c-1}(x) with gradients flowing to x (frozen parameters): (S, D) -> (S,)."""
-        lp = torch.stack([s.component_log_probs(x)[..., 0] for s in self.stages], -1)  # (S, C)
-        return (self.log_weights.to(x.dtype) + lp).logsumexp(-1)
+        return (self.log_weights.to(x.dtype) + self._stage_log_probs(x)).logsumexp(-1)
 
     @torch.no_grad()
     def _variational_rho(self, comp, log_density, S, gen, dtype) -> float:

@@ -288,9 +288,14 @@ def responsibilities(
     Returns:
         (..., T), zero on pruned components, rows summing to one.
     """
+    return _pruned_mixture(components, weights, threshold).responsibilities(x)
+
+
+def _pruned_mixture(components: Components, weights: torch.Tensor, threshold: float) -> FlowMixture:
+    """The mixture with the components below ``threshold`` removed (weights renormalized)."""
     keep = active_components(weights, threshold)  # (T,)
     logits = torch.where(keep, weights.log(), torch.full_like(weights, -torch.inf))
-    return FlowMixture(components, logits=logits).responsibilities(x)
+    return FlowMixture(components, logits=logits)
 
 
 @torch.no_grad()
@@ -359,8 +364,7 @@ def density_connected_groups(
         x = x[torch.randperm(x.shape[0], generator=generator)[:max_points].to(x.device)]
     weights = weights.to(device=x.device, dtype=x.dtype)
     keep = active_components(weights, threshold)
-    logits = torch.where(keep, weights.log(), torch.full_like(weights, -torch.inf))
-    mixture = FlowMixture(components, logits=logits)
+    mixture = _pruned_mixture(components, weights, threshold)
     labels = mixture.responsibilities(x).argmax(-1)  # (N,)
     log_p = mixture.log_prob(x)  # (N,)
     k = min(n_neighbors, x.shape[0] - 1)
