@@ -36,3 +36,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_cuda)
+
+
+_DESELECTED: list[str] = []
+
+
+def pytest_deselected(items):
+    """Remember what ``-m 'not slow'`` (the default) left out, to name it at the end."""
+    _DESELECTED.extend(item.nodeid for item in items if item.get_closest_marker("slow"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _DESELECTED:
+        terminalreporter.write_sep(
+            "-", f"{len(_DESELECTED)} slow tests not run (run: make test-slow)"
+        )
+        for nodeid in _DESELECTED:
+            terminalreporter.write_line(nodeid)

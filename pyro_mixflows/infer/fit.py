@@ -427,6 +427,8 @@ def _fit(
                 "sampler": [g[1] for g in gathered],
             }
             save_checkpoint(checkpoint, optim=optim, step=step, extra={"fit": fit_state})
+        if distributed:  # no rank runs ahead (e.g. into a resume) before the file is complete
+            torch.distributed.barrier()
 
     bar = None
     if progress_bar and rank == 0:

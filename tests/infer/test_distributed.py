@@ -2,55 +2,24 @@
 
 import os
 import socket
+import subprocess
+import sys
 
 import pyro
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from pyro.infer import SVI, TraceEnum_ELBO
 
 from pyro_mixflows.infer import fit, shard_range
 from pyro_mixflows.infer.fit import _BatchSampler
+from tests.infer._ddp_worker import LR, RANK_BATCH, SEED, STEPS, N
 from tests.infer.test_fit import make_data, make_pair
 
-WORLD, N, STEPS, LR, SEED = 2, 48, 6, 0.02, 11
-RANK_BATCH = 8  # per rank: a global batch of 16 rows
-
-
-def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)
-    pyro.enable_validation(True)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        start, stop = shard_range(N)
-        shard = make_data(N)[start:stop]  # each rank reads only its rows
-        results = {}
-        for batch_size in (None, RANK_BATCH):
-            pyro.clear_param_store()
-            _, model, guide = make_pair()
-            res = fit(
-                model, guide, shard, num_steps=STEPS, batch_size=batch_size, optim={"lr": LR},
-                seed=SEED, distributed=True,
-            )  # fmt: skip
-            store = pyro.get_param_store()
-            params = {k: store._params[k].detach().clone() for k in store.keys()}
-            results[batch_size] = (res.losses, params)
-        # interrupted after 3 steps, resumed from the checkpoint (rank 0 writes it for all ranks)
-        path = os.path.join(out, "ckpt.pt")
-        for steps, resume in ((3, False), (STEPS, True)):
-            pyro.clear_param_store()
-            _, model, guide = make_pair(init_seed=1 if not resume else 2)
-            res = fit(
-                model, guide, shard, num_steps=steps, batch_size=RANK_BATCH, optim={"lr": LR},
-                seed=SEED, distributed=True, checkpoint=path, resume=resume,
-            )  # fmt: skip
-        results["resumed"] = res.losses
-        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+WORLD = 2
+# a fresh interpreter per rank imports torch and Pyro (seconds each); on a loaded 2-core machine
+# the whole run takes well under a minute, so a deadlock fails here instead of hanging the suite
+LAUNCH_TIMEOUT = 240
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ddp_worker.py")
 
 
 def _single_process(batch_size):
@@ -83,14 +52,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch(out) -> None:
+    """Both ranks under ``torchrun`` (the path users take), as a subprocess with a time limit."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), WORKER, str(out),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT} s (deadlock?): {err.stderr}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 def test_two_gloo_ranks_match_single_process(float64, tmp_path):
-    # references first: the forked ranks then inherit a warmed-up interpreter
     references = {b: _single_process(b) for b in (None, RANK_BATCH)}
-    # fork: the children inherit the imported torch and Pyro (a fresh interpreter per rank costs
-    # seconds of imports); each child runs torch single-threaded, as DataLoader workers do
-    mp.start_processes(
-        _worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method="fork"
-    )
+    _launch(tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     for batch_size in (None, RANK_BATCH):
         (losses0, params0), (losses1, params1) = ranks[0][batch_size], ranks[1][batch_size]
