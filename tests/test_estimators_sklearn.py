@@ -104,7 +104,7 @@ def test_numpy_integer_parameters(moons, name, value):
     assert est.n_iter_ >= 1
 
 
-def test_input_idioms(moons):
+def test_input_idioms(moons, tmp_path):
     pd = pytest.importorskip("pandas")
     X, _ = moons
     est = VariationalFlowMixture(2, random_state=0, **FAST).fit(X)
@@ -125,6 +125,11 @@ def test_input_idioms(moons):
     assert np.array_equal(named.predict(df), expected)
     with pytest.raises(ValueError, match="feature names should match"):
         named.predict(df[["b", "a"]])
+    named.save(tmp_path / "named.pt")
+    loaded = VariationalFlowMixture.load(tmp_path / "named.pt")
+    assert list(loaded.feature_names_in_) == ["a", "b"]
+    with pytest.raises(ValueError, match="feature names should match"):
+        loaded.predict(df[["b", "a"]])
 
 
 def test_fitted_in_float32_used_in_float64(moons):
