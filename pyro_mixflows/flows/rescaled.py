@@ -20,6 +20,9 @@ class RescaledComponents(Components):
     latent (base) space is the inner components' own, so ``LatentMALA`` on such a mixture moves
     in the same latent space and reports draws in data units.
 
+    ``transform``, ``inverse`` and ``base_log_prob`` delegate to ``inner`` (``FlowComponents``
+    has all three).
+
     Args:
         inner: K components over R^D (e.g. ``FlowComponents``).
         loc: :math:`\mu`, shape (D,).
