@@ -9,7 +9,7 @@ from pyro.infer import SVI, Trace_ELBO
 from torch.distributions import Transform
 
 from pyro_mixflows import DistributionComponents, FlowComponents, FlowMixture
-from pyro_mixflows.flows import FLOWS
+from pyro_mixflows.flows import FLOWS, RescaledComponents
 
 from ..conftest import perturb
 
@@ -339,3 +339,25 @@ def test_distribution_components_register_reachable_modules_and_svi_trains_them(
     for _ in range(20):
         svi.step(x)
     assert all(not torch.equal(b, p) for b, p in zip(before, used, strict=True))
+
+
+def test_rescaled_components_change_of_variables(float64):
+    inner = perturb(FlowComponents(2, 2, flow="affine_coupling", num_layers=2, hidden_dims=(8,)))
+    loc, scale = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.5])
+    comps = RescaledComponents(inner, loc, scale)
+    x = torch.randn(5, 2)
+    expected = inner.component_log_probs((x - loc) / scale) - scale.log().sum()
+    assert torch.allclose(comps.component_log_probs(x), expected, rtol=1e-12)
+    u = torch.randn(5, 2, 2)  # (N, K, D)
+    x2, log_det = comps.transform(u)
+    u2, log_det_inv = comps.inverse(x2)
+    assert torch.allclose(u2, u, atol=1e-10) and torch.allclose(log_det, -log_det_inv, atol=1e-10)
+    # log p_k(x) = log N(u) - log|det dx/du| at x = f_k(u), for each k.
+    lp = comps.component_log_probs(x2)  # (N, K, K): every x2[:, j] under every component k
+    diag = lp.diagonal(dim1=-2, dim2=-1)  # (N, K)
+    assert torch.allclose(diag, comps.base_log_prob(u) - log_det, atol=1e-10)
+    assert comps.rsample_index(torch.tensor([0, 1, 1])).shape == (3, 2)
+    with pytest.raises(ValueError, match="positive scale"):
+        RescaledComponents(inner, loc, -scale)
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        RescaledComponents(inner, loc[:1], scale)
