@@ -36,24 +36,33 @@ def inference_data(
 ):
     """An ``arviz.InferenceData`` of a point-estimate fit (one chain, one draw).
 
-    Groups: ``posterior`` with ``weights`` (K,) and ``responsibilities`` (N, K);
-    ``log_likelihood`` with ``x`` (N,), the *marginal* log p(x_n) (the assignment summed out);
-    ``observed_data`` with ``x`` (N, D).
+    Groups: ``posterior`` with ``weights`` (K,), ``responsibilities`` (N, K) and
+    ``log_density`` (N,), the *marginal* log p(x_n) (the assignment summed out);
+    ``observed_data`` with ``x`` (N, D). One draw is no posterior sample, so there is no
+    ``log_likelihood`` group: ``az.loo``/``az.compare`` stop with "log likelihood not found"
+    (as ``diagnostics.to_inference_data`` does for one draw).
     """
     import arviz as az
 
     N, K = responsibilities.shape
     coords = {"component": np.arange(K), "row": np.arange(N), "feature": list(columns)}
     posterior = az.dict_to_dataset(
-        {"weights": weights[None, None], "responsibilities": responsibilities[None, None]},
+        {
+            "weights": weights[None, None],
+            "responsibilities": responsibilities[None, None],
+            "log_density": log_density[None, None],
+        },
         coords=coords,
-        dims={"weights": ["component"], "responsibilities": ["row", "component"]},
+        dims={
+            "weights": ["component"],
+            "responsibilities": ["row", "component"],
+            "log_density": ["row"],
+        },
     )
-    log_lik = az.dict_to_dataset({"x": log_density[None, None]}, coords=coords, dims={"x": ["row"]})
     observed = az.dict_to_dataset(
         {"x": X}, coords=coords, dims={"x": ["row", "feature"]}, default_dims=[]
     )
-    return az.InferenceData(posterior=posterior, log_likelihood=log_lik, observed_data=observed)
+    return az.InferenceData(posterior=posterior, observed_data=observed)
 
 
 def _pyplot():

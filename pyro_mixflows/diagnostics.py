@@ -56,12 +56,13 @@ def balanced_accuracy(labels_true, labels_pred) -> float:
 
 
 def _mixture_of(source):
-    """The FlowMixture a source holds (itself, or its ``mixture_`` / ``mixture``), else None."""
+    """The FlowMixture a source holds, else None: itself, or its ``distribution_`` (the
+    estimators' density in data units), ``mixture_`` or ``mixture`` (attribute or method)."""
     from .distributions import FlowMixture
 
     if isinstance(source, FlowMixture):
         return source
-    for name in ("mixture_", "mixture"):
+    for name in ("distribution_", "mixture_", "mixture"):
         held = getattr(source, name, None)
         if callable(held) and not isinstance(held, FlowMixture):
             held = held()
@@ -200,8 +201,10 @@ def to_inference_data(
     - an SVI guide (any callable, e.g. an ``AutoGuide``), with ``model`` and the data in
       ``args``: ``num_samples`` draws of its global sites (one chain; sites in the
       ``plate_name`` plate and auxiliary sites are left out).
-    - a ``FlowMixture``, or any object with a ``mixture_`` / ``mixture`` attribute (or method)
-      holding one (the project's estimators): a single plug-in draw with ``"weights"``.
+    - a ``FlowMixture``, or any object with a ``distribution_``, ``mixture_`` or ``mixture``
+      attribute (or method) holding one: a single plug-in draw with ``"weights"``. For the
+      project's estimators that is ``distribution_``, the density in data units, so the
+      log-densities equal ``score_samples(data)``.
     - with ``mixture_fn(draw) -> FlowMixture`` and ``data`` (N, D), every draw of an MCMC run or
       guide is turned into a mixture: ``"weights"``, responsibilities and the exact
       ``FlowMixture.log_prob(data)`` as log-likelihood.
@@ -218,6 +221,14 @@ def to_inference_data(
         plate_name: the data plate (the project's convention: "data").
         coords: extra ArviZ coordinates.
         dims: extra ArviZ dims.
+
+    **One draw is not a posterior.** LOO and WAIC (``az.loo``, ``az.waic``, ``az.compare``)
+    need many draws of the pointwise log-likelihood. With a single draw (a plug-in mixture or
+    estimator, ``num_samples=1``) the pointwise log-density goes to
+    ``posterior["log_density"]`` (chain, draw, point) instead of a ``log_likelihood`` group, so
+    ArviZ's LOO stops at once with "log likelihood not found" rather than inside its Pareto
+    smoothing. To compare point-estimate fits, compare held-out log-densities (the estimators'
+    ``score``); for LOO, convert an SVI guide (many draws) or an MCMC run.
 
     Returns:
         ``arviz.InferenceData`` with ``posterior`` (+ ``log_likelihood``, ``observed_data``,
@@ -277,7 +288,7 @@ def to_inference_data(
 
     loglik, resp, weights, observed = {}, [], [], {}
     if mixture_fn is not None:
-        x = None if data is None else torch.as_tensor(data)
+        x = None if data is None else torch.as_tensor(np.asarray(data))
         lls = []
         with torch.no_grad():
             for draw in draws:
@@ -319,10 +330,14 @@ def to_inference_data(
         r = torch.stack(resp).reshape(*shape, *resp[0].shape)
         posterior["responsibilities"] = r.cpu().numpy()
         posterior["assignment"] = r.argmax(-1).cpu().numpy()
+    if loglik and shape[0] * shape[1] < 2:  # one draw: LOO/WAIC undefined (see docstring)
+        (posterior["log_density"],) = loglik.values()  # one observed site (or "joint")
+        loglik = {}
     all_dims = {
         "weights": ["component"],
         "responsibilities": ["point", "component"],
         "assignment": ["point"],
+        "log_density": ["point"],
         **{k: ["point"] for k in loglik},
     }
     all_dims.update(dims or {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -11,10 +12,12 @@ import numpy as np
 import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from sklearn.base import BaseEstimator, ClusterMixin, DensityMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._init import INIT_METHODS, initial_labels
 from .distributions import FlowMixture
-from .flows import FLOWS, FlowComponents
+from .flows import FLOWS, FlowComponents, RescaledComponents
 from .infer import FitResult
 from .infer import fit as _fit
 from .infer._checkpoint import atomic_save
@@ -29,21 +32,8 @@ DEAD_WEIGHT_FRACTION = 0.01
 EFFECTIVE_WEIGHT_THRESHOLD = 0.01
 # Dirichlet-process fits: how over-split components are merged before the final fit.
 MERGES = ("density", None)
-
-
-def _as_2d(X, name: str = "X") -> np.ndarray:
-    try:
-        X = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"expected {name} to be a numeric array of shape (N, D): {err}") from None
-    if X.ndim != 2:
-        raise ValueError(f"expected {name} of shape (N, D), got shape {X.shape}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"expected a non-empty {name}, got shape {X.shape}")
-    if not np.isfinite(X).all():
-        bad = int((~np.isfinite(X)).sum())
-        raise ValueError(f"expected finite values in {name}, got {bad} NaN/inf entries")
-    return X
+# How ``fit`` reads ``y`` (see the class docstring).
+SEMI_SUPERVISED = ("auto", True, False)
 
 
 def _plain(value):
@@ -71,14 +61,28 @@ def _chain_results(first: FitResult, second: FitResult) -> FitResult:
     )
 
 
-class VariationalFlowMixture:
+class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
     """A mixture of normalizing flows with the interface of scikit-learn's ``GaussianMixture``.
 
     Fits VMoNF (Pires & Figueiredo, 2020, arXiv:2009.00585) with this package's Pyro model,
     guide and fit loop: data standardized per feature, components placed by an initial
     clustering (spectral by default, so that no component starts across several clusters),
     pre-trained on those hard assignments, then trained on the exact ELBO with held-out early
-    stopping. ``y`` follows scikit-learn's semi-supervised convention (-1 = unlabelled).
+    stopping.
+
+    A scikit-learn estimator (``BaseEstimator`` with ``ClusterMixin`` and ``DensityMixin``):
+    ``get_params``/``set_params``/``clone``, ``fit_predict``, ``labels_`` (the training rows'
+    clusters), ``n_features_in_`` and ``feature_names_in_``; it works in ``Pipeline``,
+    ``GridSearchCV`` and ``cross_val_score``. ``score`` is the mean log-density (so model
+    selection by default maximizes held-out likelihood); clustering metrics such as
+    ``scoring="adjusted_rand_score"`` compare ``predict`` with ``y``.
+
+    **What ``y`` does.** With ``semi_supervised="auto"`` (default) ``y`` follows
+    scikit-learn's semi-supervised convention: a ``y`` that marks some rows unlabelled with -1
+    pins the labelled rows to their components (labels in [0, n_components)); a ``y`` without
+    any -1 (what ``GridSearchCV`` or ``cross_val_score`` pass from a labelled data set) is
+    ignored, as by scikit-learn's other clusterers. ``semi_supervised=True`` always uses ``y``
+    (it must then hold -1 rows), ``False`` always ignores it.
 
     Args:
         n_components: K >= 1.
@@ -110,9 +114,18 @@ class VariationalFlowMixture:
         validation_fraction: share of rows held out for early stopping (0 disables it).
         patience: evaluations without improvement before stopping; eval_every: steps between them.
         supervised_scale: weight of the classifier's supervised term (amortized, labelled rows).
-        random_state: seed; the same seed gives the same fit.
+        semi_supervised: "auto", True or False: when ``fit`` uses ``y`` (see above).
+        random_state: None, an int or a ``numpy.random.RandomState``; the same int gives the
+            same fit (a ``RandomState`` gives one seed per ``fit``, drawn from it).
         device: torch device for training and scoring.
         progress_bar: show a tqdm bar while training.
+
+    Attributes:
+        labels_: (N,) component of every training row (``predict`` on the training data).
+        distribution_: the fitted density in data units, a ``FlowMixture`` (see its docstring).
+        mixture_: the fitted density on the standardized scale.
+        weights_, n_components_, n_features_in_, feature_names_in_, converged_, n_iter_,
+        lower_bound_, validation_log_likelihood_: as their names say.
 
     Example::
 
@@ -147,14 +160,15 @@ class VariationalFlowMixture:
         eval_every: int = 50,
         temperature_schedule: Callable[[int], float] | None = paper_temperature,
         supervised_scale: float = 1.0,
-        random_state: int | None = None,
+        semi_supervised: bool | str = "auto",
+        random_state: int | np.random.RandomState | None = None,
         device: str | torch.device | None = None,
         progress_bar: bool = False,
     ) -> None:
         self.n_components = n_components
         self.flow = flow
         self.num_layers = num_layers
-        self.hidden_dims = tuple(hidden_dims)
+        self.hidden_dims = hidden_dims
         self.count_bins = count_bins
         self.weights = weights
         self.weight_concentration = weight_concentration
@@ -173,28 +187,12 @@ class VariationalFlowMixture:
         self.eval_every = eval_every
         self.temperature_schedule = temperature_schedule
         self.supervised_scale = supervised_scale
+        self.semi_supervised = semi_supervised
         self.random_state = random_state
         self.device = device
         self.progress_bar = progress_bar
 
     # --- configuration ----------------------------------------------------------------------
-    def get_params(self, deep: bool = True) -> dict:
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params) -> VariationalFlowMixture:
-        for name, value in params.items():
-            if name not in self._param_names():
-                raise ValueError(f"expected a parameter in {self._param_names()}, got {name!r}")
-            setattr(self, name, value)
-        return self
-
-    @staticmethod
-    def _param_names() -> list[str]:
-        import inspect
-
-        sig = inspect.signature(VariationalFlowMixture.__init__)
-        return [p for p in sig.parameters if p != "self"]
-
     def _check_params(self) -> None:
         K = self.n_components
         if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 1:
@@ -213,6 +211,32 @@ class VariationalFlowMixture:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"expected {name} to be an int >= 1, got {value!r}")
+        if not isinstance(self.num_layers, (int, np.integer)) or self.num_layers < 0:
+            raise ValueError(f"expected num_layers to be an int >= 0, got {self.num_layers!r}")
+        dims = self.hidden_dims
+        if (
+            isinstance(dims, (str, bytes))
+            or not isinstance(dims, Sequence)
+            or not all(isinstance(h, numbers.Integral) and h >= 1 for h in dims)
+        ):
+            raise ValueError(
+                f"expected hidden_dims to be a sequence of ints >= 1 such as (32, 32), got {dims!r}"
+            )
+        if self.semi_supervised not in SEMI_SUPERVISED or not isinstance(
+            self.semi_supervised, (str, bool)
+        ):
+            raise ValueError(
+                f"expected semi_supervised in {SEMI_SUPERVISED}, got {self.semi_supervised!r}"
+            )
+        rs = self.random_state
+        if not (
+            rs is None
+            or (isinstance(rs, numbers.Integral) and not isinstance(rs, bool) and rs >= 0)
+            or isinstance(rs, np.random.RandomState)
+        ):
+            raise ValueError(
+                f"expected random_state None, an int >= 0 or a numpy.random.RandomState, got {rs!r}"
+            )
         if not isinstance(self.init_steps, (int, np.integer)) or self.init_steps < 0:
             raise ValueError(f"expected init_steps to be an int >= 0, got {self.init_steps!r}")
         if self.batch_size is not None and (
@@ -236,11 +260,16 @@ class VariationalFlowMixture:
             raise ValueError(f"expected merge_ratio in (0, 1], got {self.merge_ratio!r}")
 
     def _check_y(self, y, n: int) -> np.ndarray | None:
-        if y is None:
+        """The labels ``fit`` uses: None, or (N,) int64 with -1 for unlabelled rows."""
+        if y is None or self.semi_supervised is False:
+            if self.semi_supervised is True:
+                raise ValueError("expected y (-1 = unlabelled) with semi_supervised=True, got None")
             return None
         y = np.asarray(y)
         if y.shape != (n,):
             raise ValueError(f"expected y of shape ({n},) (one label per row), got {y.shape}")
+        if self.semi_supervised == "auto" and not (y.dtype.kind in "iuf" and np.any(y == -1)):
+            return None  # no row marked unlabelled: a labelled y from a meta-estimator, ignored
         if y.dtype.kind not in "iu":
             if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
                 y = y.astype(np.int64)
@@ -252,14 +281,42 @@ class VariationalFlowMixture:
                 f"expected labels in [0, n_components={self.n_components}) or -1 for unlabelled, "
                 f"got {np.unique(y[bad]).tolist()}"
             )
+        if not (y == -1).any():
+            raise ValueError(
+                "expected some unlabelled rows (y == -1) with semi_supervised=True, got only "
+                "labels; semi-supervised fitting needs both (semi_supervised='auto' ignores a "
+                "fully labelled y)"
+            )
         return y.astype(np.int64)
+
+    def _seed(self) -> int:
+        """One int seed for this fit, so that every stage sees the same validation rows."""
+        rs = self.random_state
+        if rs is None:
+            return int(np.random.SeedSequence().entropy % 2**31)
+        if isinstance(rs, np.random.RandomState):
+            return int(rs.randint(2**31))
+        return int(rs)
+
+    def _validate_X(self, X, reset: bool) -> np.ndarray:
+        """X as a C-contiguous float64 (N, D) array (scikit-learn's checks and messages)."""
+        try:
+            X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_samples=1)
+        except ValueError as err:  # scikit-learn's message, which its own checks look for
+            raise ValueError(
+                f"expected X as a finite real array of shape (N, D), got: {err}"
+            ) from None
+        # torch refuses negative strides (X[::-1]) and warns on read-only arrays: copy those.
+        return np.require(X, requirements=["C", "W"])
 
     # --- fitting ----------------------------------------------------------------------------
     def _tensor(self, X: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(X, dtype=torch.get_default_dtype(), device=self.device)
 
     def _standardize(self, X: np.ndarray) -> torch.Tensor:
-        return (self._tensor(X) - self._mean) / self._scale
+        # Inputs follow the fitted model's dtype, whatever the default dtype is now.
+        x = torch.as_tensor(X, dtype=self._mean.dtype, device=self._mean.device)
+        return (x - self._mean) / self._scale
 
     def _build(self, D: int, K: int | None = None, num_layers: int | None = None) -> VMoNF:
         components = FlowComponents(
@@ -280,23 +337,46 @@ class VariationalFlowMixture:
         )
 
     def fit(self, X, y=None) -> VariationalFlowMixture:
-        """Fit to X (N, D); ``y`` (N,) optional labels with -1 for unlabelled rows."""
+        """Fit to X (N, D); ``y`` (N,) as the class docstring says (ignored unless it has -1s).
+
+        Args:
+            X: data, array-like (N, D) (a pandas DataFrame records ``feature_names_in_``).
+            y: None or (N,) labels with -1 for unlabelled rows (see "What ``y`` does").
+
+        Returns:
+            self, fitted.
+
+        Raises:
+            ValueError: a bad parameter, X or y, before any training.
+        """
         self._check_params()
-        X = _as_2d(X)
+        X = self._validate_X(X, reset=True)
         N, D = X.shape
         K = self.n_components
         if self.weights == "dirichlet_process" and K < 2:
             raise ValueError(f"expected n_components (the truncation) >= 2 for a DP, got {K}")
         if N < max(2, K):
-            raise ValueError(f"expected at least max(2, n_components)={max(2, K)} rows, got {N}")
+            raise ValueError(
+                f"expected at least max(2, n_components)={max(2, K)} rows, got {N} sample(s)"
+            )
         y = self._check_y(y, N)
         if self.flow != "maf" and D < 2 and self.num_layers > 0:
-            raise ValueError(f"expected D >= 2 for flow={self.flow!r}, got D={D}; use flow='maf'")
+            raise ValueError(
+                f"expected D >= 2 for flow={self.flow!r}, got {D} feature(s); use flow='maf'"
+            )
+        self._fit_stages(X, y, self._seed())
+        with torch.no_grad():
+            self.labels_ = self._proba(self._standardize(X)).argmax(-1).cpu().numpy()
+        return self
 
+    def fit_predict(self, X, y=None) -> np.ndarray:
+        """``fit(X, y)``, then the training rows' components ``labels_``: (N, D) -> (N,)."""
+        return self.fit(X, y).labels_
+
+    def _fit_stages(self, X: np.ndarray, y: np.ndarray | None, seed: int) -> None:
+        """The fit on checked inputs: the DP merge stage when asked, then the training run."""
+        K = self.n_components
         self.merge_groups_ = None
-        seed = self.random_state
-        if seed is None:  # one draw, so that every stage below sees the same validation rows
-            seed = int(np.random.SeedSequence().entropy % 2**31)
         if (
             self.weights == "dirichlet_process"
             and self.merge == "density"
@@ -311,8 +391,8 @@ class VariationalFlowMixture:
                 self._fit(X, y, K, stage_labels, seed, 0)
                 if not self.validation_log_likelihood_ > flows["validation_log_likelihood_"]:
                     self.__dict__.update(flows)
-            return self
-        return self._fit(X, y, K, None, seed, self.num_layers)
+            return
+        self._fit(X, y, K, None, seed, self.num_layers)
 
     _FITTED = (
         "module_",
@@ -537,24 +617,35 @@ class VariationalFlowMixture:
             )
 
     # --- reading the fit --------------------------------------------------------------------
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "module_")
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "module_"):
-            raise ValueError("this VariationalFlowMixture is not fitted yet: call fit(X) first")
+        check_is_fitted(self)  # sklearn.exceptions.NotFittedError (a ValueError)
 
     def _check_X(self, X) -> torch.Tensor:
+        """Checked rows on the standardized scale, in the model's dtype: (N, D)."""
         self._check_fitted()
-        X = _as_2d(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"expected X with {self.n_features_in_} columns (as at fit time), got {X.shape[1]}"
-            )
-        return self._standardize(X)
+        return self._standardize(self._validate_X(X, reset=False))
 
     @property
     def mixture_(self) -> FlowMixture:
         """The fitted density on the standardized scale."""
         self._check_fitted()
         return self.module_.mixture()
+
+    @property
+    def distribution_(self) -> FlowMixture:
+        r"""The fitted density in data units: a ``FlowMixture`` of ``RescaledComponents``.
+
+        Every component ends with the un-standardization :math:`x = \mu + \sigma \odot x_s`
+        (:math:`\mu, \sigma` the training mean and standard deviation per feature), so
+        ``distribution_.log_prob(x)`` equals ``score_samples(x)``, and its samples,
+        responsibilities and ``LatentMALA(est.distribution_)`` draws are in data units.
+        """
+        self._check_fitted()
+        comps = RescaledComponents(self.module_.components, self._mean, self._scale)
+        return FlowMixture(comps, logits=self.mixture_.logits)
 
     @property
     def weights_(self) -> np.ndarray:
@@ -568,12 +659,16 @@ class VariationalFlowMixture:
         For a Dirichlet-process fit, components below the effective-weight threshold get
         probability 0 and the rest are renormalized, so no point lands on an empty component.
         """
+        return self._proba(self._check_X(X)).cpu().numpy()
+
+    def _proba(self, xs: torch.Tensor) -> torch.Tensor:
+        """``predict_proba`` on standardized rows: (N, D) -> (N, K)."""
         mixture = self.mixture_
-        joint = mixture.logits + mixture.component_log_probs(self._check_X(X))  # (N, K)
+        joint = mixture.logits + mixture.component_log_probs(xs)  # (N, K)
         if self.weights == "dirichlet_process":
             keep = torch.as_tensor(self.weights_ >= EFFECTIVE_WEIGHT_THRESHOLD, device=joint.device)
             joint = joint.masked_fill(~keep, -float("inf"))
-        return torch.softmax(joint, -1).cpu().numpy()
+        return torch.softmax(joint, -1)
 
     def predict(self, X) -> np.ndarray:
         """Most probable component of each row: (N, D) -> (N,)."""
@@ -605,12 +700,12 @@ class VariationalFlowMixture:
 
     def bic(self, X) -> float:
         """Bayesian information criterion on X (lower is better)."""
-        n = len(_as_2d(X))
+        n = len(self._check_X(X))
         return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
 
     def aic(self, X) -> float:
         """Akaike information criterion on X (lower is better)."""
-        return -2 * self.score(X) * len(_as_2d(X)) + 2 * self._n_parameters()
+        return -2 * self.score(X) * len(self._check_X(X)) + 2 * self._n_parameters()
 
     # --- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -624,6 +719,8 @@ class VariationalFlowMixture:
         else:
             params["temperature_schedule"] = "paper"
         params["device"] = None
+        if not isinstance(params["random_state"], (int, np.integer, type(None))):
+            params["random_state"] = None  # a RandomState is not a plain value
         # Plain Python values only, so that ``load`` can read the file with weights_only=True.
         params = {
             k: tuple(_plain(x) for x in v) if isinstance(v, (tuple, list)) else _plain(v)
@@ -633,6 +730,7 @@ class VariationalFlowMixture:
             "format": _FORMAT,
             "params": params,
             "n_features_in": self.n_features_in_,
+            "feature_names": [str(c) for c in getattr(self, "feature_names_in_", [])] or None,
             "n_components": int(self.n_components_),
             "num_layers": int(self.num_layers_),
             "validation_log_likelihood": float(self.validation_log_likelihood_),
@@ -666,6 +764,8 @@ class VariationalFlowMixture:
         model = cls(**params)
         model.device = device
         model.n_features_in_ = state["n_features_in"]
+        if state.get("feature_names"):
+            model.feature_names_in_ = np.asarray(state["feature_names"], dtype=object)
         model._mean = state["mean"].to(device)
         model._scale = state["scale"].to(device)
         model.n_components_ = int(state.get("n_components", model.n_components))

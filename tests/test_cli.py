@@ -148,7 +148,10 @@ def test_files_parse_and_agree_with_the_api(moons, fitted):
     assert np.array_equal(scores, saved.score_samples(X).astype(np.float64))
 
     idata = az.from_netcdf(os.path.join(fitted, "posterior.nc"))
-    assert np.allclose(idata.log_likelihood["x"].values[0, 0], scores)
+    assert np.allclose(idata.posterior["log_density"].values[0, 0], scores)
+    assert "log_likelihood" not in idata.groups()  # one draw: az.loo says so, not IndexError
+    with pytest.raises(TypeError, match="log likelihood not found"):
+        az.loo(idata)
     assert idata.posterior["weights"].shape == (1, 1, 2)
     assert np.allclose(idata.posterior["weights"].values[0, 0], saved.weights_, atol=1e-6)
     assert np.allclose(idata.posterior["responsibilities"].values[0, 0], saved.predict_proba(X))

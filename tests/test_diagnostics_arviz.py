@@ -4,6 +4,7 @@ import warnings
 
 import arviz as az
 import matplotlib
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -105,8 +106,46 @@ def test_flow_mixture_and_holders(setup):
     for source in (mix, Holder()):
         idata = to_inference_data(source, data=x)
         assert idata.posterior["weights"].shape == (1, 1, K)
-        ll = torch.as_tensor(idata.log_likelihood["x"].values[0, 0])
+        # One plug-in draw: the log-density is kept in the posterior group, not log_likelihood.
+        ll = torch.as_tensor(idata.posterior["log_density"].values[0, 0])
         assert torch.allclose(ll, mix.log_prob(x), rtol=1e-12)
+        assert "log_likelihood" not in idata.groups()
+
+
+def test_estimator_inference_data_is_in_data_units_and_loo_says_why_not():
+    from pyro_mixflows import VariationalFlowMixture
+    from pyro_mixflows.datasets import make_two_moons
+
+    X = make_two_moons(120, seed=0)[0] * 3 + 1  # off the unit scale
+    fast = dict(flow="affine_coupling", max_steps=20, init_steps=10, init="kmeans")
+    est = VariationalFlowMixture(2, random_state=0, **fast).fit(X)
+    idata = to_inference_data(est, data=X)
+    log_density = idata.posterior["log_density"].values[0, 0]
+    assert log_density.shape == (120,)
+    np.testing.assert_allclose(log_density, est.score_samples(X), rtol=1e-6)
+    np.testing.assert_allclose(
+        idata.posterior["responsibilities"].values[0, 0], est.predict_proba(X), atol=1e-6
+    )
+    other = to_inference_data(VariationalFlowMixture(1, random_state=0, **fast).fit(X), data=X)
+    with pytest.raises(TypeError, match="log likelihood not found"):  # not an IndexError
+        az.loo(idata)
+    with pytest.raises(TypeError, match="ELPD computation"):
+        az.compare({"two": idata, "one": other})
+
+
+def test_loo_and_compare_on_svi_fits(setup):
+    comps, x, model = setup
+    fits = {}
+    for name, init_scale in (("narrow", 0.05), ("wide", 0.5)):
+        guide = AutoNormal(pyro.poutine.block(model, hide=["z"]), init_scale=init_scale)
+        guide(x)
+        fits[name] = to_inference_data(guide, model=model, args=(x,), num_samples=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pareto k warnings on 50 draws
+        loo = az.loo(fits["narrow"])
+        table = az.compare(fits)
+    assert loo.n_data_points == N and np.isfinite(loo.elpd_loo)
+    assert set(table.index) == {"narrow", "wide"}
 
 
 def test_mixture_fn_over_guide_draws(setup):
@@ -135,6 +174,9 @@ def test_latent_mala_run(float64):
     assert idata.posterior["x"].shape == (2, 15, 2)
     assert idata.sample_stats["diverging"].shape == (2, 15)
     assert "log_likelihood" not in idata.groups()
+    # az.from_pyro too: the kernel's target is the latent site's own density, no observed site.
+    groups = az.from_pyro(mcmc).groups()
+    assert "log_likelihood" not in groups and "observed_data" not in groups
 
 
 def test_errors(setup):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from pyro_mixflows import VariationalFlowMixture
 from pyro_mixflows.datasets import make_two_moons
@@ -135,14 +136,19 @@ def test_load_refuses_foreign_files(tmp_path):
             "finite",
         ),
         (dict(), lambda X: X[:, :1].ravel(), None, r"shape \(N, D\)"),
-        (dict(), lambda X: X[:0], None, "non-empty"),
+        (dict(), lambda X: X[:0], None, r"0 sample\(s\)"),
         (dict(), None, lambda y: y[:-1], r"one label per row"),
         (
-            dict(),
+            dict(semi_supervised=True),
             None,
-            lambda y: np.where(np.arange(len(y)) == 0, 2, y),
+            lambda y: np.where(np.arange(len(y)) == 0, 2, np.where(np.arange(len(y)) % 2, -1, y)),
             r"labels in \[0, n_components=2\)",
         ),
+        (dict(semi_supervised=True), None, lambda y: y, "expected some unlabelled rows"),
+        (dict(semi_supervised="yes"), None, None, "expected semi_supervised in"),
+        (dict(hidden_dims=16), None, None, "expected hidden_dims to be a sequence of ints"),
+        (dict(random_state=-1), None, None, "expected random_state"),
+        (dict(), lambda X: X + 1j, None, "Complex data not supported"),
     ],
 )
 def test_bad_input_is_refused_before_training(data, kwargs, X_fn, y_fn, match):
@@ -168,13 +174,17 @@ def test_plateau_refinement_never_loses_the_best_held_out_loss(data):
 
 
 def test_scoring_errors(fitted, data):
-    with pytest.raises(ValueError, match="expected X with 2 columns"):
+    with pytest.raises(
+        ValueError, match="X has 3 features, but VariationalFlowMixture is expecting 2"
+    ):
         fitted.predict(np.zeros((3, 3)))
-    with pytest.raises(ValueError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         VariationalFlowMixture(2).predict(data[0])
+    with pytest.raises(NotFittedError):
+        _ = VariationalFlowMixture(2).distribution_
     with pytest.raises(ValueError, match="n_samples"):
         fitted.sample(0)
-    with pytest.raises(ValueError, match="expected a parameter in"):
+    with pytest.raises(ValueError, match="Invalid parameter 'colour'"):
         VariationalFlowMixture(2).set_params(colour="red")
 
 

@@ -1,6 +1,7 @@
 """Distributions over flow components and mixture weights."""
 
-from .flow_mixture import FlowMixture, IndexedComponent
+from ..flows.base import IndexedComponent
+from .flow_mixture import FlowMixture
 from .kumaraswamy import Kumaraswamy, kl_kumaraswamy_beta
 from .stick_breaking import StickBreaking, StickWeights, sticks_to_weights, weights_to_sticks
 

@@ -2,5 +2,13 @@
 
 from .components import FLOWS, Components, DistributionComponents, FlowComponents
 from .concat import ConcatComponents
+from .rescaled import RescaledComponents
 
-__all__ = ["FLOWS", "Components", "ConcatComponents", "DistributionComponents", "FlowComponents"]
+__all__ = [
+    "FLOWS",
+    "Components",
+    "ConcatComponents",
+    "DistributionComponents",
+    "FlowComponents",
+    "RescaledComponents",
+]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import types
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.distributions import ComposeTransform, TransformedDistribution
+from torch.distributions import ComposeTransform, Distribution, Transform, TransformedDistribution
 
-from .._validation import check_event, check_index
+from .._validation import check_index
+from .base import Components
 from .layers import (
     AffineCoupling,
     BatchedLayer,
@@ -29,52 +32,6 @@ CHUNK_ROWS = 8192
 def standard_normal_log_prob(u: torch.Tensor) -> torch.Tensor:
     """Log-density of N(0, I) summed over the last dimension: (..., D) -> (...)."""
     return -0.5 * u.square().sum(-1) - u.shape[-1] * _HALF_LOG_2PI
-
-
-class Components(nn.Module):
-    """K mixture components over R^D behind one interface.
-
-    Implementer's checklist: ``num_components`` and ``dim`` set; ``component_log_probs``
-    returns (..., K) for x of shape (..., D); ``rsample`` returns one reparameterized draw per
-    component, (*S, K, D). Everything else (indexed components, sampling chosen components,
-    mixtures) is derived from those two.
-    """
-
-    num_components: int
-    dim: int
-
-    def component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-density of x under every component: (..., D) -> (..., K)."""
-        raise NotImplementedError
-
-    def rsample(self, sample_shape: torch.Size | Sequence[int] = ()) -> torch.Tensor:
-        """One reparameterized draw from every component: (*sample_shape, K, D)."""
-        raise NotImplementedError
-
-    def rsample_index(self, index: torch.Tensor) -> torch.Tensor:
-        """A reparameterized draw from component ``index[...]`` for every entry: (...) -> (..., D)."""
-        draws = self.rsample(index.shape)  # (..., K, D)
-        idx = index.unsqueeze(-1).unsqueeze(-1).expand(*index.shape, 1, self.dim)
-        return draws.gather(-2, idx).squeeze(-2)
-
-    def component(self, index: torch.Tensor, validate_args: bool | None = None):
-        """The distribution of x given its component ``index`` (broadcasts with enumeration).
-
-        Example::
-
-            with pyro.plate("data", N):
-                z = pyro.sample("z", dist.Categorical(weights))
-                pyro.sample("x", components.component(z), obs=x)
-        """
-        from ..distributions.flow_mixture import IndexedComponent
-
-        return IndexedComponent(self, index, validate_args=validate_args)
-
-    def _check_x(self, x: torch.Tensor) -> None:
-        check_event(x, self.dim)
-
-    def extra_repr(self) -> str:
-        return f"num_components={self.num_components}, dim={self.dim}"
 
 
 class FlowComponents(Components):
@@ -272,19 +229,59 @@ class FlowComponents(Components):
         return f"num_components={self.num_components}, dim={self.dim}, flow={self.flow!r}"
 
 
-def _transform_modules(d) -> list[nn.Module]:
-    if isinstance(d, TransformedDistribution):
-        return [t for t in d.transforms if isinstance(t, nn.Module)]
-    return []
+# How deep _trainable walks into a distribution's attributes (zuko: ZukoToPyro -> flow ->
+# transform -> partial -> bound method -> module is five steps).
+_MAX_DEPTH = 8
+
+
+def _trainable(obj, modules: dict, params: dict, seen: set, depth: int = 0) -> None:
+    """Collect the ``nn.Module``s and free ``nn.Parameter``s reachable from ``obj``.
+
+    Walks a distribution's attributes, its transforms and base distribution, containers,
+    ``functools.partial``s, bound methods and closures (zuko's lazy transforms hold their
+    hyper-networks that way), without entering a module (its parameters come with it).
+    """
+    if depth > _MAX_DEPTH or id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, nn.Module):
+        modules[id(obj)] = obj
+        return
+    if torch.is_tensor(obj):
+        # A Parameter, or a view of one (``Normal(param, 1.0)`` stores broadcast views).
+        base = obj if isinstance(obj, nn.Parameter) else getattr(obj, "_base", None)
+        if isinstance(base, nn.Parameter):
+            params[id(base)] = base
+        return
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        children = list(obj)
+    elif isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, functools.partial):
+        children = [obj.func, *obj.args, *obj.keywords.values()]
+    elif isinstance(obj, types.MethodType):
+        children = [obj.__self__, obj.__func__]
+    elif isinstance(obj, types.FunctionType):
+        children = [cell.cell_contents for cell in obj.__closure__ or ()]
+    elif isinstance(obj, (Distribution, Transform)):
+        children = list(vars(obj).values())
+    else:
+        return
+    for child in children:
+        _trainable(child, modules, params, seen, depth + 1)
 
 
 class DistributionComponents(Components):
     """Any K Pyro distributions with event shape (D,) as mixture components, evaluated by a loop.
 
     The flexible fallback: Pyro's own flows (``TransformedDistribution`` with transform
-    modules), zuko flows through ``pyro.contrib.zuko.ZukoToPyro``, or plain distributions. Their
-    ``nn.Module`` transforms are registered as submodules, so ``parameters()`` and
-    ``pyro.module`` see them.
+    modules), zuko flows through ``pyro.contrib.zuko.ZukoToPyro``, distributions that hold an
+    ``nn.Module``, or plain distributions. Every ``nn.Module`` and ``nn.Parameter`` reachable
+    from a distribution (its attributes, transforms, base distribution, and the partials, bound
+    methods and closures through which zuko's transforms call their networks) is registered
+    here, so ``parameters()`` and ``pyro.module`` see them and SVI trains them. Tensors that are
+    neither (e.g. values computed from parameters when the distribution was built) are not:
+    build such components inside the model at every step instead.
 
     Args:
         distributions: K distributions, each with ``batch_shape == ()`` and ``event_shape == (D,)``.
@@ -301,7 +298,13 @@ class DistributionComponents(Components):
         if any(tuple(d.batch_shape) != () for d in distributions):
             raise ValueError("expected every component distribution to have batch_shape ()")
         self.distributions = distributions
-        self.modules_ = nn.ModuleList(m for d in distributions for m in _transform_modules(d))
+        modules: dict = {}
+        params: dict = {}
+        seen: set = set()
+        for d in distributions:
+            _trainable(d, modules, params, seen)
+        self.modules_ = nn.ModuleList(modules.values())
+        self.params_ = nn.ParameterList(params.values())
         self.num_components = len(distributions)
         self.dim = next(iter(shapes))[0]
 

@@ -122,6 +122,14 @@ class AutoFlowMixture(AutoContinuous):
     estimate is still unbiased but the gradient for the weights is a score-function one.
     Without enumeration (``Predictive``, :meth:`sample_posterior`) the guide draws k ~ π, z ~ q_k.
 
+    **Models that are not batch-safe.** Parallel enumeration (and the vectorized start below)
+    give each latent a batch dimension left of the model's plates; a model that indexes a
+    latent vector by position (``t = pyro.sample("t", ...to_event(1)); t[0] * t[1]``) reads the
+    wrong axis there. At set-up the guide runs the model once on a batch of two points; if that
+    fails, it enumerates the component *sequentially* (``TraceEnum_ELBO`` runs the model once per
+    component, the same objective, K times the cost) and starts from unbatched evaluations;
+    ``batch_safe`` tells which path was taken.
+
     **Initialization.** ``num_init_candidates`` starting points are drawn with ``init_loc_fn``
     (prior draws by default) and moved uphill on the unconstrained log joint for ``init_steps``
     Adam steps (all candidates at once, vectorized over a plate left of the model's plates, in
@@ -218,6 +226,7 @@ class AutoFlowMixture(AutoContinuous):
         self._num_init_candidates = num_init_candidates
         self._init_steps = init_steps
         self._init_lr = float(init_lr)
+        self.batch_safe: bool | None = None  # set at the first call (see the class docstring)
 
     # --- structure --------------------------------------------------------------------------
     @staticmethod
@@ -245,6 +254,7 @@ class AutoFlowMixture(AutoContinuous):
         )
         proto = self._init_loc()
         D = self.latent_dim
+        self.batch_safe = self._is_batch_safe(proto, *args, **kwargs)
         if self._flow_config["flow"] != "maf" and D < 2 and self._flow_config["num_layers"] > 0:
             raise ValueError(
                 f"expected a latent of size D >= 2 for flow={self._flow_config['flow']!r}, got "
@@ -260,10 +270,11 @@ class AutoFlowMixture(AutoContinuous):
     def sample_latent(self, *args, **kwargs) -> torch.Tensor:
         """Draw the component k (enumerated under TraceEnum_ELBO) and z ~ q_k; returns z."""
         logits = self.logits
+        enumerate = "parallel" if self.batch_safe else "sequential"
         k = pyro.sample(
             f"_{self._pyro_name}_component",
             dist.Categorical(logits=logits),
-            infer={"enumerate": "parallel", "is_auxiliary": True},
+            infer={"enumerate": enumerate, "is_auxiliary": True},
         )
         return pyro.sample(
             f"_{self._pyro_name}_latent",
@@ -281,10 +292,20 @@ class AutoFlowMixture(AutoContinuous):
         return torch.softmax(self.logits.detach(), -1)
 
     def _unpack_constrained(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {
-            site["name"]: biject_to(site["fn"].support)(value)
-            for site, value in self._unpack_latent(latent)
-        }
+        """Latents (*S, D) -> ``{site: (*S, *site_shape)}``, constrained.
+
+        Each site's slice is reshaped to its own (unconstrained) shape after the batch dims, so
+        sites inside plates work too (``AutoContinuous._unpack_latent`` broadcasts the batch
+        against the plate dims instead).
+        """
+        batch, pos, out = latent.shape[:-1], 0, {}
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            shape = self._unconstrained_shapes[name]
+            size = math.prod(shape)
+            value = latent[..., pos : pos + size].reshape(batch + shape)
+            out[name] = biject_to(site["fn"].support)(value)
+            pos += size
+        return out
 
     @torch.no_grad()
     def sample_posterior(self, num_samples: int, *args, **kwargs) -> dict[str, torch.Tensor]:
@@ -363,13 +384,30 @@ class AutoFlowMixture(AutoContinuous):
             rows.append(torch.cat(parts))
         return torch.stack(rows)
 
+    def _is_batch_safe(self, proto: torch.Tensor, *args, **kwargs) -> bool:
+        """Whether the model runs on latents with a batch dim left of its plates (two points)."""
+        try:
+            with torch.no_grad(), poutine.block():
+                self._log_joint(proto.expand(2, -1), *args, differentiable=False, **kwargs)
+        except (ValueError, RuntimeError, IndexError):
+            return False
+        return True
+
     def _log_joint(self, latent: torch.Tensor, *args, differentiable: bool = True, **kwargs):
         """Sum over rows of ``latent`` (M, D) of the model's unconstrained log joint.
 
-        Enumerated discrete sites of the model are summed out. Returns a tensor (differentiable)
-        or a float.
+        Enumerated discrete sites of the model are summed out. Rows run as one batch, or one at
+        a time without any batch dim when the model is not batch-safe. Returns a tensor
+        (differentiable) or a float.
         """
         M, D = latent.shape
+        if self.batch_safe is False:
+            total = 0.0
+            for row in latent:
+                total = total + self._log_joint_one(
+                    row, *args, differentiable=differentiable, **kwargs
+                )
+            return total
         # Left of the model's plates and of any plate active around this call (e.g. vectorized
         # particles when the guide is first called inside an ELBO).
         depth = max(self._max_plate_nesting, len(_DIM_ALLOCATOR._stack))
@@ -390,6 +428,24 @@ class AutoFlowMixture(AutoContinuous):
             elbo = Trace_ELBO(max_plate_nesting=depth + 1)
         # The plate sums over candidates; each candidate's own term is what moves it, and the
         # per-candidate scores come from unbatched passes.
+        if differentiable:
+            return -elbo.differentiable_loss(model, guide)
+        return -elbo.loss(model, guide)
+
+    def _log_joint_one(self, latent: torch.Tensor, *args, differentiable: bool, **kwargs):
+        """The model's unconstrained log joint at one latent (D,), with no batch dim."""
+
+        def model():
+            return self.model(*args, **kwargs)
+
+        def guide():
+            self._delta_guide(latent, *args, **kwargs)
+
+        depth = max(self._max_plate_nesting, len(_DIM_ALLOCATOR._stack))
+        if self._model_enumerates:
+            elbo = TraceEnum_ELBO(max_plate_nesting=depth)
+        else:
+            elbo = Trace_ELBO(max_plate_nesting=depth)
         if differentiable:
             return -elbo.differentiable_loss(model, guide)
         return -elbo.loss(model, guide)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable
@@ -100,7 +101,8 @@ class _BatchSampler:
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    # Any integral number (a NumPy integer too), never a bool.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"expected {name} to be an int >= {low}, got {value!r}")
 
 

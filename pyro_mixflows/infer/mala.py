@@ -111,6 +111,32 @@ class _LatentFlows:
         return base.sample(shape)
 
 
+class _Unnormalized(dist.TorchDistribution):
+    """The kernel's unnormalized log π(z) as a site's distribution; event shape = the site's.
+
+    ``log_prob`` sums log π over the batched chains; ``sample`` draws N(0, I), a start only.
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, log_target: Callable, zeros: torch.Tensor) -> None:
+        self._log_target = log_target
+        self._zeros = zeros
+        super().__init__(torch.Size(), zeros.shape, validate_args=False)
+
+    @property
+    def support(self):
+        return dist.constraints.independent(dist.constraints.real, self._zeros.dim())
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return torch.randn(torch.Size(sample_shape) + self._zeros.shape).to(self._zeros)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        lt = self._log_target(value)  # (..., [C])
+        return lt.reshape(*value.shape[: value.dim() - self._zeros.dim()], -1).sum(-1)
+
+
 class LatentMALA(MCMCKernel):
     r"""Metropolis-adjusted Langevin in the latent space of a trained flow (or flow mixture).
 
@@ -301,12 +327,15 @@ class LatentMALA(MCMCKernel):
         return (self.flows.log_weights + lt).logsumexp(-1)
 
     def model(self, *args, **kwargs) -> None:
-        """A Pyro model over the latent site "z" whose density is π(z) (used by ArviZ and NUTS)."""
+        """A Pyro model over the latent site "z" whose density is π(z) (used by ArviZ and NUTS).
+
+        π(z) is the distribution of the site itself, not a ``pyro.factor``: the model has no
+        observed site, so ``az.from_pyro`` writes no ``log_likelihood`` or ``observed_data``
+        group (there is no data whose LOO would mean anything).
+        """
         shape = self._site_shape()
         zeros = torch.zeros(shape, dtype=self.flows.dtype, device=self.flows.device)
-        prior = dist.Normal(zeros, 1.0).to_event(len(shape))
-        z = pyro.sample("z", prior)
-        pyro.factor("latent_target", self.log_target(z).sum() - prior.log_prob(z))
+        pyro.sample("z", _Unnormalized(self.log_target, zeros))
 
     # --- evaluation at a state -------------------------------------------------------------
     def _evaluate(self, z: torch.Tensor) -> dict:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyro_mixflows import FlowComponents
-from pyro_mixflows.distributions import flow_mixture
+from pyro_mixflows.flows import base as flow_mixture
 
 from ..conftest import perturb
 

@@ -1,12 +1,15 @@
 """Exact contract checks for the component-batched flows, over one registry of cases."""
 
+import pyro
 import pytest
 import torch
-from pyro.distributions import Normal, TransformedDistribution
+from pyro.distributions import Normal, TorchDistribution, TransformedDistribution, constraints
 from pyro.distributions import transforms as T
+from pyro.infer import SVI, Trace_ELBO
+from torch.distributions import Transform
 
-from pyro_mixflows import DistributionComponents, FlowComponents
-from pyro_mixflows.flows import FLOWS
+from pyro_mixflows import DistributionComponents, FlowComponents, FlowMixture
+from pyro_mixflows.flows import FLOWS, RescaledComponents
 
 from ..conftest import perturb
 
@@ -254,3 +257,107 @@ def test_set_affine_places_components(float64):
     assert lp[0, 0] > lp[0, 1] and lp[1, 1] > lp[1, 0]
     with pytest.raises(ValueError, match="shape"):
         comps.set_affine(torch.zeros(3, 2), torch.ones(3, 2))
+
+
+class _NetNormal(TorchDistribution):
+    """A Pyro distribution backed by an nn.Module it holds: N(net.bias, I)."""
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, dim):
+        self.net = torch.nn.Linear(1, dim)
+        super().__init__(torch.Size(), torch.Size([dim]), validate_args=False)
+
+    def log_prob(self, x):
+        return Normal(self.net.bias, 1.0).to_event(1).log_prob(x)
+
+    def rsample(self, sample_shape=torch.Size()):
+        return Normal(self.net.bias, 1.0).to_event(1).rsample(sample_shape)
+
+
+class _Hyper(torch.nn.Module):
+    """zuko-style: the transform calls this network each time it is used."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.shift = torch.nn.Parameter(torch.zeros(dim))
+
+    def forward(self, context):
+        return self.shift + context
+
+
+class _LazyShift(Transform):
+    """x = u + meta(); ``meta`` a functools.partial over a bound method, as zuko builds them."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, meta):
+        super().__init__()
+        self.meta = meta
+
+    def _call(self, u):
+        return u + self.meta()
+
+    def _inverse(self, x):
+        return x - self.meta()
+
+    def log_abs_det_jacobian(self, u, x):
+        return torch.zeros(u.shape[:-1], dtype=u.dtype)
+
+
+def test_distribution_components_register_reachable_modules_and_svi_trains_them(float64):
+    import functools
+
+    from pyro.contrib.zuko import ZukoToPyro
+
+    hyper = _Hyper(2)
+    base = Normal(torch.zeros(2), torch.ones(2)).to_event(1)
+    zuko_like = ZukoToPyro(
+        TransformedDistribution(base, [_LazyShift(functools.partial(hyper, torch.zeros(2)))])
+    )
+    free = torch.nn.Parameter(torch.zeros(2))
+    dists = [_NetNormal(2), zuko_like, Normal(free, 1.0).to_event(1)]
+    comps = DistributionComponents(dists)
+    expected = [*dists[0].net.parameters(), hyper.shift, free]
+    got = list(comps.parameters())
+    assert len(got) == len(expected) and all(any(p is q for q in got) for p in expected)
+
+    x = torch.randn(60, 2) + torch.tensor([2.0, -1.0])
+
+    def model(x):
+        pyro.module("comps", comps)
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", FlowMixture(comps, logits=torch.zeros(3)), obs=x)
+
+    used = [dists[0].net.bias, hyper.shift, free]  # (the Linear's weight plays no part)
+    before = [p.detach().clone() for p in used]
+    svi = SVI(model, lambda x: None, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    for _ in range(20):
+        svi.step(x)
+    assert all(not torch.equal(b, p) for b, p in zip(before, used, strict=True))
+
+
+def test_rescaled_components_change_of_variables(float64):
+    inner = perturb(FlowComponents(2, 2, flow="affine_coupling", num_layers=2, hidden_dims=(8,)))
+    loc, scale = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.5])
+    comps = RescaledComponents(inner, loc, scale)
+    x = torch.randn(5, 2)
+    expected = inner.component_log_probs((x - loc) / scale) - scale.log().sum()
+    assert torch.allclose(comps.component_log_probs(x), expected, rtol=1e-12)
+    u = torch.randn(5, 2, 2)  # (N, K, D)
+    x2, log_det = comps.transform(u)
+    u2, log_det_inv = comps.inverse(x2)
+    assert torch.allclose(u2, u, atol=1e-10) and torch.allclose(log_det, -log_det_inv, atol=1e-10)
+    # log p_k(x) = log N(u) - log|det dx/du| at x = f_k(u), for each k.
+    lp = comps.component_log_probs(x2)  # (N, K, K): every x2[:, j] under every component k
+    diag = lp.diagonal(dim1=-2, dim2=-1)  # (N, K)
+    assert torch.allclose(diag, comps.base_log_prob(u) - log_det, atol=1e-10)
+    assert comps.rsample_index(torch.tensor([0, 1, 1])).shape == (3, 2)
+    with pytest.raises(ValueError, match="positive scale"):
+        RescaledComponents(inner, loc, -scale)
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        RescaledComponents(inner, loc[:1], scale)
