@@ -68,34 +68,57 @@ html_static_path: list[str] = []
 # literal blocks (``::``, math, doctest) and inline literals, so the docstrings stay as written;
 # a starred word such as ``(*exact*)`` is left to be emphasis.
 _SHAPE_STAR = re.compile(r"(?:(?<=[(\[])|(?<=, ))\*(?=[A-Za-z_])(?![A-Za-z_]\w*\*)")
-_INLINE_LITERAL = re.compile(r"``.*?``|`[^`]*`")
+_INLINE_LITERAL = re.compile(r"``.*?``|`[^`]*`", re.S)  # may run over a line break
 
 
-def _escape_shape_stars(line: str) -> str:
+def _escape_shape_stars(text: str) -> str:
     parts, last = [], 0
-    for m in _INLINE_LITERAL.finditer(line):
-        parts.append(_SHAPE_STAR.sub(r"\\*", line[last : m.start()]))
+    for m in _INLINE_LITERAL.finditer(text):
+        parts.append(_SHAPE_STAR.sub(r"\\*", text[last : m.start()]))
         parts.append(m.group())
         last = m.end()
-    parts.append(_SHAPE_STAR.sub(r"\\*", line[last:]))
+    parts.append(_SHAPE_STAR.sub(r"\\*", text[last:]))
     return "".join(parts)
 
 
 def escape_shape_stars(app, what, name, obj, options, lines: list[str]) -> None:
-    """``autodoc-process-docstring`` hook: see ``_SHAPE_STAR``."""
-    literal_indent = None  # indentation of the line that opened a literal block, if inside one
-    for i, line in enumerate(lines):
+    """``autodoc-process-docstring`` hook: see ``_SHAPE_STAR``.
+
+    Runs of prose lines are escaped together (an inline literal may span lines); directive
+    lines, the indented body of a ``::`` block or directive, and doctest blocks are left as
+    they are.
+    """
+    prose: list[bool] = []
+    block_indent = None  # indentation of the line that opened a literal block or directive
+    in_doctest = False
+    for line in lines:
         stripped = line.lstrip()
         indent = len(line) - len(stripped)
-        if literal_indent is not None:
-            if not stripped or indent > literal_indent:
-                continue
-            literal_indent = None
-        if stripped.startswith((">>>", "...")):
+        if block_indent is not None and (not stripped or indent > block_indent):
+            prose.append(False)
             continue
-        if stripped.endswith("::"):
-            literal_indent = indent
-        lines[i] = _escape_shape_stars(line)
+        block_indent = None
+        if stripped.startswith(">>>"):
+            in_doctest = True
+        elif not stripped:
+            in_doctest = False
+        if stripped.endswith("::") or stripped.startswith(".. "):
+            block_indent = indent
+        prose.append(not in_doctest and not stripped.startswith(".. "))
+    out: list[str] = []
+    i = 0
+    while i < len(prose):
+        j = i + 1
+        while j < len(prose) and prose[j] == prose[i]:
+            j += 1
+        run = lines[i:j]
+        if prose[i]:
+            # one string per line again; a line may itself hold a line break, so keep the count
+            escaped = _escape_shape_stars("\x00".join(run)).split("\x00")
+            run = escaped if len(escaped) == len(run) else run
+        out.extend(run)
+        i = j
+    lines[:] = out
 
 
 class CliHelp(SphinxDirective):

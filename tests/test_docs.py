@@ -1,6 +1,7 @@
 """The documentation (``make docs``) builds without a warning and documents the public API."""
 
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -41,3 +42,35 @@ def test_docs_build_without_warnings(tmp_path):
     for page in ["layout.html", "benchmarks.html", "api/cli.html"]:
         assert (out / page).is_file(), page
     assert "pyro-mixflows fit" in (out / "api" / "cli.html").read_text(encoding="utf-8")
+
+
+def _conf():
+    spec = importlib.util.spec_from_file_location("_docs_conf", ROOT / "docs" / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    return conf
+
+
+def test_shape_stars_escaped_only_in_prose():
+    # the docstrings' shapes "(*S, K, D)" would start a reST emphasis: conf.py escapes their star
+    # in prose, and leaves literal blocks, doctests, directives and inline literals alone
+    lines = [
+        "A draw (*sample_shape, *batch_shape, D) and (*exact*) emphasis.",
+        "Calls ``model(*args,",
+        "subsample=idx)`` and returns (*S, K).",
+        "Example::",
+        "",
+        "    f(*a)",
+        ">>> g(*b)",
+        "(*out, 1)",
+        "",
+        ".. math:: (*c, d)",
+        "   (*e, f)",
+        "After (*S, D).",
+    ]
+    expected = list(lines)
+    expected[0] = r"A draw (\*sample_shape, \*batch_shape, D) and (*exact*) emphasis."
+    expected[2] = r"subsample=idx)`` and returns (\*S, K)."
+    expected[11] = r"After (\*S, D)."
+    _conf().escape_shape_stars(None, "function", "f", None, {}, lines)
+    assert lines == expected
