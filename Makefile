@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow lint benchmark clean
+.PHONY: install demo test test-slow lint docs benchmark clean
 
 install: $(STAMP)
 
@@ -29,5 +29,10 @@ lint: install
 	$(BIN)/ruff check pyro_mixflows tests benchmarks
 	$(BIN)/ruff format --check pyro_mixflows tests benchmarks
 
+# The API reference from the docstrings, and the pages under docs/: docs/_build/html/index.html.
+# Warnings are errors (the test suite checks the same build).
+docs: install
+	$(BIN)/python -m sphinx -b html -W --keep-going docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) mixflows-demo
+	rm -rf $(VENV) mixflows-demo docs/_build
