@@ -124,8 +124,14 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         labels_: (N,) component of every training row (``predict`` on the training data).
         distribution_: the fitted density in data units, a ``FlowMixture`` (see its docstring).
         mixture_: the fitted density on the standardized scale.
-        weights_, n_components_, n_features_in_, feature_names_in_, converged_, n_iter_,
-        lower_bound_, validation_log_likelihood_: as their names say.
+        weights_: (K,) mixing weights.
+        n_components_: components in the fitted model (the groups of a merged DP fit).
+        n_features_in_: D, the number of features seen in ``fit``.
+        feature_names_in_: the column names of a DataFrame given to ``fit``.
+        converged_: whether training stopped on the held-out criterion, not at ``max_steps``.
+        n_iter_: training steps taken.
+        lower_bound_: the final ELBO per row on the training rows, in data units.
+        validation_log_likelihood_: held-out log-likelihood per row of the fitted model.
 
     Example::
 
