@@ -160,8 +160,8 @@ def load_plain(path: str | os.PathLike, *, map_location=None) -> Any:
         text = _ANSI.sub("", str(err)).strip()
         first = text.splitlines()[0] if text else type(err).__name__
         if "central directory" in first or "zip archive" in first:
-            first = "truncated or damaged (not a complete zip archive)"
-        raise ValueError(f"a damaged torch file: {first.rstrip('.')}") from None
+            first = "truncated: not a complete zip archive"
+        raise ValueError(f"a damaged torch file ({first.rstrip('.')})") from None
 
 
 def rng_state() -> dict[str, Any]:
