@@ -392,7 +392,9 @@ def test_a_diverging_fit_exits_1_and_writes_nothing(moons, tmp_path, capsys, mon
     assert os.listdir(tmp_path) == []
 
 
-def test_report_plots_pairwise_panels_for_more_than_two_columns(tmp_path, monkeypatch):
+@pytest.fixture
+def figures(monkeypatch):
+    """Figures the report saves, kept open to look at what was drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -400,20 +402,74 @@ def test_report_plots_pairwise_panels_for_more_than_two_columns(tmp_path, monkey
 
     from pyro_mixflows import _report
 
+    kept = {}
+
+    def keep(fig, path):
+        fig.savefig(path, dpi=30)
+        kept[os.path.basename(path)] = fig
+
+    monkeypatch.setattr(_report, "_save", keep)
+    yield kept
+    for fig in kept.values():
+        plt.close(fig)
+
+
+def test_report_plots_pairwise_panels_with_a_legend_for_more_than_two_columns(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pyro_mixflows import plotting
+
     rng = np.random.default_rng(0)
     X, samples = rng.normal(size=(50, 3)), rng.normal(size=(50, 3))
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)  # keep the figures to look at them
     cols = ["a", "b", "c"]
-    _report.plot_density(str(tmp_path / "d.png"), X, cols, lambda x: -x.sum(1), samples)
-    _report.plot_clusters(str(tmp_path / "c.png"), X, cols, rng.integers(0, 3, 50))
-    monkeypatch.undo()
-    assert len(figures) == 2 and (tmp_path / "d.png").stat().st_size > 0
-    for fig in figures:
+    density = plotting.density_figure(X, cols, lambda x: -x.sum(1), samples)
+    clusters = plotting.clusters_figure(X, cols, rng.integers(0, 3, 50), ["setosa", "virginica"])
+    for fig in (density, clusters):
         assert len(fig.axes) == 9  # 3 x 3 panels
         assert [ax.get_xlabel() for ax in fig.axes[6:]] == cols
         assert [fig.axes[k].get_ylabel() for k in (0, 3, 6)] == cols
-        plt.close(fig)
+    (legend,) = clusters.legends  # one legend for all panels, with the class names
+    assert [t.get_text() for t in legend.get_texts()] == ["setosa", "virginica", "component 2"]
+    plt.close("all")
+
+
+def test_density_plot_has_a_colour_bar_and_loss_plot_marks_the_best_step():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pyro_mixflows import plotting
+
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    fig = plotting.density_figure(X, ["u", "v"], lambda x: -0.5 * (x**2).sum(1), X)
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "density"  # the colour bar
+    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == ("u", "v")
+    losses = [90.0, 80.0, 70.0, 72.0, 75.0, 71.0]  # sums over 9 training rows
+    fig = plotting.loss_figure(losses, [2, 4, 6], [30.0, 25.0, 27.0], n_train=9, n_val=3)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert np.allclose(lines["training"].get_ydata(), np.array(losses) / 9)  # per row
+    assert np.allclose(lines["held-out"].get_ydata(), [10.0, 25 / 3, 9.0])  # per row
+    (best,) = [line for label, line in lines.items() if label.startswith("best")]
+    assert best.get_label() == "best: step 4" and list(best.get_xdata()) == [4]
+    assert "best: step 4" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close("all")
+
+
+def test_a_labelled_fit_names_its_clusters_by_class(moons, tmp_path, figures):
+    out = str(tmp_path / "run")
+    assert main(["fit", moons[0], *TINY, "--labels", "side", "--out", out]) == 0
+    ax = figures["clusters.png"].axes[0]
+    names = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert names <= {"left", "right"} and names
+    assert "class" in figures["clusters.png"]._suptitle.get_text()
+    assert any(a.get_ylabel() == "density" for a in figures["density.png"].axes)
+    labels = [line.get_label() for line in figures["loss.png"].axes[0].get_lines()]
+    assert any(label.startswith("best: step") for label in labels)
 
 
 def _one_line(err: str) -> str:
