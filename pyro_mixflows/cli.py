@@ -4,11 +4,13 @@
 
     pyro-mixflows fit [DATA.csv] [--components K | --dp --truncation T] [--out DIR] ...
     pyro-mixflows score MODEL DATA.csv [--out FILE]
-    pyro-mixflows sample MODEL -n N [--mala] [--out FILE]
+    pyro-mixflows sample MODEL -n N [--mala [--target sharpened|fitted|tempered]] [--out FILE]
 
-Bad input (a missing, empty or non-numeric file, NaN/inf, a column count that differs from the
-fit, an unknown label column, K < 1, an existing output, a corrupt model file) is refused with
-one message on stderr and exit code 2, before any work.
+Bad input (a missing, empty, headerless or non-numeric file, one separated by something other
+than commas, NaN/inf, a column count that differs from the fit, an unknown label column, K < 1,
+an existing or unwritable output, a file that is not a model) is refused with one message on
+stderr and exit code 2, before any work. CSV reading and output checks live in ``_table``, model
+files and ``sample --mala`` in ``_cli_io``, the report folder in ``_report``.
 """
 
 from __future__ import annotations
