@@ -183,7 +183,9 @@ def _format_mala_report(r: dict) -> str:
     ]
     if r["rhat"] is not None:
         rhat, ess = max(r["rhat"]), min(r["ess"])
-        verdict = "below 1.01: ok" if rhat < 1.01 else "above 1.01: draw more rows (-n) or raise --warmup"
+        verdict = (
+            "below 1.01: ok" if rhat < 1.01 else "above 1.01: draw more rows (-n) or raise --warmup"
+        )
         lines.append(f"  R-hat (max over columns) {rhat:.3f} ({verdict}); bulk ESS (min) {ess:.0f}")
     else:
         lines.append("  R-hat and ESS need at least 2 chains of 4 draws")
