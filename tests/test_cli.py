@@ -580,3 +580,13 @@ def test_an_empty_cell_in_a_measurement_column_does_not_suggest_labels(table, tm
     text = "a,b\n1.5,2.25\n3.125,\n5.5,6.75\n7.25,8.5\n"
     err = fails(["fit", table(text), "--out", str(tmp_path / "o")], capsys, "empty cell")
     assert "--labels" not in err and "drop or fill the row" in err
+
+
+def test_fit_progress_bars_name_the_stages(moons, tmp_path, capsys):
+    args = [a for a in TINY if a != "--quiet"]
+    assert main(["fit", moons[0], *args, "--out", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    bars = captured.err.replace("\r", "\n")
+    assert "fit: pre-train on initial clusters" in bars and "fit: train" in bars
+    assert "loss/row=" in bars and "stop=" in bars
+    assert "held-out log-likelihood" in captured.out
