@@ -137,7 +137,7 @@ def load_plain(path: str | os.PathLike, *, map_location=None) -> Any:
     reasons = {
         "empty": "the file is empty",
         "text": "a text file (a CSV?), not a torch file",
-        "pickle": "a bare Python pickle, not a torch file; pickles are never loaded",
+        "pickle": "a bare Python pickle (or a legacy torch file), never loaded",
         "binary": "binary data that is not a torch file",
     }
     if kind in reasons:
