@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow lint docs benchmark clean
+.PHONY: install demo demo-readme test test-slow lint docs benchmark clean
 
 install: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: install
 	$(BIN)/pyro-mixflows fit --force --out mixflows-demo
+
+# Rerun the demo and copy what it prints into README.md (and tests/data/demo_output.json).
+demo-readme: install
+	$(BIN)/python -m tests.readme_demo
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -18,8 +18,11 @@ sampler draws from it and is scored against the TRUE data density:
   R-hat of x (``az.rhat``).
 
 MALA rows run ``CHAINS`` batched chains started at exact flow draws (z ~ q_Z), with independence
-moves from the base (``independence_prob``) except the "MALA only" and "base" rows. NUTS (Pyro)
-runs on the same latent targets (the kernel's ``model``), NeuTra-style, chains in turn.
+moves from the base (``independence_prob``) except the "MALA only" and "base" rows. The two
+"MCMC(...)" rows are what a user writes: Pyro's ``MCMC(kernel, num_samples=1000,
+warmup_steps=400, num_chains=2)`` with one unbatched chain per process, for the kernel's defaults
+(``LatentMALA(flow)``) and for the paper's scheme (``LatentMALA.paper(flow)``). NUTS (Pyro) runs
+on the same latent targets (the kernel's ``model``), NeuTra-style, chains in turn.
 Threads: ``torch.set_num_threads(1)``. Run: ``python -m benchmarks.mala_bridges`` (or name sets:
 ``python -m benchmarks.mala_bridges moons gap``; ``PYRO_MIXFLOWS_QUICK=1`` for a smoke run).
 """
@@ -43,6 +46,7 @@ QUICK = os.environ.get("PYRO_MIXFLOWS_QUICK") == "1"
 TRAIN_STEPS = 60 if QUICK else 1500
 CHAINS, WARMUP, SAMPLES = (16, 50, 50) if QUICK else (32, 200, 1000)
 NUTS_CHAINS, NUTS_WARMUP, NUTS_SAMPLES = (2, 20, 20) if QUICK else (2, 60, 60)
+USER_WARMUP, USER_SAMPLES = (20, 50) if QUICK else (400, 1000)  # the "MCMC(...)" rows
 NAIVE_DRAWS = 4000 if QUICK else 100_000
 INDEPENDENCE_PROB = 0.5
 QUANTILES = (0.01, 0.001)  # bridge: true log-density below this quantile of it over true draws
@@ -210,6 +214,31 @@ def run_nuts(kernel, comps, seed):
     return x, seconds
 
 
+def run_user(kernel, seed):
+    """Pyro's MCMC as a user writes it: 2 chains (processes), one unbatched chain each."""
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mcmc = MCMC(
+            kernel,
+            num_samples=USER_SAMPLES,
+            warmup_steps=USER_WARMUP,
+            num_chains=2,
+            disable_progbar=True,
+            mp_context="spawn",
+        )
+        t0 = time.perf_counter()
+        mcmc.run()
+    seconds = time.perf_counter() - t0
+    diag = mcmc.diagnostics()
+    rates = [v for k, v in diag.get("acceptance rate", {}).items()]
+    return (
+        mcmc.get_samples(group_by_chain=True)["x"],
+        seconds,
+        {"acceptance rate": sum(rates) / len(rates) if rates else float("nan")},
+    )
+
+
 def run_set(set_name, spec, seed):
     x_train = spec["sample"](4000, seed)
     fresh = spec["sample"](2000, seed + 100).double()
@@ -231,16 +260,18 @@ def run_set(set_name, spec, seed):
     ind = dict(independence_prob=INDEPENDENCE_PROB)
     configs = [
         ("base", dict(target="base")),
-        ("tempered (paper), MALA only", dict(target="tempered")),
+        ("tempered (paper), MALA only", dict(target="tempered", independence_prob=0.0)),
         ("tempered", dict(target="tempered", **ind)),
         ("sharpened b=1.5", dict(target="sharpened", beta=1.5, **ind)),
-        ("sharpened b=2", dict(target="sharpened", beta=2.0, **ind)),
+        ("sharpened b=2 (default)", dict(target="sharpened", beta=2.0, **ind)),
         ("sharpened b=2 / metric", dict(target="sharpened", preconditioner="metric", **ind)),
         ("explicit (true p)", dict(target="explicit", log_prob_fn=spec["log_prob"], **ind)),
     ]
     for name, kw in configs:
         torch.manual_seed(seed)
-        kernel = LatentMALA(comps, num_chains_batched=CHAINS, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the MALA-only row warns, on purpose
+            kernel = LatentMALA(comps, num_chains_batched=CHAINS, **kw)
         exact = target_exact(kernel, spec, thresholds)
         t0 = time.perf_counter()
         out = kernel.run_chains(SAMPLES, warmup_steps=WARMUP)
@@ -249,6 +280,12 @@ def run_set(set_name, spec, seed):
         rows.append(
             score(name, out["x"], seconds, diag, spec, thresholds, fresh, naive_bridges, exact)
         )
+    for name, kernel in [
+        ("MCMC(LatentMALA(flow))", LatentMALA(comps)),
+        ("MCMC(LatentMALA.paper(flow))", LatentMALA.paper(comps)),
+    ]:
+        x, seconds, diag = run_user(kernel, seed)
+        rows.append(score(name, x, seconds, diag, spec, thresholds, fresh, naive_bridges))
     for name, kw in [
         ("NUTS tempered (Pyro)", dict(target="tempered")),
         ("NUTS sharpened b=2 (Pyro)", dict(target="sharpened", beta=2.0)),
@@ -263,12 +300,13 @@ def main() -> None:
     print(
         f"MALA: {CHAINS} batched chains x ({WARMUP} warm-up + {SAMPLES} draws), independence "
         f"proposals with probability {INDEPENDENCE_PROB} per step (except 'MALA only' and "
-        f"'base'); naive: {NAIVE_DRAWS} draws; NUTS {NUTS_CHAINS} chains x ({NUTS_WARMUP}+"
+        f"'base'); MCMC(...) rows: Pyro MCMC, 2 chains x ({USER_WARMUP}+{USER_SAMPLES}); "
+        f"naive: {NAIVE_DRAWS} draws; NUTS {NUTS_CHAINS} chains x ({NUTS_WARMUP}+"
         f"{NUTS_SAMPLES}); flows trained {TRAIN_STEPS} steps; threads=1; float32"
     )
     q = [f"{100 * v:g}%" for v in QUANTILES]
     header = (
-        f"{'sampler':28s} {'br<' + q[0]:>7s} {'cut':>5s} {'br<' + q[1]:>8s} {'cut':>5s} "
+        f"{'sampler':30s} {'br<' + q[0]:>7s} {'cut':>5s} {'br<' + q[1]:>8s} {'cut':>5s} "
         f"{'target':>13s} {'energy':>7s} {'mode':>6s} {'acc':>5s} {'iacc':>5s} "
         f"{'ESS/s':>7s} {'R-hat':>6s} {'sec':>6s}"
     )
@@ -283,7 +321,7 @@ def main() -> None:
             ex = r["exact"]
             exact = "" if ex is None else f"{ex[0][0]:.2f}/{ex[0][1]:.3f}/{ex[1]:.3f}"
             print(
-                f"{r['sampler']:28s} {r['bridge'][0]:7.2f} {r['cut'][0]:5.1f} "
+                f"{r['sampler']:30s} {r['bridge'][0]:7.2f} {r['cut'][0]:5.1f} "
                 f"{r['bridge'][1]:8.3f} {r['cut'][1]:5.1f} {exact:>13s} {r['energy']:7.4f} "
                 f"{r['mode_err']:6.3f} {r['acc']:5.2f} {r['iacc']:5.2f} {r['ess_s']:7.1f} "
                 f"{r['rhat']:6.3f} {r['sec']:6.1f}"

@@ -43,6 +43,31 @@ def _parse(cell: str) -> float | None:
         return None
 
 
+_OTHER_DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+
+
+def _delimiter_hint(first_line: str, header: list[str]) -> str:
+    """A hint when the first line looks separated by something other than commas, else ""."""
+    for sep, name in _OTHER_DELIMITERS.items():
+        if first_line.count(sep) >= max(1, first_line.count(",")) and len(header) <= 2:
+            return (
+                f"; the header seems separated by {name} ({sep!r}), and pyro-mixflows reads "
+                "comma-separated files: save the table as CSV with commas"
+            )
+    return ""
+
+
+def _looks_like_labels(values: list[str]) -> bool:
+    """Cells of a numeric column with empty cells that look like class labels: mostly empty, or
+    a few distinct integers."""
+    filled = [v for v in values if v != ""]
+    if len(filled) <= len(values) / 2:
+        return True
+    numbers = [_parse(v) for v in filled]
+    ints = all(x is not None and math.isfinite(x) and float(x).is_integer() for x in numbers)
+    return ints and len(set(filled)) <= 20
+
+
 def read_table(
     path: str, *, label_column: str | None = None, columns: Sequence[str] | None = None
 ) -> Table:
@@ -76,6 +101,15 @@ def read_table(
         raise CLIError(f"{path}: the file is empty; expected a header row and data rows")
     header = [c.strip() for c in rows[0][1]]
     body = rows[1:]
+    first_line = text.lstrip("\ufeff").split("\n", 1)[0]
+    if header and all(_parse(c) is not None for c in header):
+        shown = ", ".join(header[:3]) + (", ..." if len(header) > 3 else "")
+        raise CLIError(
+            f"{path}: expected a header row of column names, got a first row of numbers "
+            f"({shown}); add a header line such as "
+            f"{','.join(f'x{j}' for j in range(min(len(header), 3)))}"
+            f"{',...' if len(header) > 3 else ''}"
+        )
     if not body:
         raise CLIError(f"{path}: expected data rows below the header, got only the header")
     header = [name or f"column{j}" for j, name in enumerate(header)]
@@ -85,7 +119,8 @@ def read_table(
     for line, row in body:
         if len(row) != len(header):
             raise CLIError(
-                f"{path}, line {line}: expected {len(header)} cells (as in the header), got {len(row)}"
+                f"{path}, line {line}: expected {len(header)} cells (as in the header), got "
+                f"{len(row)}" + _delimiter_hint(first_line, header)
             )
     cells = [[c.strip() for c in row] for _, row in body]  # (N, columns)
     lines = [line for line, _ in body]
@@ -115,6 +150,7 @@ def read_table(
         if not chosen:
             raise CLIError(
                 f"{path}: expected at least one numeric column, got none (columns: {header})"
+                + _delimiter_hint(first_line, header)
             )
 
     X = np.empty((len(cells), len(chosen)), dtype=np.float64)
@@ -124,9 +160,17 @@ def read_table(
             value = _parse(cell)
             where = f"{path}, line {lines[i]}, column {header[j]!r}"
             if cell == "":
-                raise CLIError(
-                    f"{where}: empty cell; missing values are not supported, drop or fill the row"
-                )
+                hint = "missing values are not supported, drop or fill the row"
+                if label_column is None and columns is None:
+                    values = [r[j] for r in cells]
+                    if _looks_like_labels(values):
+                        empty = sum(v == "" for v in values)
+                        hint = (
+                            f"{empty} of {len(values)} cells of {header[j]!r} are empty: if it "
+                            f"holds class labels (empty = unlabelled), pass --labels {header[j]}; "
+                            "otherwise drop or fill the rows"
+                        )
+                raise CLIError(f"{where}: empty cell; {hint}")
             if value is None:
                 raise CLIError(f"{where}: expected a number, got {cell!r}")
             if not math.isfinite(value):
@@ -161,8 +205,31 @@ def write_text_atomic(path: str, text: str) -> None:
         raise
 
 
+def check_writable_folder(folder: str, what: str) -> None:
+    """Refuse, before any work, a folder where nothing can be created.
+
+    ``folder`` (or, when it does not exist yet, its nearest existing ancestor, in which the
+    missing folders would be made) must be a folder in which a sub-folder can actually be created:
+    the check makes and removes an empty hidden folder there, so it also catches read-only file
+    systems and pseudo file systems such as /proc, where permission bits say nothing.
+    """
+    folder = os.path.abspath(folder)
+    existing = folder
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise CLIError(f"{what}: cannot write there: {existing} is a file, not a folder")
+    try:
+        probe = tempfile.mkdtemp(dir=existing, prefix=".pyro-mixflows-probe-")
+        os.rmdir(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise CLIError(f"{what}: cannot create anything in {existing} ({reason})") from None
+
+
 def check_output_file(path: str | None, force: bool) -> None:
-    """Refuse an existing output file (unless ``force``) or a missing parent folder, before work."""
+    """Refuse an existing output file (unless ``force``), a missing or unwritable parent folder,
+    before work."""
     if path is None:
         return
     if os.path.isdir(path):
@@ -170,6 +237,7 @@ def check_output_file(path: str | None, force: bool) -> None:
     if os.path.exists(path) and not force:
         raise CLIError(f"{path} exists; pass --force to replace it")
     parent = os.path.dirname(os.path.abspath(path))
+    check_writable_folder(parent, path)
     if not os.path.isdir(parent):
         raise CLIError(f"{path}: the folder {parent} does not exist")
 
@@ -177,8 +245,10 @@ def check_output_file(path: str | None, force: bool) -> None:
 def check_output_dir(path: str, force: bool, owned: Sequence[str]) -> None:
     """Refuse an output folder that exists, unless ``force`` and it holds only ``owned`` files.
 
-    So ``--force`` replaces an earlier run's output but never deletes anything else.
+    So ``--force`` replaces an earlier run's output but never deletes anything else. The folder
+    that will hold ``path`` must be writable (:func:`check_writable_folder`).
     """
+    check_writable_folder(os.path.dirname(os.path.abspath(path)), path)
     if not os.path.lexists(path):
         return
     if not os.path.isdir(path) or os.path.islink(path):

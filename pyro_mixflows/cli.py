@@ -4,17 +4,18 @@
 
     pyro-mixflows fit [DATA.csv] [--components K | --dp --truncation T] [--out DIR] ...
     pyro-mixflows score MODEL DATA.csv [--out FILE]
-    pyro-mixflows sample MODEL -n N [--mala] [--out FILE]
+    pyro-mixflows sample MODEL -n N [--mala [--target sharpened|fitted|tempered]] [--out FILE]
 
-Bad input (a missing, empty or non-numeric file, NaN/inf, a column count that differs from the
-fit, an unknown label column, K < 1, an existing output, a corrupt model file) is refused with
-one message on stderr and exit code 2, before any work.
+Bad input (a missing, empty, headerless or non-numeric file, one separated by something other
+than commas, NaN/inf, a column count that differs from the fit, an unknown label column, K < 1,
+an existing or unwritable output, a file that is not a model) is refused with one message on
+stderr and exit code 2, before any work. CSV reading and output checks live in ``_table``, model
+files and ``sample --mala`` in ``_cli_io``, the report folder in ``_report``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _report
+from . import _cli_io, _report
 from ._report import EFFECTIVE_WEIGHT, FIT_FILES, PROG
 from ._table import (
     CLIError,
@@ -32,7 +33,6 @@ from ._table import (
     check_output_file,
     format_csv,
     read_table,
-    write_text_atomic,
 )
 
 DEMO_ROWS = 1000
@@ -208,21 +208,31 @@ def build_parser() -> argparse.ArgumentParser:
         "sample",
         help="draw samples from a fitted model (naive or latent MALA)",
         description=(
-            "Draw N rows from a fitted model: naive ancestral sampling, or with --mala a "
-            "latent-space MALA chain on the tempered target (fewer samples on low-density "
-            "bridges between modes)."
+            "Draw N rows from a fitted model: naive ancestral sampling (exact), or with --mala "
+            "latent-space MALA chains, with independence moves from the flows' base so that "
+            "chains cross between components. --target sharpened (default) samples the fitted "
+            "density squared (fewer rows on low-density bridges; weights of separated components "
+            "move toward w^2/sum w^2), fitted the density itself. --mala reports what it samples, "
+            "R-hat, ESS and component frequencies next to the fitted weights on stderr."
         ),
     )
     sample.add_argument("model", metavar="MODEL", help="model.pt (or the folder fit wrote)")
     sample.add_argument("-n", "--num-samples", type=_int_at_least(1, "-n"), required=True)
-    sample.add_argument("--mala", action="store_true", help="latent-space MALA (tempered target)")
+    sample.add_argument("--mala", action="store_true", help="latent-space MALA chains")
     sample.add_argument(
         "--warmup", type=_int_at_least(1, "--warmup"), default=200, help="MALA warm-up (200)"
     )
     sample.add_argument(
         "--chains", type=_int_at_least(1, "--chains"), default=16, help="MALA batched chains (16)"
     )
+    sample.add_argument(
+        "--target",
+        choices=("sharpened", "fitted", "tempered"),
+        default="sharpened",
+        help="what --mala samples (sharpened)",
+    )
     sample.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    sample.add_argument("-q", "--quiet", action="store_true", help="no MALA report on stderr")
     _add_output_file(sample)
     _add_runtime_options(sample)
     sample.set_defaults(run=run_sample)
@@ -453,49 +463,24 @@ def _print_fit(args: argparse.Namespace, summary: dict) -> None:
 
 
 # --- score and sample --------------------------------------------------------------------------
-def _load_model(path: str, device: str | None = None):
-    """The fitted estimator at ``path`` (a model.pt file or the folder fit wrote) and fit metadata."""
-    from . import VariationalFlowMixture
-
-    if os.path.isdir(path):
-        path = os.path.join(path, "model.pt")
-    if not os.path.exists(path):
-        raise CLIError(f"{path}: no such model file")
-    try:
-        est = VariationalFlowMixture.load(path, device=device)
-    except ValueError as err:
-        raise CLIError(f"{path}: not a pyro-mixflows model file ({err})") from None
-    except Exception as err:  # a file of the right format but broken contents
-        raise CLIError(f"{path}: a corrupt pyro-mixflows model file ({err})") from None
-    meta = {}
-    summary = os.path.join(os.path.dirname(os.path.abspath(path)), "summary.json")
-    try:
-        with open(summary) as f:
-            found = json.load(f)
-        if found.get("tool") == PROG and len(found["data"]["columns"]) == est.n_features_in_:
-            meta = found["data"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    return est, meta
-
-
 def run_score(args: argparse.Namespace) -> int:
     """``pyro-mixflows score``: see ``pyro-mixflows score --help``."""
     check_output_file(args.out, args.force)
-    est, meta = _load_model(args.model, args.device)
+    est, meta = _cli_io.load_model(args.model, args.device)
     D = est.n_features_in_
     columns = meta.get("columns")
     label_column = meta.get("label_column")
     if columns is not None:
         # Select the fit's columns by name when they are all present (any order, extra columns
         # such as the label column are ignored); otherwise fall back to the numeric columns.
-        if not set(columns) <= set(_header(args.data)):
+        if not set(columns) <= set(_cli_io.header(args.data)):
             columns = None
     if columns is not None:
         table = read_table(args.data, columns=columns)
     else:
         table = read_table(
-            args.data, label_column=label_column if label_column in _header(args.data) else None
+            args.data,
+            label_column=label_column if label_column in _cli_io.header(args.data) else None,
         )
     if table.X.shape[1] != D:
         fit_cols = f" ({', '.join(meta['columns'])})" if meta.get("columns") else ""
@@ -521,27 +506,8 @@ def run_score(args: argparse.Namespace) -> int:
     if args.proba:
         header += [f"p_{k}" for k in range(proba.shape[1])]
         cols += [proba[:, k] for k in range(proba.shape[1])]
-    _emit(args.out, format_csv(header, cols))
+    _cli_io.emit(args.out, format_csv(header, cols))
     return 0
-
-
-def _header(path: str) -> list[str]:
-    """The header row of a CSV file ([] when it cannot be read; read_table says why)."""
-    import csv
-
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            return [c.strip() for c in next(csv.reader(f), [])]
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
-
-
-def _emit(out: str | None, text: str) -> None:
-    if out is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        write_text_atomic(out, text)
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -558,38 +524,16 @@ def run_sample(args: argparse.Namespace) -> int:
                 "--mala needs the latent-MALA kernel (pyro_mixflows.infer.mala.LatentMALA), "
                 "which this installation does not have; sample without --mala"
             ) from None
-    est, meta = _load_model(args.model, args.device)
+    est, meta = _cli_io.load_model(args.model, args.device)
     columns = meta.get("columns") or [f"x{d}" for d in range(est.n_features_in_)]
     pyro.set_rng_seed(args.seed)
     n = args.num_samples
     if LatentMALA is None:
         X, z = est.sample(n)
     else:
-        X, z = _sample_mala(LatentMALA, est, n, args.warmup, args.chains)
+        X, z, _ = _cli_io.sample_mala(
+            LatentMALA, est, n, args.warmup, args.chains, args.target, args.quiet
+        )
     cols = [X[:, d].astype(np.float64) for d in range(X.shape[1])] + [z]
-    _emit(args.out, format_csv([*columns, "component"], cols))
+    _cli_io.emit(args.out, format_csv([*columns, "component"], cols))
     return 0
-
-
-def _sample_mala(kernel_cls, est, n: int, warmup: int, chains: int):
-    """n draws of latent MALA (tempered target) through Pyro's MCMC, in the data's units.
-
-    ``chains`` chains run batched in one tensor; each keeps ceil(n / chains) draws after
-    ``warmup`` adaptation steps.
-    """
-    import torch
-    from pyro.infer import MCMC
-
-    chains = min(chains, n)
-    per_chain = -(-n // chains)
-    kernel = kernel_cls(
-        est.mixture_, target="tempered", num_chains_batched=chains, return_latent=True
-    )
-    mcmc = MCMC(kernel, num_samples=per_chain, warmup_steps=warmup, disable_progbar=True)
-    mcmc.run()
-    draws = mcmc.get_samples()
-    x = draws["x"].reshape(-1, est.n_features_in_)[:n]  # (S * C, D), standardized scale
-    z = draws.get("component")
-    z = torch.zeros(len(x), dtype=torch.long) if z is None else z.reshape(-1)[:n].long()
-    x = x * est._scale + est._mean
-    return x.detach().cpu().numpy(), z.cpu().numpy()

@@ -487,7 +487,7 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
                 labels,
                 loss=Trace_ELBO(),
                 num_steps=self.init_steps,
-                **common,
+                **{**common, "progress_bar": self.progress_bar and "pre-train on initial clusters"},
             )
 
         train_lab = labelled[train_mask]
@@ -510,7 +510,7 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
             val_args=val_args,
             patience=self.patience,
             eval_every=self.eval_every,
-            **common,
+            **{**common, "progress_bar": self.progress_bar and "train"},
         )
         if val_args is not None and self.plateau_lr_factor and result.converged:
             lr = self.learning_rate * self.plateau_lr_factor
@@ -526,7 +526,7 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
                 val_args=val_args,
                 patience=self.patience,
                 eval_every=self.eval_every,
-                **common,
+                **{**common, "progress_bar": self.progress_bar and "refine at a lower step size"},
             )
             if refined.best_loss > result.best_loss:  # no evaluation improved: keep the first
                 with torch.no_grad():

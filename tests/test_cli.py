@@ -356,55 +356,32 @@ def test_help(command, capsys):
     assert out.startswith("usage: pyro-mixflows") and (not command or command[0] in out)
 
 
-def test_mala_plugs_into_pyro_mcmc(fitted, tmp_path, monkeypatch):
-    """--mala drives LatentMALA(mixture, target="tempered") through pyro's MCMC: a stand-in kernel
-    that draws x from the mixture (standardized scale) checks the plumbing and the units."""
-    import types
-
-    from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
-
-    built = {}
-
-    class StandInMALA(MCMCKernel):
-        def __init__(self, mixture, *, target, num_chains_batched, return_latent):
-            built.update(target=target, chains=num_chains_batched, latent=return_latent)
-            self.mixture, self.chains = mixture, num_chains_batched
-            self.transforms = {}  # the site "x" needs no transform
-
-        def setup(self, warmup_steps, *args, **kwargs):
-            pass
-
-        @property
-        def initial_params(self):
-            return {"x": torch.zeros(self.chains, 2)}
-
-        @initial_params.setter
-        def initial_params(self, params):
-            pass
-
-        def sample(self, params):
-            x, z = self.mixture.sample_with_components((self.chains,))
-            return {"x": x, "component": z.float()}  # (C, D), (C,)
-
-        def logging(self):
-            return {}
-
-        def diagnostics(self):
-            return {"divergences": [], "acceptance rate": 1.0}
-
-    module = types.ModuleType("pyro_mixflows.infer.mala")
-    module.LatentMALA = StandInMALA
-    monkeypatch.setitem(sys.modules, "pyro_mixflows.infer.mala", module)
+@pytest.mark.parametrize("target", ["sharpened", "fitted"])
+def test_sample_mala_says_what_it_samples_and_reports(fitted, tmp_path, capsys, target):
     out = str(tmp_path / "mala.csv")
-    args = ["sample", fitted, "-n", "30", "--mala", "--warmup", "2", "--chains", "4", "--out", out]
-    assert main(args) == 0
-    assert built == {"target": "tempered", "chains": 4, "latent": True}
+    args = ["sample", fitted, "-n", "60", "--mala", "--warmup", "10", "--chains", "4"]
+    assert main([*args, "--target", target, "--out", out]) == 0
+    err = capsys.readouterr().err
+    expected = {"sharpened": "the fitted density squared", "fitted": "the fitted density itself"}
+    assert expected[target] in err and f"--target {target}" in err
+    assert "R-hat (max over columns)" in err and "bulk ESS (min)" in err
+    weights = VariationalFlowMixture.load(os.path.join(fitted, "model.pt")).weights_
+
+    def line(label):
+        return next(row for row in err.splitlines() if row.strip().startswith(label))
+
+    assert line("fitted weights").split()[2:] == [f"{w:.3f}" for w in weights]
     header, rows = read_csv(out)
-    assert header == ["a", "b", "component"] and len(rows) == 30
+    assert header == ["a", "b", "component"] and len(rows) == 60
+    comps = np.array([int(r[2]) for r in rows])
+    freq = np.bincount(comps, minlength=2) / 60
+    assert line("component frequencies").split()[2:] == [f"{f:.3f}" for f in freq]
+    assert len(line("the target's own").split()) == 3 + len(weights)
     values = np.array([[float(v) for v in r[:2]] for r in rows])
-    assert all(r[2] in ("0", "1") for r in rows)
     # Back in the data's units: the moons were scaled by 2 and shifted by 1 (mean ~ (2, 1.5)).
     assert np.all(np.abs(values.mean(0) - np.array([2.0, 1.5])) < 1.0)
+    assert main([*args, "--target", target, "--out", out, "--force", "-q"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_a_diverging_fit_exits_1_and_writes_nothing(moons, tmp_path, capsys, monkeypatch):
@@ -418,7 +395,9 @@ def test_a_diverging_fit_exits_1_and_writes_nothing(moons, tmp_path, capsys, mon
     assert os.listdir(tmp_path) == []
 
 
-def test_report_plots_pairwise_panels_for_more_than_two_columns(tmp_path, monkeypatch):
+@pytest.fixture
+def figures(monkeypatch):
+    """Figures the report saves, kept open to look at what was drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -426,17 +405,191 @@ def test_report_plots_pairwise_panels_for_more_than_two_columns(tmp_path, monkey
 
     from pyro_mixflows import _report
 
+    kept = {}
+
+    def keep(fig, path):
+        fig.savefig(path, dpi=30)
+        kept[os.path.basename(path)] = fig
+
+    monkeypatch.setattr(_report, "_save", keep)
+    yield kept
+    for fig in kept.values():
+        plt.close(fig)
+
+
+def test_report_plots_pairwise_panels_with_a_legend_for_more_than_two_columns(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pyro_mixflows import plotting
+
     rng = np.random.default_rng(0)
     X, samples = rng.normal(size=(50, 3)), rng.normal(size=(50, 3))
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)  # keep the figures to look at them
     cols = ["a", "b", "c"]
-    _report.plot_density(str(tmp_path / "d.png"), X, cols, lambda x: -x.sum(1), samples)
-    _report.plot_clusters(str(tmp_path / "c.png"), X, cols, rng.integers(0, 3, 50))
-    monkeypatch.undo()
-    assert len(figures) == 2 and (tmp_path / "d.png").stat().st_size > 0
-    for fig in figures:
+    density = plotting.density_figure(X, cols, lambda x: -x.sum(1), samples)
+    clusters = plotting.clusters_figure(X, cols, rng.integers(0, 3, 50), ["setosa", "virginica"])
+    for fig in (density, clusters):
         assert len(fig.axes) == 9  # 3 x 3 panels
         assert [ax.get_xlabel() for ax in fig.axes[6:]] == cols
         assert [fig.axes[k].get_ylabel() for k in (0, 3, 6)] == cols
-        plt.close(fig)
+    (legend,) = clusters.legends  # one legend for all panels, with the class names
+    assert [t.get_text() for t in legend.get_texts()] == ["setosa", "virginica", "component 2"]
+    plt.close("all")
+
+
+def test_density_plot_has_a_colour_bar_and_loss_plot_marks_the_best_step():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pyro_mixflows import plotting
+
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    fig = plotting.density_figure(X, ["u", "v"], lambda x: -0.5 * (x**2).sum(1), X)
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "density"  # the colour bar
+    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == ("u", "v")
+    losses = [90.0, 80.0, 70.0, 72.0, 75.0, 71.0]  # sums over 9 training rows
+    fig = plotting.loss_figure(losses, [2, 4, 6], [30.0, 25.0, 27.0], n_train=9, n_val=3)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert np.allclose(lines["training"].get_ydata(), np.array(losses) / 9)  # per row
+    assert np.allclose(lines["held-out"].get_ydata(), [10.0, 25 / 3, 9.0])  # per row
+    (best,) = [line for label, line in lines.items() if label.startswith("best")]
+    assert best.get_label() == "best: step 4" and list(best.get_xdata()) == [4]
+    assert "best: step 4" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close("all")
+
+
+def test_a_labelled_fit_names_its_clusters_by_class(moons, tmp_path, figures):
+    out = str(tmp_path / "run")
+    assert main(["fit", moons[0], *TINY, "--labels", "side", "--out", out]) == 0
+    ax = figures["clusters.png"].axes[0]
+    names = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert names <= {"left", "right"} and names
+    assert "class" in figures["clusters.png"]._suptitle.get_text()
+    assert any(a.get_ylabel() == "density" for a in figures["density.png"].axes)
+    labels = [line.get_label() for line in figures["loss.png"].axes[0].get_lines()]
+    assert any(label.startswith("best: step") for label in labels)
+
+
+def _one_line(err: str) -> str:
+    """stderr must be one clean line: no traceback, no ANSI codes, no advice to unpickle."""
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert "\x1b" not in err and "weights_only" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_unwritable_out_is_refused_before_any_work(moons, tmp_path, capsys, monkeypatch):
+    def no_fit(self, X, y=None):
+        raise AssertionError("the fit must not start")
+
+    monkeypatch.setattr(VariationalFlowMixture, "fit", no_fit)
+    monkeypatch.setattr("pyro_mixflows._table.read_table", no_fit)  # nor the data be read
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (str(tmp_path / "afile" / "run"), "is a file, not a folder"),
+        (str(tmp_path / "afile" / "deeper" / "run"), "is a file, not a folder"),
+    ]
+    if os.path.isdir("/proc/self"):  # a pseudo file system: no folder can be made there
+        cases.append(("/proc/pyro-mixflows-x", "cannot create anything in /proc"))
+    for out, match in cases:
+        _one_line(fails(["fit", moons[0], *TINY, "--out", out], capsys, match))
+        _one_line(fails(["sample", str(tmp_path), "-n", "3", "--out", out], capsys, match))
+    assert os.listdir(tmp_path) == ["afile"]
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0,
+    reason="root may write in any folder whatever its permission bits",
+)
+def test_out_in_a_folder_without_write_permission(moons, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        out = str(locked / "run")
+        _one_line(fails(["fit", moons[0], *TINY, "--out", out], capsys, "Permission denied"))
+    finally:
+        locked.chmod(0o700)
+
+
+def test_the_write_probe_reports_what_the_os_says(tmp_path, monkeypatch):
+    """The check that catches missing permissions as a non-root user, forced here (tests run
+    as root): whatever refuses the probe folder is reported with the OS's reason, exit 2."""
+    import tempfile
+
+    from pyro_mixflows._table import CLIError, check_output_dir
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    with pytest.raises(CLIError, match=r"cannot create anything in .* \(Permission denied\)"):
+        check_output_dir(str(tmp_path / "run"), False, FIT_FILES)
+    monkeypatch.undo()
+    check_output_dir(str(tmp_path / "new" / "run"), False, FIT_FILES)  # missing folders are fine
+    assert os.listdir(tmp_path) == []  # the probe leaves nothing behind
+
+
+def test_files_that_are_not_models_give_one_clean_line(moons, fitted, tmp_path, capsys):
+    import pickle
+
+    model = os.path.join(fitted, "model.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(open(model, "rb").read()[:300])
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    pickled = tmp_path / "pickled.pt"
+    with open(pickled, "wb") as f:
+        pickle.dump({"weights": [1, 2]}, f)
+    smuggled = tmp_path / "smuggled.pt"  # a torch file holding an arbitrary Python object
+    torch.save({"format": "pyro_mixflows.estimator", "x": np.random.default_rng(0)}, smuggled)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    cases = [
+        (moons[0], "a text file (a CSV?)"),
+        (str(truncated), "truncated"),
+        (str(noise), "binary data that is not a torch file"),
+        (str(pickled), "a bare Python pickle"),
+        (str(smuggled), "never unpickled"),
+        (str(empty), "the file is empty"),
+    ]
+    for path, match in cases:
+        err = _one_line(fails(["score", path, moons[0]], capsys, "not a pyro-mixflows model file"))
+        assert match in err, err
+        _one_line(fails(["sample", path, "-n", "2"], capsys, match))
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("1185.610,2.5\n1,2\n3,4\n", "got a first row of numbers (1185.610, 2.5)"),
+        ("a;b\n1;2\n3;4\n", "separated by semicolons (';')"),
+        ("a;b\n1,5;2,3\n3,1;4,2\n", "separated by semicolons (';')"),
+        ("a\tb\n1\t2\n3\t4\n", "separated by tabs"),
+        ("a,b,y\n1,2,\n3,4,1\n5,6,\n7,8,\n", "pass --labels y"),
+        ("a,b,y\n1,2,0\n3,4,\n5,6,1\n7,8,2\n", "pass --labels y"),
+    ],
+)
+def test_csv_shapes_that_are_detected(table, tmp_path, capsys, text, match):
+    _one_line(fails(["fit", table(text), "--out", str(tmp_path / "o")], capsys, match))
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_an_empty_cell_in_a_measurement_column_does_not_suggest_labels(table, tmp_path, capsys):
+    text = "a,b\n1.5,2.25\n3.125,\n5.5,6.75\n7.25,8.5\n"
+    err = fails(["fit", table(text), "--out", str(tmp_path / "o")], capsys, "empty cell")
+    assert "--labels" not in err and "drop or fill the row" in err
+
+
+def test_fit_progress_bars_name_the_stages(moons, tmp_path, capsys):
+    args = [a for a in TINY if a != "--quiet"]
+    assert main(["fit", moons[0], *args, "--out", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    bars = captured.err.replace("\r", "\n")
+    assert "fit: pre-train on initial clusters" in bars and "fit: train" in bars
+    assert "loss/row=" in bars and "stop=" in bars
+    assert "held-out log-likelihood" in captured.out

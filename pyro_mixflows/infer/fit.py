@@ -253,7 +253,10 @@ def fit(
         device: move tensor arguments, ``nn.Module`` model/guide (or a bound method's module) and
             the parameters already in the param store to this device. Modules that a function
             model registers with ``pyro.module`` must be put there by the caller.
-        progress_bar: show a tqdm progress bar with the current loss.
+        progress_bar: show a tqdm progress bar with the training loss per row (the loss divided
+            by N, the rows of the first tensor argument) and the held-out loss per row; a string
+            names the stage in the bar (``"fit: <name>"``). When training ends the bar is closed
+            at the step reached, with why it stopped (step limit, no improvement, or error).
         checkpoint: file to write (atomically) every ``checkpoint_every`` steps and at the end:
             param store, optimizer state, step, RNG states, minibatch order and history.
         checkpoint_every: defaults to ``eval_every``.
@@ -434,9 +437,7 @@ def _fit(
 
     bar = None
     if progress_bar and rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=num_steps, initial=start, desc="fit", unit="step")
+        bar = _ProgressBar(progress_bar, num_steps, start, n, val_args)
     monitor = val_args is not None or patience is not None
     t0 = time.perf_counter() - elapsed
     step, last_eval = start, (history.val_steps[-1] if history.val_steps else 0)
@@ -454,9 +455,7 @@ def _fit(
             history.losses.append(value)
             step += 1
             if bar is not None:
-                bar.update(1)
-                if step % max(1, num_steps // 100) == 0 or step == num_steps:
-                    bar.set_postfix(loss=f"{value:.4g}")
+                bar.step(step, value)
             stop = False
             if monitor and (step % eval_every == 0 or step == num_steps):
                 if val_args is not None:
@@ -464,6 +463,8 @@ def _fit(
                 else:
                     metric = sum(history.losses[last_eval:]) / (step - last_eval)
                 last_eval = step
+                if bar is not None and val_args is not None:
+                    bar.held_out(metric)
                 history.val_losses.append(metric)
                 history.val_steps.append(step)
                 if history.best_loss is None or metric < history.best_loss:
@@ -480,13 +481,64 @@ def _fit(
                 save(step)
             if stop:
                 break
+    except BaseException as err:
+        if bar is not None:
+            bar.close(history, step, patience, eval_every, error=err)
+            bar = None
+        raise
     finally:
         if bar is not None:
-            bar.close()
+            bar.close(history, step, patience, eval_every)
     if best is not None:
         _restore(params, best)
     history.time = time.perf_counter() - t0
     return history
+
+
+class _ProgressBar:
+    """The tqdm bar of :func:`fit`: named stage, loss per row, closed with why training stopped."""
+
+    def __init__(self, name, num_steps: int, start: int, n: int | None, val_args) -> None:
+        from tqdm import tqdm
+
+        self.n = n or 1
+        first = next((a for a in val_args or () if torch.is_tensor(a) and a.dim() >= 1), None)
+        self.n_val = 1 if first is None else first.shape[0]
+        self.every = max(1, num_steps // 100)
+        self.postfix: dict[str, str] = {}
+        desc = "fit" if name is True else f"fit: {name}"
+        self.bar = tqdm(total=num_steps, initial=start, desc=desc, unit="step")
+
+    def step(self, step: int, value: float) -> None:
+        self.bar.update(1)
+        if step % self.every == 0:
+            self.postfix["loss/row"] = f"{value / self.n:.4g}"
+            self.bar.set_postfix(self.postfix, refresh=False)
+
+    def held_out(self, metric: float) -> None:
+        self.postfix["held-out/row"] = f"{metric / self.n_val:.4g}"
+
+    def close(self, history, step: int, patience, eval_every: int, error=None) -> None:
+        if isinstance(error, FloatingPointError):
+            reason = f"non-finite loss or gradient at step {step}"
+        elif isinstance(error, KeyboardInterrupt):
+            reason = "interrupted"
+        elif error is not None:
+            reason = f"error: {type(error).__name__}"
+        elif history.stop_reason == "patience":
+            reason = (
+                f"early stop: no improvement in {patience} evaluations "
+                f"({patience * eval_every} steps), best at step {history.best_step}"
+            )
+        else:
+            reason = "step limit reached"
+        if history.losses:
+            self.postfix["loss/row"] = f"{history.losses[-1] / self.n:.4g}"
+        self.postfix["stop"] = reason
+        self.bar.total = step  # the bar ends where training ended: no stale ETA
+        self.bar.set_postfix(self.postfix, refresh=False)
+        self.bar.refresh()
+        self.bar.close()
 
 
 def _unconstrained(trace) -> list[torch.Tensor]:

@@ -288,3 +288,34 @@ def test_non_finite_data_is_refused():
         fit(model, guide, make_data(), loss="elbo")
     with pytest.raises(ValueError, match="accept the keyword 'subsample'.*; with batch_size"):
         fit(lambda x: None, guide, make_data(), batch_size=4)
+
+
+def test_progress_bar_names_the_stage_shows_loss_per_row_and_why_it_stopped(float64, capsys):
+    x = make_data()
+    _, model, guide = make_pair()
+    result = fit(model, guide, x, num_steps=6, progress_bar="pre-train", seed=0)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "fit: pre-train" in err and "stop=step limit reached" in err
+    assert f"loss/row={result.losses[-1] / len(x):.4g}" in err  # per row, not the sum
+    # Early stopping: the bar ends at the step reached (no stale total or ETA) and says why.
+    pyro.clear_param_store()
+    _, model, guide = make_pair()
+    val = make_data(seed=1)
+    result = fit(model, guide, x, num_steps=400, val_args=(val,), patience=1, eval_every=1,
+                 optim={"lr": 0.5}, progress_bar="train", seed=0)  # fmt: skip
+    assert result.stop_reason == "patience" and result.num_steps < 400
+    err = capsys.readouterr().err.replace("\r", "\n")
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert last.startswith("fit: train: 100%") and f"{result.num_steps}/{result.num_steps}" in last
+    assert f"best at step {result.best_step}" in last and "no improvement in 1 evaluations" in last
+    assert "held-out/row=" in last
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_progress_bar_says_a_non_finite_loss_stopped_it(float64, capsys):
+    x = make_data()
+    model, guide = _poisoned_pair("loss", after=2)
+    with pytest.raises(FloatingPointError):
+        fit(model, guide, x, loss=Trace_ELBO(), num_steps=5, progress_bar=True, seed=0)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "stop=non-finite loss or gradient at step 2" in err

@@ -5,10 +5,12 @@ import warnings
 
 import arviz as az
 import numpy as np
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import MCMC
-from torch.distributions import MultivariateNormal
+from torch.distributions import MultivariateNormal, constraints
+from torch.distributions.transforms import Transform
 
 from pyro_mixflows import FlowComponents, FlowMixture
 from pyro_mixflows.infer import LatentMALA
@@ -332,3 +334,75 @@ def test_step_size_adaptation_reaches_the_target_acceptance(float64, target_acce
     # dual-averaging step size lands within 0.07 of the aim (the default 0.574 is checked by
     # test_explicit_target_has_the_known_moments).
     assert abs(kernel.diagnostics()["acceptance rate"] - target_accept_prob) < 0.07
+
+
+class _Split(Transform):
+    """x = z + a tanh(b z) per coordinate: a flow with two modes per coordinate (near +-a) and a
+    stretched, low-density bridge at x = 0, where |dx/dz| = 1 + a b is largest."""
+
+    domain = constraints.real
+    codomain = constraints.real
+    bijective = True
+
+    def __init__(self, a: float = 3.0, b: float = 4.0) -> None:
+        super().__init__()
+        self.a, self.b = a, b
+
+    def _call(self, z):
+        return z + self.a * torch.tanh(self.b * z)
+
+    def log_abs_det_jacobian(self, z, x):
+        return torch.log1p(self.a * self.b / torch.cosh(self.b * z) ** 2)
+
+
+def _bimodal_flow():
+    base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    return dist.TransformedDistribution(base, [_Split()])
+
+
+def test_defaults_mix_and_cut_bridges_on_a_multimodal_flow(float64):
+    flow = _bimodal_flow()
+    kernel = LatentMALA(flow, num_chains_batched=16)  # the defaults a user gets
+    assert (kernel.target, kernel.beta, kernel.independence_prob) == ("sharpened", 2.0, 0.5)
+    x = kernel.run_chains(300, warmup_steps=150)["x"]  # (16, 300, 2)
+    naive = flow.sample((20000,))
+
+    def bridge(v):  # share of draws with a coordinate in the low-density bridge |x_d| < 1
+        return float((v.abs() < 1.0).any(-1).double().mean())
+
+    # Naive sampling puts about 12% of its draws there; the sharpened target about 2%.
+    assert bridge(x.reshape(-1, 2)) < 0.5 * bridge(naive)
+    # Every chain visits both modes of each coordinate with the target's (symmetric) weights.
+    per_chain = (x > 0).double().mean(1)  # (16, 2)
+    assert ((per_chain - 0.5).abs() < 0.25).all()
+    rhat = az.rhat(az.from_dict(posterior={"x": x.numpy()}))["x"].values
+    assert (rhat < 1.05).all()
+
+
+def test_local_moves_only_warn_and_the_paper_scheme_is_available_by_name():
+    with pytest.warns(UserWarning, match="set independence_prob > 0"):
+        LatentMALA(_flow(), target="tempered", independence_prob=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paper = LatentMALA.paper(_flow(), num_chains_batched=3)
+        LatentMALA(_flow(), target="base", independence_prob=0.0)  # naive sampling: no warning
+    assert (paper.target, paper.independence_prob, paper.num_chains_batched) == ("tempered", 0, 3)
+    with pytest.raises(ValueError, match="expected no 'target' for LatentMALA.paper"):
+        LatentMALA.paper(_flow(), target="base")
+
+
+def test_component_site_holds_integers(float64):
+    mix = FlowMixture(_flow(K=3), logits=torch.tensor([0.0, 1.0, 2.0]))
+    kernel = LatentMALA(mix, num_chains_batched=4, return_latent=True)
+    component = kernel.run_chains(5, warmup_steps=2)["component"]
+    assert component.dtype == torch.int64 and component.shape == (4, 5)
+    assert np.bincount(component.numpy().ravel(), minlength=3).sum() == 20
+    # Through Pyro's MCMC (float storage, as its diagnostics and arviz.from_pyro need): whole
+    # numbers in 0..K-1, which .long() turns into the same integers.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mcmc = MCMC(kernel, num_samples=6, warmup_steps=2, num_chains=2, disable_progbar=True)
+    mcmc.run()
+    values = mcmc.get_samples()["component"]
+    assert torch.equal(values, values.round()) and set(values.long().unique().tolist()) <= {0, 1, 2}
+    assert az.from_pyro(mcmc).posterior["component"].shape == (2, 6, 4)
