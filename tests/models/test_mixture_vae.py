@@ -5,70 +5,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
-from torch.distributions import Beta, kl_divergence
 
-from pyro_mixflows.distributions import Kumaraswamy, kl_kumaraswamy_beta
 from pyro_mixflows.models import MixtureVAE
 from pyro_mixflows.models.mixture_vae import _ComponentDraw, stick_breaking_log_weights
 from tests.conftest import perturb
-
-# --- Kumaraswamy -------------------------------------------------------------------------
-
-KL_CASES = {
-    "dp_prior": (2.0, 3.0, 1.0, 5.0),
-    "small_a": (0.5, 4.0, 1.0, 0.5),
-    "symmetric": (3.0, 2.0, 2.0, 2.0),
-    "near_uniform": (1.5, 2.0, 1.0, 3.0),
-}
-
-
-@pytest.mark.parametrize("case", KL_CASES.values(), ids=KL_CASES.keys())
-def test_kl_matches_monte_carlo(float64, case):
-    a, b, alpha, beta = (torch.tensor(c) for c in case)
-    q, p = Kumaraswamy(a, b), Beta(alpha, beta)
-    v = q.rsample((200_000,))
-    mc = (q.log_prob(v) - p.log_prob(v)).mean()
-    # 1%: the tolerance; the Monte Carlo standard error here is below 0.3%.
-    assert kl_divergence(q, p).item() == pytest.approx(mc.item(), rel=0.01)
-
-
-def test_kl_is_zero_when_kumaraswamy_is_that_beta(float64):
-    # Kumaraswamy(1, b) = Beta(1, b): only the truncated series remainder is left.
-    b = torch.tensor([1.0, 3.0, 6.0])
-    kl = kl_divergence(Kumaraswamy(torch.ones(3), b), Beta(torch.ones(3), b))
-    assert kl.abs().max().item() < 1e-4
-    assert kl_divergence(Kumaraswamy(2.0, 1.0), Beta(2.0, 1.0)).abs().item() < 1e-12
-
-
-def test_kl_broadcasts_and_checks_terms(float64):
-    q = Kumaraswamy(torch.rand(4, 3) + 0.5, torch.rand(4, 3) + 0.5)
-    assert kl_divergence(q, Beta(torch.tensor(1.0), torch.tensor(2.0))).shape == (4, 3)
-    with pytest.raises(ValueError, match="expected num_terms"):
-        kl_kumaraswamy_beta(q, Beta(1.0, 2.0), num_terms=0)
-
-
-def test_kumaraswamy_density_normalizes_and_moments(float64):
-    d = Kumaraswamy(torch.tensor([0.7, 2.0, 5.0]), torch.tensor([1.5, 3.0, 0.8]))
-    v = torch.linspace(0, 1, 200_001)[1:-1].unsqueeze(-1)  # (M, 1)
-    mass = torch.trapezoid(d.log_prob(v).exp(), v.squeeze(-1), dim=0)
-    assert torch.allclose(mass, torch.ones(3), atol=2e-3)
-    draws = d.rsample((100_000,))
-    assert ((draws > 0) & (draws < 1)).all()
-    assert torch.allclose(draws.mean(0), d.mean, atol=5e-3)  # ~5 standard errors
-    assert torch.allclose(draws.var(0), d.variance, atol=5e-3)
-    assert torch.allclose((draws <= 0.5).double().mean(0), d.cdf(torch.tensor(0.5)), atol=5e-3)
-    assert torch.allclose(-d.log_prob(draws).mean(0), d.entropy(), atol=2e-2)
-
-
-def test_kumaraswamy_rsample_has_gradients(float64):
-    a = torch.tensor([1.5, 0.7], requires_grad=True)
-    b = torch.tensor([2.0, 3.0], requires_grad=True)
-    Kumaraswamy(a, b).rsample((10,)).sum().backward()
-    assert a.grad.abs().min() > 0 and b.grad.abs().min() > 0
-    with pytest.raises(ValueError):
-        Kumaraswamy(torch.tensor(-1.0), torch.tensor(1.0), validate_args=True)
-    assert Kumaraswamy(1.0, 2.0).expand([3]).sample().shape == (3,)
-
 
 # --- the plain Gaussian VAE, sharing the mixture VAE's networks ------------------------------
 
