@@ -49,16 +49,18 @@ def _mlp(sizes: Sequence[int]) -> nn.Sequential:
 
 
 class _ComponentDraw(dist.TorchDistribution):
-    """z | k for the guide of :class:`MixtureVAE`; its density carries the full mixture.
+    """z | k for the guide of :class:`MixtureVAE`.
 
-    ``rsample`` draws z from posterior component k (reparameterized); ``log_prob`` returns
+    ``rsample`` draws z from posterior component k (reparameterized). With ``marginal=True``
+    (untied components) ``log_prob`` returns
 
     .. math:: \\log q(z \\mid x) - \\log π_k(x) = \\log \\sum_j π_j(x) q_j(z \\mid x) - \\log π_k(x),
 
     so that together with the enumerated site k, whose log-density is log π_k(x), the guide's
     log-density at (k, z) is the marginal log q(z | x). This is not the normalized density of
     z given k; it is what turns TraceEnum_ELBO's guide-side enumeration into the stratified
-    mixture ELBO (see :class:`MixtureVAE`).
+    mixture ELBO (see :class:`MixtureVAE`). With ``marginal=False`` (tied components) it is the
+    normalized density log q_k(z | x) of component k.
 
     Args:
         loc: (..., N, K, D) base locations of the K posterior components.
@@ -66,14 +68,18 @@ class _ComponentDraw(dist.TorchDistribution):
         log_weights: (..., N, K) log π(x).
         index: (...) long, broadcastable with (..., N): the component k.
         flows: optional :class:`FlowComponents` g_k applied after the affine base draw.
+        marginal: see above.
     """
 
     arg_constraints = {}
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(self, loc, scale, log_weights, index, flows=None, validate_args=None):
+    def __init__(
+        self, loc, scale, log_weights, index, flows=None, marginal=True, validate_args=None
+    ):
         self.loc, self.scale, self.log_weights, self.flows = loc, scale, log_weights, flows
+        self.marginal = marginal
         batch = torch.broadcast_shapes(index.shape, loc.shape[:-2], log_weights.shape[:-1])
         self.index = index.expand(batch)
         super().__init__(batch, loc.shape[-1:], validate_args=False)
@@ -81,7 +87,12 @@ class _ComponentDraw(dist.TorchDistribution):
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
         return _ComponentDraw(
-            self.loc, self.scale, self.log_weights, self.index.expand(batch_shape), self.flows
+            self.loc,
+            self.scale,
+            self.log_weights,
+            self.index.expand(batch_shape),
+            self.flows,
+            self.marginal,
         )
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
@@ -105,7 +116,10 @@ class _ComponentDraw(dist.TorchDistribution):
         return _posterior_component_log_probs(self.loc, self.scale, self.flows, z)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        log_q = torch.logsumexp(self.log_weights + self.component_log_probs(z), -1)
+        log_qk = self.component_log_probs(z)  # (..., K)
+        if not self.marginal:
+            return log_qk.gather(-1, self.index.unsqueeze(-1)).squeeze(-1)
+        log_q = torch.logsumexp(self.log_weights + log_qk, -1)
         log_w = self.log_weights.expand(*self.batch_shape, self.log_weights.shape[-1])
         return log_q - log_w.gather(-1, self.index.unsqueeze(-1)).squeeze(-1)
 
@@ -214,6 +228,7 @@ class MixtureVAE(PyroModule):
         prior_spread: float = 1.0,
         flow: str | None = None,
         flow_kwargs: dict | None = None,
+        tie_components: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("data_dim", data_dim), ("latent_dim", latent_dim)):
@@ -234,6 +249,8 @@ class MixtureVAE(PyroModule):
             raise ValueError(f"expected alpha > 0, got {alpha!r}")
         if sticks not in STICKS:
             raise ValueError(f"expected sticks in {STICKS}, got {sticks!r}")
+        if not isinstance(tie_components, bool):
+            raise TypeError(f"expected tie_components to be a bool, got {tie_components!r}")
         hidden_dims = tuple(int(h) for h in hidden_dims)
         if any(h < 1 for h in hidden_dims):
             raise ValueError(f"expected positive hidden_dims, got {hidden_dims}")
@@ -242,6 +259,7 @@ class MixtureVAE(PyroModule):
         self.weights, self.likelihood, self.alpha = weights, likelihood, float(alpha)
         self.sticks = None if weights == "softmax" else sticks
         self.learn_prior = learn_prior
+        self.tie_components = tie_components
         D = latent_dim
         num_weight_outputs = 2 * (K - 1) if self.sticks == "local" else K
         if weights == "softmax" and K == 1:
@@ -275,6 +293,12 @@ class MixtureVAE(PyroModule):
             raise TypeError(f"expected x to be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2 or x.shape[-1] != self.data_dim:
             raise ValueError(f"expected x of shape (N, P={self.data_dim}), got {tuple(x.shape)}")
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise ValueError(
+                f"expected finite values in x, got {bad} NaN/inf entries of {x.numel()}; "
+                "drop or impute those rows first"
+            )
 
     def _encode(self, x: torch.Tensor):
         """x (N, P) -> loc (N, K, D), scale (N, K, D), weight parameters (N, ·)."""
@@ -328,6 +352,12 @@ class MixtureVAE(PyroModule):
                 prior = self._stick_prior(xb).expand([len(idx), T - 1]).to_event(1)
                 log_w = stick_breaking_log_weights(pyro.sample("v", prior))  # (..., N, T)
             scale0 = self.prior_log_scale.exp()
+            if self.tie_components:
+                c = pyro.sample("c", dist.Categorical(logits=log_w))  # (..., N)
+                prior_z = dist.Normal(self.prior_loc[c], scale0[c]).to_event(1)
+                z = pyro.sample("latent", prior_z)
+                pyro.sample("x", self._likelihood(z), obs=xb)
+                return
             # torch's MixtureSameFamily takes its batch shape from the components: give them
             # the weights' batch dims (sticks may carry particle dims) before mixing.
             K, D = self.prior_loc.shape
@@ -347,12 +377,13 @@ class MixtureVAE(PyroModule):
         with pyro.plate("data", N, subsample=subsample) as idx:
             loc, scale, w = self._encode(x[idx])
             log_w = self._posterior_log_weights(w, sample=True)  # (..., N, K)
-            k = pyro.sample(
-                "k",
-                dist.Categorical(logits=log_w),
-                infer={"enumerate": "parallel", "is_auxiliary": True},
-            )
-            pyro.sample("latent", _ComponentDraw(loc, scale, log_w, k, self.flows))
+            if self.tie_components:
+                site, infer = "c", {"enumerate": "parallel"}
+            else:
+                site, infer = "k", {"enumerate": "parallel", "is_auxiliary": True}
+            k = pyro.sample(site, dist.Categorical(logits=log_w), infer=infer)
+            draw = _ComponentDraw(loc, scale, log_w, k, self.flows, not self.tie_components)
+            pyro.sample("latent", draw)
 
     def _posterior_log_weights(self, w: torch.Tensor, sample: bool) -> torch.Tensor:
         """log q(k | x) (finite, global sticks) or log π(v), v ~ q(v | x) (local sticks)."""
@@ -472,6 +503,12 @@ class MixtureVAE(PyroModule):
             (S, N).
         """
         self._check_x(x)
+        return self._draw_and_weigh(x, num_samples, integrate_sticks)[1]
+
+    def _draw_and_weigh(
+        self, x: torch.Tensor, num_samples: int, integrate_sticks: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draws z (S, N, D) from the (marginal) guide and their importance log-weights (S, N)."""
         S, N = num_samples, x.shape[0]
         loc, scale, w = self._encode(x)
         log_pv = log_qv = 0.0
@@ -497,7 +534,97 @@ class MixtureVAE(PyroModule):
         log_qz = torch.logsumexp(log_w_q + draw.component_log_probs(z), -1)
         log_pz = self._prior_log_probs(z, log_w_p)
         log_px = self._likelihood(z).log_prob(x)
-        return log_px + log_pz + log_pv - log_qz - log_qv
+        return z, log_px + log_pz + log_pv - log_qz - log_qv
+
+    # --- clustering ---------------------------------------------------------------------
+    @torch.no_grad()
+    def cluster_log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        """Exact log p(c | z) of the prior's components given a code: z (..., D) -> (..., K).
+
+        .. math:: p(c \\mid z) = \\frac{\\bar w_c\\, \\mathcal{N}(z; μ^0_c, σ^0_c)}
+            {\\sum_{c'} \\bar w_{c'}\\, \\mathcal{N}(z; μ^0_{c'}, σ^0_{c'})},
+
+        with w̄ the marginal prior weights (:meth:`prior_weights`; the sticks integrate out
+        exactly, so this is the model's own p(c | z)).
+        """
+        if not isinstance(z, torch.Tensor) or z.dim() < 1 or z.shape[-1] != self.latent_dim:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"expected z of shape (..., D={self.latent_dim}), got {shape}")
+        scale0 = self.prior_log_scale.exp()
+        lp = dist.Normal(self.prior_loc, scale0).log_prob(z.unsqueeze(-2)).sum(-1)  # (..., K)
+        lp = lp + self._mean_prior_log_weights()
+        return lp - torch.logsumexp(lp, -1, keepdim=True)
+
+    @torch.no_grad()
+    def cluster_probs(
+        self,
+        x: torch.Tensor,
+        num_samples: int = 100,
+        importance: bool = True,
+        batch_size: int = 100,
+    ) -> torch.Tensor:
+        """The cluster posterior p(c | x): which prior component generated each point.
+
+        This is the way to cluster with the model. c is the prior's component (the mixture
+        in the latent space); p(c | z) is exact (:meth:`cluster_log_probs`) and is averaged
+        over the posterior of the code,
+
+        .. math:: p(c \\mid x) = \\mathbb{E}_{p(z \\mid x)}[p(c \\mid z)] \\approx
+            \\sum_{s=1}^S \\tilde w_s\\, p(c \\mid z_s), \\qquad z_s \\sim \\bar q(z \\mid x),
+
+        with self-normalized importance weights w̃_s ∝ p(x, z_s) / q̄(z_s | x) (the weights of
+        :meth:`log_weights`; consistent for the model's exact p(c | x) as S grows) or, with
+        ``importance=False``, w̃_s = 1/S (the average over the guide, E_q[p(c | z)]).
+
+        The guide's own responsibilities (:meth:`encode`) are a different thing: with
+        ``tie_components=False`` they say how q(z | x) is split among its own components,
+        which need not match the prior's; with tied components they are q(c | x), a trained
+        approximation of this posterior.
+
+        Args:
+            x: (N, P).
+            num_samples: S >= 1 draws per point.
+            importance: weight the draws by p(x, z) / q(z | x) (default) or not.
+            batch_size: draws evaluated at once.
+
+        Returns:
+            (N, K) probabilities, rows summing to one.
+
+        Example::
+
+            >>> vae = MixtureVAE(64, 8, num_components=5)
+            >>> vae.cluster_probs(torch.rand(3, 64).round(), num_samples=10).shape
+            torch.Size([3, 5])
+        """
+        for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"expected {name} to be an int >= 1, got {value!r}")
+        self._check_x(x)
+        num = den = None
+        done = 0
+        while done < num_samples:
+            s = min(batch_size, num_samples - done)
+            z, lw = self._draw_and_weigh(x, s)  # (s, N, D), (s, N)
+            if not importance:
+                lw = torch.zeros_like(lw)
+            elif not bool(torch.isfinite(lw).all()):
+                raise ValueError(
+                    "expected finite importance log-weights, got non-finite ones; "
+                    "check the trained parameters or use importance=False"
+                )
+            chunk_num = torch.logsumexp(lw.unsqueeze(-1) + self.cluster_log_probs(z), 0)
+            chunk_den = torch.logsumexp(lw, 0)  # (N,)
+            num = chunk_num if num is None else torch.logaddexp(num, chunk_num)
+            den = chunk_den if den is None else torch.logaddexp(den, chunk_den)
+            done += s
+        return (num - den.unsqueeze(-1)).exp()
+
+    @torch.no_grad()
+    def predict(
+        self, x: torch.Tensor, num_samples: int = 100, importance: bool = True
+    ) -> torch.Tensor:
+        """Cluster labels argmax_c p(c | x), (N,) long; see :meth:`cluster_probs`."""
+        return self.cluster_probs(x, num_samples, importance).argmax(-1)
 
     @torch.no_grad()
     def importance_log_likelihood(

@@ -67,9 +67,17 @@ def test_single_component_is_exactly_a_gaussian_vae(float64):
     assert torch.allclose(lw, expected.detach(), rtol=1e-12)
 
 
-def _separated_vae(weights="softmax", K=3, sticks="global"):
+def _separated_vae(weights="softmax", K=3, sticks="global", tie=False):
     """A tiny VAE whose posterior components sit far apart, so I(k; z) under q is large."""
-    vae = MixtureVAE(5, 2, num_components=K, weights=weights, sticks=sticks, hidden_dims=(4,))
+    vae = MixtureVAE(
+        5,
+        2,
+        num_components=K,
+        weights=weights,
+        sticks=sticks,
+        hidden_dims=(4,),
+        tie_components=tie,
+    )
     perturb(vae, 0.3)
     with torch.no_grad():
         last = vae.encoder[-1]
@@ -123,6 +131,68 @@ def test_elbo_is_the_full_mixture_entropy_bound(float64, case):
     entropy_k = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean().item()
     assert entropy_k > 0.5  # the shortcut would be off by about this much
     assert value == pytest.approx(direct, abs=0.05)  # MC error of both estimates ~0.01
+
+
+def _tied_elbo_draws(vae, x, num_samples):
+    """S one-draw estimates of the tied (DLGMM) ELBO per point, summing c exactly: (S,).
+
+    Σ_c r_c(x) (log p(x | z_c) + log w_c + log N(z_c; μ⁰_c, σ⁰_c) - log r_c(x) - log q_c(z_c | x))
+    with z_c ~ q_c(z | x), plus the stick term (per point for local sticks, once for global ones).
+    """
+    S, N = num_samples, x.shape[0]
+    loc, scale, w = vae._encode(x)  # (N, K, D)
+    K = loc.shape[-2]
+    stick_term = 0.0
+    if vae.weights == "softmax":
+        log_w = vae._prior_log_weights(x)  # (K,)
+        log_r = torch.log_softmax(w, -1)  # (N, K)
+    elif vae.sticks == "global":
+        q_v = vae._stick_posterior(vae.stick_raw)
+        v = q_v.rsample((S,))  # (S, T-1)
+        stick_term = (vae._stick_prior(v).log_prob(v) - q_v.log_prob(v)).sum(-1) / N  # (S,)
+        log_w = stick_breaking_log_weights(v).unsqueeze(-2)  # (S, 1, K)
+        log_r = torch.log_softmax(w, -1)
+    else:
+        q_v = vae._stick_posterior(w)
+        v = q_v.rsample((S,))  # (S, N, T-1)
+        stick_term = (vae._stick_prior(v).log_prob(v) - q_v.log_prob(v)).sum(-1).mean(-1)
+        log_w = log_r = stick_breaking_log_weights(v)  # (S, N, K)
+    z = dist.Normal(loc, scale).rsample((S,))  # (S, N, K, D): one draw per component
+    log_q = dist.Normal(loc, scale).log_prob(z).sum(-1)  # (S, N, K)
+    log_p0 = dist.Normal(vae.prior_loc, vae.prior_log_scale.exp()).log_prob(z).sum(-1)
+    log_px = vae._likelihood(z).log_prob(x.unsqueeze(-2))  # (S, N, K)
+    terms = log_px + log_p0 - log_q + log_w - log_r  # (S, N, K)
+    per_point = (log_r.exp() * terms).sum(-1)  # (S, N)
+    assert per_point.shape == (S, N) and K == vae.num_components
+    return per_point.mean(-1) + stick_term
+
+
+@pytest.mark.parametrize(
+    "case",
+    [STICK_CASES[k] for k in ("softmax", "kumaraswamy", "kumaraswamy-local")],
+    ids=["softmax", "kumaraswamy", "kumaraswamy-local"],
+)
+def test_tied_elbo_matches_each_component_against_its_prior_component(float64, case):
+    # tie_components=True: the guide's index is the model's c, so TraceEnum_ELBO computes
+    # Σ_c r_c (E_{q_c}[log p(x, z | c)] - E_{q_c}[log q_c]) + Σ_c r_c log(w_c / r_c).
+    weights, sticks = case
+    x = _binary(4, 5)
+    vae = _separated_vae(weights, sticks=sticks, tie=True)
+    elbo = TraceEnum_ELBO(max_plate_nesting=1, num_particles=2000, vectorize_particles=True)
+    with torch.no_grad():
+        value = -elbo.loss(vae.model, vae.guide, x) / 4
+        draws = _tied_elbo_draws(vae, x, 20_000)
+        direct = draws.mean().item()
+        # 4 standard errors of the 2000-particle estimate (the stick term is heavy-tailed).
+        tol = 4 * draws.std().item() / math.sqrt(2000)
+        untied = None
+        if weights == "softmax":
+            untied = vae.log_weights(x, 20_000).mean().item()
+        elif sticks == "global":
+            untied = _joint_elbo_draws(vae, x, 20_000).mean().item()
+    assert value == pytest.approx(direct, abs=tol)
+    if untied is not None:  # the tied bound is the looser one (it adds KL(q(c|z,x) ‖ p(c|z)))
+        assert untied > value + 0.1
 
 
 def _exact_log_likelihood(vae, x):
@@ -319,3 +389,91 @@ def test_errors_name_what_was_expected():
         vae.stick_kl(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="expected component"):
         vae.sample(2, component=2)
+
+
+# --- clustering: the cluster posterior p(c | x) ------------------------------------------------
+
+
+@pytest.mark.parametrize("weights", ["softmax", "kumaraswamy"])
+def test_cluster_probs_converge_to_the_exact_cluster_posterior(float64, weights):
+    # p(c | x) ∝ w̄_c p_c(x), with p_c(x) = ∫ N(z; μ⁰_c, σ⁰_c) p(x | z) dz by quadrature (1-D z).
+    x = _binary(4, 4)
+    vae = perturb(MixtureVAE(4, 1, num_components=3, weights=weights, hidden_dims=(6,)), 0.5)
+    with torch.no_grad():
+        vae.prior_loc.copy_(torch.tensor([[-2.0], [0.0], [2.0]]))
+        vae.prior_log_scale.fill_(math.log(0.7))
+        exact = torch.softmax(vae.prior_weights().log() + _component_log_marginals(vae, x), -1)
+        estimate = vae.cluster_probs(x, num_samples=20_000, batch_size=5000)
+        plain = vae.cluster_probs(x, num_samples=20_000, importance=False, batch_size=5000)
+    assert estimate.shape == (4, 3) and torch.allclose(estimate.sum(-1), torch.ones(4))
+    assert (exact.max(-1).values < 0.95).all()  # the points are not trivially assigned
+    # Self-normalized importance sampling is consistent: at 20 000 draws within 0.01 here.
+    assert (estimate - exact).abs().max() < 0.01
+    # The plain average over q(z | x) targets E_q[p(c | z)], which differs for this guide.
+    assert (plain - exact).abs().max() > 0.02
+    pyro.set_rng_seed(3)
+    labels = vae.predict(x, num_samples=20_000)
+    assert torch.equal(labels, exact.argmax(-1))
+
+
+def test_cluster_log_probs_are_bayes_rule_over_the_prior_components(float64):
+    vae = perturb(MixtureVAE(6, 2, num_components=3, hidden_dims=(5,)), 0.5)
+    z = torch.randn(7, 4, 2)
+    log_p = vae.cluster_log_probs(z)
+    assert log_p.shape == (7, 4, 3)
+    comps = dist.Normal(vae.prior_loc, vae.prior_log_scale.exp()).log_prob(z.unsqueeze(-2)).sum(-1)
+    joint = vae.prior_weights().log() + comps
+    assert torch.allclose(log_p, joint - torch.logsumexp(joint, -1, keepdim=True))
+    with pytest.raises(ValueError, match=r"expected z of shape \(\.\.\., D=2\)"):
+        vae.cluster_log_probs(torch.zeros(3, 5))
+
+
+@pytest.mark.slow
+def test_tied_training_ties_the_encoder_index_to_the_prior_component():
+    # Two clusters far apart in the data: after a short tied fit, the guide's top component and
+    # the cluster posterior agree and both separate the clusters (labels up to a permutation).
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 2
+    x = torch.where(
+        y.unsqueeze(-1).bool(),
+        torch.rand(200, 8, generator=g) < 0.9,
+        torch.rand(200, 8, generator=g) < 0.1,
+    ).float()
+    vae = MixtureVAE(8, 2, num_components=2, hidden_dims=(16,))
+    svi = pyro.infer.SVI(
+        vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), TraceEnum_ELBO(max_plate_nesting=1)
+    )
+    for _ in range(300):
+        svi.step(x)
+    predicted = vae.predict(x, num_samples=20)
+    top = vae.encode(x)[0].argmax(-1)
+    agree = (predicted == y).float().mean().item()
+    assert max(agree, 1 - agree) > 0.95
+    assert (predicted == top).float().mean().item() > 0.95
+
+
+NON_FINITE_ENTRY_POINTS = {
+    "svi_step": lambda vae, x: pyro.infer.SVI(
+        vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), TraceEnum_ELBO(max_plate_nesting=1)
+    ).step(x),
+    "model": lambda vae, x: vae.model(x),
+    "guide": lambda vae, x: vae.guide(x),
+    "importance_log_likelihood": lambda vae, x: vae.importance_log_likelihood(x, 4),
+    "log_weights": lambda vae, x: vae.log_weights(x, 4),
+    "encode": lambda vae, x: vae.encode(x),
+    "latent_mean": lambda vae, x: vae.latent_mean(x),
+    "cluster_probs": lambda vae, x: vae.cluster_probs(x, 4),
+    "predict": lambda vae, x: vae.predict(x, 4),
+    "stick_kl": lambda vae, x: vae.stick_kl(x),
+}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("entry", NON_FINITE_ENTRY_POINTS.values(), ids=NON_FINITE_ENTRY_POINTS)
+def test_non_finite_data_gets_one_clear_error_at_every_entry_point(entry, bad):
+    vae = MixtureVAE(4, 2, num_components=3, weights="beta", sticks="local", hidden_dims=(5,))
+    x = _binary(6, 4).float()
+    x[1, 2] = bad
+    x[4, 0] = bad
+    with pytest.raises(ValueError, match=r"expected finite values in x, got 2 NaN/inf entries"):
+        entry(vae, x)
