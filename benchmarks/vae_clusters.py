@@ -6,7 +6,7 @@ random one-hidden-layer tanh network (input weights N(0, 2²)) to P = 30 dimensi
 noise of standard deviation 0.1) or binarized (``bernoulli``: x ~ Bernoulli(sigmoid(2 f(z))));
 2000 train / 500 validation / 1000 test rows.
 
-Every VAE has latent size 2 and one hidden layer of 64 units in the encoder and the decoder,
+Every VAE has latent size 4 and one hidden layer of 64 units in the encoder and the decoder,
 and is trained with ``pyro_mixflows.infer.fit`` for 3000 steps (Adam, lr 3e-3, minibatches of
 100), keeping the parameters of the best validation ELBO (checked every 100 steps):
 
@@ -49,7 +49,7 @@ from pyro_mixflows.models import MixtureVAE
 
 NUM_CLUSTERS, TRUE_LATENT, DATA_DIM = 4, 2, 30
 SIZES = (2000, 500, 1000)
-LATENT_DIM, HIDDEN = 2, (64,)
+LATENT_DIM, HIDDEN = 4, (64,)
 CENTRES = 1.5 * np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], dtype=float)
 CLUSTER_STD = 0.5
 LIKELIHOODS = ("normal", "bernoulli")
