@@ -7,6 +7,7 @@ the full mixture density in its entropy term.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -130,6 +131,56 @@ def _posterior_component_log_probs(loc, scale, flows, z):
     else:
         u, log_det = flows.inverse(z.unsqueeze(-2))  # (..., K, D), (..., K)
     return dist.Normal(loc, scale).log_prob(u).sum(-1) + log_det
+
+
+def _fit_diagonal_mixture(z: torch.Tensor, K: int, num_restarts: int, seed: int, iters: int = 200):
+    """EM for a K-component diagonal Gaussian mixture on z (M, D), k-means++ starts.
+
+    Returns loc (K, D), variances (K, D), log weights (K,) and responsibilities (M, K) of the
+    restart with the highest log-likelihood.
+    """
+    g = torch.Generator().manual_seed(seed)
+    M, D = z.shape
+    best, best_ll = None, -math.inf
+    floor = 1e-6 * z.var(0).mean() + 1e-12
+    for _ in range(num_restarts):
+        idx = [int(torch.randint(M, (1,), generator=g))]
+        for _ in range(1, K):
+            d2 = ((z.unsqueeze(1) - z[idx].unsqueeze(0)) ** 2).sum(-1).min(-1).values  # (M,)
+            idx.append(int(torch.multinomial(d2 + 1e-30, 1, generator=g)))
+        loc, var = z[idx].clone(), z.var(0).expand(K, D).clone()
+        log_w = z.new_full((K,), -math.log(K))
+        for _ in range(iters):
+            lp = dist.Normal(loc, var.sqrt()).log_prob(z.unsqueeze(1)).sum(-1) + log_w  # (M, K)
+            resp = torch.softmax(lp, -1)
+            nk = resp.sum(0) + 1e-10  # (K,)
+            loc = (resp.T @ z) / nk.unsqueeze(-1)
+            var = ((resp.T @ z**2) / nk.unsqueeze(-1) - loc**2).clamp_min(floor)
+            log_w = torch.log(nk / M)
+        lp = dist.Normal(loc, var.sqrt()).log_prob(z.unsqueeze(1)).sum(-1) + log_w
+        ll = torch.logsumexp(lp, -1).mean().item()
+        if ll > best_ll:
+            best_ll, best = ll, (loc, var, log_w, torch.softmax(lp, -1))
+    return best
+
+
+def _best_matching(overlap: torch.Tensor) -> list[int]:
+    """order[k] = the column matched to row k, maximizing the total overlap (K, K)."""
+    K = overlap.shape[0]
+    if K <= 7:
+        return list(
+            max(
+                itertools.permutations(range(K)),
+                key=lambda p: sum(float(overlap[k, p[k]]) for k in range(K)),
+            )
+        )
+    order, free = [-1] * K, set(range(K))  # greedy, largest overlaps first
+    for flat in torch.argsort(overlap.flatten(), descending=True).tolist():
+        row, col = divmod(flat, K)
+        if order[row] < 0 and col in free:
+            order[row] = col
+            free.discard(col)
+    return order
 
 
 class MixtureVAE(PyroModule):
@@ -481,6 +532,47 @@ class MixtureVAE(PyroModule):
         q = self._stick_posterior(w)
         kl = torch.distributions.kl_divergence(q, self._stick_prior(w).expand(q.batch_shape))
         return kl.sum(-1)
+
+    @torch.no_grad()
+    def refit_prior(
+        self, x: torch.Tensor, num_samples: int = 5, num_restarts: int = 5, seed: int = 0
+    ) -> None:
+        """Refit the prior's components to the codes by EM, keeping the guide's index order.
+
+        The prior maximizing the ELBO for a fixed guide is the mixture that best fits the
+        aggregate posterior (1/N) Σ_n q(z | x_n); gradient steps approach it slowly and can
+        stay in a local optimum (one component over two clusters, two over one). This M-step
+        fits a diagonal Gaussian mixture with K components to S draws of q(z | x_n) per point
+        by EM (k-means++ starts, ``num_restarts`` restarts, the best log-likelihood kept) and
+        sets μ⁰, σ⁰ (and the weights, for ``weights="softmax"``; stick posteriors are left as
+        they are) to it, with the new components ordered to overlap most with the guide's
+        components, so that tied components stay tied. Use it as a warm start, as for deep
+        clustering models: train for part of the steps, call ``refit_prior(x_train)``, train
+        on (``benchmarks/vae_clusters.py``: a third, then the rest).
+
+        Args:
+            x: (N, P) training data.
+            num_samples: S draws of q(z | x) per point.
+            num_restarts: EM restarts.
+            seed: seeds the k-means++ starts.
+        """
+        for name, value in (("num_samples", num_samples), ("num_restarts", num_restarts)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"expected {name} to be an int >= 1, got {value!r}")
+        self._check_x(x)
+        if not self.learn_prior:
+            raise ValueError("expected a learnable prior (learn_prior=True), got a fixed one")
+        S, K = num_samples, self.num_components
+        z = self._draw_and_weigh(x, S)[0]  # (S, N, D)
+        loc, var, log_w, resp = _fit_diagonal_mixture(
+            z.reshape(-1, z.shape[-1]), K, num_restarts, seed
+        )
+        r_old = self.encode(x)[0].repeat(S, 1)  # (S·N, K), rows in the same order as z's
+        order = _best_matching(r_old.T @ resp)  # new component for each old index
+        self.prior_loc.copy_(loc[order])
+        self.prior_log_scale.copy_(0.5 * var[order].log())
+        if self.weights == "softmax":
+            self.prior_logits.copy_(log_w[order])
 
     @torch.no_grad()
     def prior_weights(self) -> torch.Tensor:

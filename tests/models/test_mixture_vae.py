@@ -477,3 +477,38 @@ def test_non_finite_data_gets_one_clear_error_at_every_entry_point(entry, bad):
     x[4, 0] = bad
     with pytest.raises(ValueError, match=r"expected finite values in x, got 2 NaN/inf entries"):
         entry(vae, x)
+
+
+def test_em_refit_recovers_a_known_diagonal_mixture_and_matches_indices(float64):
+    from pyro_mixflows.models.mixture_vae import _best_matching, _fit_diagonal_mixture
+
+    g = torch.Generator().manual_seed(0)
+    loc = torch.tensor([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]])
+    scale = torch.tensor([[0.5, 1.0], [1.0, 0.3], [0.7, 0.7]])
+    labels = torch.arange(3000) % 3
+    z = loc[labels] + scale[labels] * torch.randn(3000, 2, generator=g)
+    fitted_loc, var, log_w, resp = _fit_diagonal_mixture(z, 3, num_restarts=3, seed=0)
+    order = _best_matching(torch.eye(3)[labels].T @ resp)  # match to the true labels
+    # 0.1: a few standard errors of a mean/scale estimated from 1000 points.
+    assert torch.allclose(fitted_loc[order], loc, atol=0.1)
+    assert torch.allclose(var[order].sqrt(), scale, atol=0.1)
+    assert torch.allclose(log_w.exp(), torch.full((3,), 1 / 3), atol=0.03)
+    overlap = torch.tensor([[0.0, 5.0, 1.0], [4.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
+    assert _best_matching(overlap) == [1, 0, 2]
+
+
+def test_refit_prior_sets_the_prior_and_checks_its_input():
+    x = _binary(40, 6).float()
+    vae = perturb(MixtureVAE(6, 2, num_components=3, hidden_dims=(8,)), 0.3)
+    before = vae.prior_loc.detach().clone()
+    vae.refit_prior(x, num_samples=3, num_restarts=2)
+    assert not torch.allclose(vae.prior_loc, before)
+    assert torch.isfinite(vae.prior_log_scale).all()
+    assert torch.allclose(vae.prior_weights().sum(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="expected a learnable prior"):
+        MixtureVAE(6, 2, num_components=3, learn_prior=False).refit_prior(x)
+    with pytest.raises(ValueError, match="expected num_restarts"):
+        vae.refit_prior(x, num_restarts=0)
+    x[0, 0] = math.nan
+    with pytest.raises(ValueError, match="expected finite values in x"):
+        vae.refit_prior(x)
