@@ -257,7 +257,9 @@ class MixtureVAE(PyroModule):
 
     **Clustering.** :meth:`cluster_probs` is the cluster posterior p(c | x): exact p(c | z)
     (:meth:`cluster_log_probs`) averaged over draws of q(z | x) with importance weights, and
-    :meth:`predict` its argmax. Use these to cluster, with either objective.
+    :meth:`predict` its argmax. Use these to cluster, with either objective. Gradient steps can
+    leave the prior in a local optimum (one component over two clusters); :meth:`refit_prior`
+    refits it by EM to the codes after a warm-up, keeping the guide's indices.
 
     Sites: "v" (sticks, DP only; outside the data plate when global), "c" (tied: the cluster,
     in the model and enumerated in the guide) or "k" (untied: guide-only, enumerated,
