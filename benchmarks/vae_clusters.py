@@ -164,7 +164,8 @@ def main(argv=None):
         args.seeds, args.steps, args.is_samples = args.seeds[:1], 200, 50
     torch.set_num_threads(1)
     print(
-        f"{NUM_CLUSTERS} clusters, latent {TRUE_LATENT} -> P = {DATA_DIM}, train/val/test {SIZES}; "
+        f"{NUM_CLUSTERS} clusters, true latent {TRUE_LATENT} -> P = {DATA_DIM}, "
+        f"train/val/test {SIZES}; "
         f"VAE latent {LATENT_DIM}, hidden {HIDDEN}, {args.steps} steps, IS draws "
         f"{args.is_samples}, seeds {args.seeds}"
     )

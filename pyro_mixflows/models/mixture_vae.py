@@ -225,8 +225,10 @@ class MixtureVAE(PyroModule):
     E_q[KL(q(c | z, x) ‖ p(c | z))]: it pays for every point whose posterior component does not
     match the prior component that explains its code, which is what makes r(x) the cluster
     posterior's approximation and the index mean the cluster. On the synthetic clusters of
-    ``benchmarks/vae_clusters.py`` the tied default clusters as well as k-means or better and
-    its test log-likelihood is not worse than the untied one's.
+    ``benchmarks/vae_clusters.py`` (median of 3 seeds) its :meth:`predict` reaches ARI 0.889
+    on binarized data (k-means 0.882) and 0.965 on continuous data (k-means 0.987), against
+    0.654 / 0.665 for the untied objective, with a test log-likelihood above the untied one's
+    on 5 of 6 runs.
 
     Local sticks tie the posterior responsibilities to the prior weights: r(x) can only move
     away from the mean weights E[π(v)] by paying KL(q(v | x) ‖ p(v)), which a Kumaraswamy
