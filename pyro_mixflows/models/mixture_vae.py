@@ -513,7 +513,7 @@ class MixtureVAE(PyroModule):
 
     @torch.no_grad()
     def stick_kl(self, x: torch.Tensor | None = None) -> torch.Tensor:
-        """KL(q(v) ‖ p(v)) of the sticks by the registered divergence (exact up to quadrature error).
+        """KL(q(v) ‖ p(v)) of the sticks, by the registered divergence.
 
         Args:
             x: (N, P), needed for local sticks only.
