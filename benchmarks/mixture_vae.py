@@ -26,6 +26,7 @@ probable one for some test image ("used") and the training time. Runs single-thr
     python -m benchmarks.mixture_vae                       # 3 seeds, methods a b c d
     python -m benchmarks.mixture_vae --methods a c_local   # the per-point sticks
     python -m benchmarks.mixture_vae --quick               # a smoke run
+    python -m benchmarks.mixture_vae --untied              # tie_components=False (before #17)
     python -m benchmarks.mixture_vae --seeds 0 1 2 3 4 5 6 7 8 9 --jobs 16   # runs side by side
 
 With ``--jobs N`` the (method, seed) runs go to N worker processes (each with ``--threads``
@@ -129,10 +130,18 @@ def run(kwargs, data, seed, epochs, is_samples, batch_size=100):
     )
 
 
-def _job(code, seed, epochs, is_samples, threads):
+def _options(code, untied):
+    """The method's MixtureVAE options, with ``tie_components=False`` when ``untied``."""
+    kwargs = dict(METHODS[code][1])
+    if untied:
+        kwargs["tie_components"] = False
+    return kwargs
+
+
+def _job(code, seed, epochs, is_samples, threads, untied):
     """One (method, seed) run in a worker process."""
     torch.set_num_threads(threads)
-    return code, seed, run(METHODS[code][1], split_digits(), seed, epochs, is_samples)
+    return code, seed, run(_options(code, untied), split_digits(), seed, epochs, is_samples)
 
 
 def _print_row(label, seed, r):
@@ -152,6 +161,9 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=["a", "b", "c", "d"], choices=list(METHODS))
     parser.add_argument("--quick", action="store_true", help="5 epochs, one seed, 50 IS draws")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for the runs")
+    parser.add_argument(
+        "--untied", action="store_true", help="tie_components=False (the objective before #17)"
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"expected --jobs >= 1, got {args.jobs}")
@@ -163,7 +175,8 @@ def main(argv=None):
     print(
         f"binarized digits, train/val/test {[len(d[0]) for d in data]}, latent {LATENT_DIM}, "
         f"hidden {HIDDEN}, {args.epochs} epochs, IS draws {args.is_samples}, "
-        f"threads {args.threads}, seeds {args.seeds}"
+        f"threads {args.threads}, seeds {args.seeds}, "
+        f"{'untied' if args.untied else 'tied'} components"
     )
     header = (
         f"{'method':<30}{'seed':>5}{'test IS LL':>12}{'test ELBO':>11}{'5-NN mean':>11}"
@@ -173,15 +186,18 @@ def main(argv=None):
     print("-" * len(header))
     results = {}
     if args.jobs == 1:
-        for code, (label, kwargs) in methods.items():
+        for code, (label, _) in methods.items():
             for seed in args.seeds:
-                results[code, seed] = r = run(kwargs, data, seed, args.epochs, args.is_samples)
+                options = _options(code, args.untied)
+                results[code, seed] = r = run(options, data, seed, args.epochs, args.is_samples)
                 _print_row(label, seed, r)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
             futures = [
-                pool.submit(_job, code, seed, args.epochs, args.is_samples, args.threads)
+                pool.submit(
+                    _job, code, seed, args.epochs, args.is_samples, args.threads, args.untied
+                )
                 for code in methods
                 for seed in args.seeds
             ]

@@ -5,70 +5,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
-from torch.distributions import Beta, kl_divergence
 
-from pyro_mixflows.distributions import Kumaraswamy, kl_kumaraswamy_beta
 from pyro_mixflows.models import MixtureVAE
 from pyro_mixflows.models.mixture_vae import _ComponentDraw, stick_breaking_log_weights
 from tests.conftest import perturb
-
-# --- Kumaraswamy -------------------------------------------------------------------------
-
-KL_CASES = {
-    "dp_prior": (2.0, 3.0, 1.0, 5.0),
-    "small_a": (0.5, 4.0, 1.0, 0.5),
-    "symmetric": (3.0, 2.0, 2.0, 2.0),
-    "near_uniform": (1.5, 2.0, 1.0, 3.0),
-}
-
-
-@pytest.mark.parametrize("case", KL_CASES.values(), ids=KL_CASES.keys())
-def test_kl_matches_monte_carlo(float64, case):
-    a, b, alpha, beta = (torch.tensor(c) for c in case)
-    q, p = Kumaraswamy(a, b), Beta(alpha, beta)
-    v = q.rsample((200_000,))
-    mc = (q.log_prob(v) - p.log_prob(v)).mean()
-    # 1%: the issue's tolerance; the Monte Carlo standard error here is below 0.3%.
-    assert kl_divergence(q, p).item() == pytest.approx(mc.item(), rel=0.01)
-
-
-def test_kl_is_zero_when_kumaraswamy_is_that_beta(float64):
-    # Kumaraswamy(1, b) = Beta(1, b): only the truncated series remainder is left.
-    b = torch.tensor([1.0, 3.0, 6.0])
-    kl = kl_divergence(Kumaraswamy(torch.ones(3), b), Beta(torch.ones(3), b))
-    assert kl.abs().max().item() < 1e-4
-    assert kl_divergence(Kumaraswamy(2.0, 1.0), Beta(2.0, 1.0)).abs().item() < 1e-12
-
-
-def test_kl_broadcasts_and_checks_terms(float64):
-    q = Kumaraswamy(torch.rand(4, 3) + 0.5, torch.rand(4, 3) + 0.5)
-    assert kl_divergence(q, Beta(torch.tensor(1.0), torch.tensor(2.0))).shape == (4, 3)
-    with pytest.raises(ValueError, match="expected num_terms"):
-        kl_kumaraswamy_beta(q, Beta(1.0, 2.0), num_terms=0)
-
-
-def test_kumaraswamy_density_normalizes_and_moments(float64):
-    d = Kumaraswamy(torch.tensor([0.7, 2.0, 5.0]), torch.tensor([1.5, 3.0, 0.8]))
-    v = torch.linspace(0, 1, 200_001)[1:-1].unsqueeze(-1)  # (M, 1)
-    mass = torch.trapezoid(d.log_prob(v).exp(), v.squeeze(-1), dim=0)
-    assert torch.allclose(mass, torch.ones(3), atol=2e-3)
-    draws = d.rsample((100_000,))
-    assert ((draws > 0) & (draws < 1)).all()
-    assert torch.allclose(draws.mean(0), d.mean, atol=5e-3)  # ~5 standard errors
-    assert torch.allclose(draws.var(0), d.variance, atol=5e-3)
-    assert torch.allclose((draws <= 0.5).double().mean(0), d.cdf(torch.tensor(0.5)), atol=5e-3)
-    assert torch.allclose(-d.log_prob(draws).mean(0), d.entropy(), atol=2e-2)
-
-
-def test_kumaraswamy_rsample_has_gradients(float64):
-    a = torch.tensor([1.5, 0.7], requires_grad=True)
-    b = torch.tensor([2.0, 3.0], requires_grad=True)
-    Kumaraswamy(a, b).rsample((10,)).sum().backward()
-    assert a.grad.abs().min() > 0 and b.grad.abs().min() > 0
-    with pytest.raises(ValueError):
-        Kumaraswamy(torch.tensor(-1.0), torch.tensor(1.0), validate_args=True)
-    assert Kumaraswamy(1.0, 2.0).expand([3]).sample().shape == (3,)
-
 
 # --- the plain Gaussian VAE, sharing the mixture VAE's networks ------------------------------
 
@@ -127,9 +67,17 @@ def test_single_component_is_exactly_a_gaussian_vae(float64):
     assert torch.allclose(lw, expected.detach(), rtol=1e-12)
 
 
-def _separated_vae(weights="softmax", K=3, sticks="global"):
+def _separated_vae(weights="softmax", K=3, sticks="global", tie=False):
     """A tiny VAE whose posterior components sit far apart, so I(k; z) under q is large."""
-    vae = MixtureVAE(5, 2, num_components=K, weights=weights, sticks=sticks, hidden_dims=(4,))
+    vae = MixtureVAE(
+        5,
+        2,
+        num_components=K,
+        weights=weights,
+        sticks=sticks,
+        hidden_dims=(4,),
+        tie_components=tie,
+    )
     perturb(vae, 0.3)
     with torch.no_grad():
         last = vae.encoder[-1]
@@ -183,6 +131,68 @@ def test_elbo_is_the_full_mixture_entropy_bound(float64, case):
     entropy_k = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean().item()
     assert entropy_k > 0.5  # the shortcut would be off by about this much
     assert value == pytest.approx(direct, abs=0.05)  # MC error of both estimates ~0.01
+
+
+def _tied_elbo_draws(vae, x, num_samples):
+    """S one-draw estimates of the tied (DLGMM) ELBO per point, summing c exactly: (S,).
+
+    Σ_c r_c(x) (log p(x | z_c) + log w_c + log N(z_c; μ⁰_c, σ⁰_c) - log r_c(x) - log q_c(z_c | x))
+    with z_c ~ q_c(z | x), plus the stick term (per point for local sticks, once for global ones).
+    """
+    S, N = num_samples, x.shape[0]
+    loc, scale, w = vae._encode(x)  # (N, K, D)
+    K = loc.shape[-2]
+    stick_term = 0.0
+    if vae.weights == "softmax":
+        log_w = vae._prior_log_weights(x)  # (K,)
+        log_r = torch.log_softmax(w, -1)  # (N, K)
+    elif vae.sticks == "global":
+        q_v = vae._stick_posterior(vae.stick_raw)
+        v = q_v.rsample((S,))  # (S, T-1)
+        stick_term = (vae._stick_prior(v).log_prob(v) - q_v.log_prob(v)).sum(-1) / N  # (S,)
+        log_w = stick_breaking_log_weights(v).unsqueeze(-2)  # (S, 1, K)
+        log_r = torch.log_softmax(w, -1)
+    else:
+        q_v = vae._stick_posterior(w)
+        v = q_v.rsample((S,))  # (S, N, T-1)
+        stick_term = (vae._stick_prior(v).log_prob(v) - q_v.log_prob(v)).sum(-1).mean(-1)
+        log_w = log_r = stick_breaking_log_weights(v)  # (S, N, K)
+    z = dist.Normal(loc, scale).rsample((S,))  # (S, N, K, D): one draw per component
+    log_q = dist.Normal(loc, scale).log_prob(z).sum(-1)  # (S, N, K)
+    log_p0 = dist.Normal(vae.prior_loc, vae.prior_log_scale.exp()).log_prob(z).sum(-1)
+    log_px = vae._likelihood(z).log_prob(x.unsqueeze(-2))  # (S, N, K)
+    terms = log_px + log_p0 - log_q + log_w - log_r  # (S, N, K)
+    per_point = (log_r.exp() * terms).sum(-1)  # (S, N)
+    assert per_point.shape == (S, N) and K == vae.num_components
+    return per_point.mean(-1) + stick_term
+
+
+@pytest.mark.parametrize(
+    "case",
+    [STICK_CASES[k] for k in ("softmax", "kumaraswamy", "kumaraswamy-local")],
+    ids=["softmax", "kumaraswamy", "kumaraswamy-local"],
+)
+def test_tied_elbo_matches_each_component_against_its_prior_component(float64, case):
+    # tie_components=True: the guide's index is the model's c, so TraceEnum_ELBO computes
+    # Σ_c r_c (E_{q_c}[log p(x, z | c)] - E_{q_c}[log q_c]) + Σ_c r_c log(w_c / r_c).
+    weights, sticks = case
+    x = _binary(4, 5)
+    vae = _separated_vae(weights, sticks=sticks, tie=True)
+    elbo = TraceEnum_ELBO(max_plate_nesting=1, num_particles=2000, vectorize_particles=True)
+    with torch.no_grad():
+        value = -elbo.loss(vae.model, vae.guide, x) / 4
+        draws = _tied_elbo_draws(vae, x, 20_000)
+        direct = draws.mean().item()
+        # 4 standard errors of the 2000-particle estimate (the stick term is heavy-tailed).
+        tol = 4 * draws.std().item() / math.sqrt(2000)
+        untied = None
+        if weights == "softmax":
+            untied = vae.log_weights(x, 20_000).mean().item()
+        elif sticks == "global":
+            untied = _joint_elbo_draws(vae, x, 20_000).mean().item()
+    assert value == pytest.approx(direct, abs=tol)
+    if untied is not None:  # the tied bound is the looser one (it adds KL(q(c|z,x) ‖ p(c|z)))
+        assert untied > value + 0.1
 
 
 def _exact_log_likelihood(vae, x):
@@ -379,3 +389,126 @@ def test_errors_name_what_was_expected():
         vae.stick_kl(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="expected component"):
         vae.sample(2, component=2)
+
+
+# --- clustering: the cluster posterior p(c | x) ------------------------------------------------
+
+
+@pytest.mark.parametrize("weights", ["softmax", "kumaraswamy"])
+def test_cluster_probs_converge_to_the_exact_cluster_posterior(float64, weights):
+    # p(c | x) ∝ w̄_c p_c(x), with p_c(x) = ∫ N(z; μ⁰_c, σ⁰_c) p(x | z) dz by quadrature (1-D z).
+    x = _binary(4, 4)
+    vae = perturb(MixtureVAE(4, 1, num_components=3, weights=weights, hidden_dims=(6,)), 0.5)
+    with torch.no_grad():
+        vae.prior_loc.copy_(torch.tensor([[-2.0], [0.0], [2.0]]))
+        vae.prior_log_scale.fill_(math.log(0.7))
+        exact = torch.softmax(vae.prior_weights().log() + _component_log_marginals(vae, x), -1)
+        estimate = vae.cluster_probs(x, num_samples=20_000, batch_size=5000)
+        plain = vae.cluster_probs(x, num_samples=20_000, importance=False, batch_size=5000)
+    assert estimate.shape == (4, 3) and torch.allclose(estimate.sum(-1), torch.ones(4))
+    assert (exact.max(-1).values < 0.95).all()  # the points are not trivially assigned
+    # Self-normalized importance sampling is consistent: at 20 000 draws within 0.01 here.
+    assert (estimate - exact).abs().max() < 0.01
+    # The plain average over q(z | x) targets E_q[p(c | z)], which differs for this guide.
+    assert (plain - exact).abs().max() > 0.02
+    pyro.set_rng_seed(3)
+    labels = vae.predict(x, num_samples=20_000)
+    assert torch.equal(labels, exact.argmax(-1))
+
+
+def test_cluster_log_probs_are_bayes_rule_over_the_prior_components(float64):
+    vae = perturb(MixtureVAE(6, 2, num_components=3, hidden_dims=(5,)), 0.5)
+    z = torch.randn(7, 4, 2)
+    log_p = vae.cluster_log_probs(z)
+    assert log_p.shape == (7, 4, 3)
+    comps = dist.Normal(vae.prior_loc, vae.prior_log_scale.exp()).log_prob(z.unsqueeze(-2)).sum(-1)
+    joint = vae.prior_weights().log() + comps
+    assert torch.allclose(log_p, joint - torch.logsumexp(joint, -1, keepdim=True))
+    with pytest.raises(ValueError, match=r"expected z of shape \(\.\.\., D=2\)"):
+        vae.cluster_log_probs(torch.zeros(3, 5))
+
+
+@pytest.mark.slow
+def test_tied_training_ties_the_encoder_index_to_the_prior_component():
+    # Two clusters far apart in the data: after a short tied fit, the guide's top component and
+    # the cluster posterior agree and both separate the clusters (labels up to a permutation).
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 2
+    x = torch.where(
+        y.unsqueeze(-1).bool(),
+        torch.rand(200, 8, generator=g) < 0.9,
+        torch.rand(200, 8, generator=g) < 0.1,
+    ).float()
+    vae = MixtureVAE(8, 2, num_components=2, hidden_dims=(16,))
+    svi = pyro.infer.SVI(
+        vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), TraceEnum_ELBO(max_plate_nesting=1)
+    )
+    for _ in range(300):
+        svi.step(x)
+    predicted = vae.predict(x, num_samples=20)
+    top = vae.encode(x)[0].argmax(-1)
+    agree = (predicted == y).float().mean().item()
+    assert max(agree, 1 - agree) > 0.95
+    assert (predicted == top).float().mean().item() > 0.95
+
+
+NON_FINITE_ENTRY_POINTS = {
+    "svi_step": lambda vae, x: pyro.infer.SVI(
+        vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), TraceEnum_ELBO(max_plate_nesting=1)
+    ).step(x),
+    "model": lambda vae, x: vae.model(x),
+    "guide": lambda vae, x: vae.guide(x),
+    "importance_log_likelihood": lambda vae, x: vae.importance_log_likelihood(x, 4),
+    "log_weights": lambda vae, x: vae.log_weights(x, 4),
+    "encode": lambda vae, x: vae.encode(x),
+    "latent_mean": lambda vae, x: vae.latent_mean(x),
+    "cluster_probs": lambda vae, x: vae.cluster_probs(x, 4),
+    "predict": lambda vae, x: vae.predict(x, 4),
+    "stick_kl": lambda vae, x: vae.stick_kl(x),
+}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("entry", NON_FINITE_ENTRY_POINTS.values(), ids=NON_FINITE_ENTRY_POINTS)
+def test_non_finite_data_gets_one_clear_error_at_every_entry_point(entry, bad):
+    vae = MixtureVAE(4, 2, num_components=3, weights="beta", sticks="local", hidden_dims=(5,))
+    x = _binary(6, 4).float()
+    x[1, 2] = bad
+    x[4, 0] = bad
+    with pytest.raises(ValueError, match=r"expected finite values in x, got 2 NaN/inf entries"):
+        entry(vae, x)
+
+
+def test_em_refit_recovers_a_known_diagonal_mixture_and_matches_indices(float64):
+    from pyro_mixflows.models.mixture_vae import _best_matching, _fit_diagonal_mixture
+
+    g = torch.Generator().manual_seed(0)
+    loc = torch.tensor([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]])
+    scale = torch.tensor([[0.5, 1.0], [1.0, 0.3], [0.7, 0.7]])
+    labels = torch.arange(3000) % 3
+    z = loc[labels] + scale[labels] * torch.randn(3000, 2, generator=g)
+    fitted_loc, var, log_w, resp = _fit_diagonal_mixture(z, 3, num_restarts=3, seed=0)
+    order = _best_matching(torch.eye(3)[labels].T @ resp)  # match to the true labels
+    # 0.1: a few standard errors of a mean/scale estimated from 1000 points.
+    assert torch.allclose(fitted_loc[order], loc, atol=0.1)
+    assert torch.allclose(var[order].sqrt(), scale, atol=0.1)
+    assert torch.allclose(log_w.exp(), torch.full((3,), 1 / 3), atol=0.03)
+    overlap = torch.tensor([[0.0, 5.0, 1.0], [4.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
+    assert _best_matching(overlap) == [1, 0, 2]
+
+
+def test_refit_prior_sets_the_prior_and_checks_its_input():
+    x = _binary(40, 6).float()
+    vae = perturb(MixtureVAE(6, 2, num_components=3, hidden_dims=(8,)), 0.3)
+    before = vae.prior_loc.detach().clone()
+    vae.refit_prior(x, num_samples=3, num_restarts=2)
+    assert not torch.allclose(vae.prior_loc, before)
+    assert torch.isfinite(vae.prior_log_scale).all()
+    assert torch.allclose(vae.prior_weights().sum(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="expected a learnable prior"):
+        MixtureVAE(6, 2, num_components=3, learn_prior=False).refit_prior(x)
+    with pytest.raises(ValueError, match="expected num_restarts"):
+        vae.refit_prior(x, num_restarts=0)
+    x[0, 0] = math.nan
+    with pytest.raises(ValueError, match="expected finite values in x"):
+        vae.refit_prior(x)
