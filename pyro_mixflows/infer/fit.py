@@ -1,8 +1,10 @@
 """``fit``: one training loop for any Pyro model/guide pair.
 
 Minibatches through subsampled plates, early stopping on a held-out ELBO, a NaN/inf guard, atomic
-checkpoints that resume bit-identically, seeds, device placement, and data-parallel training on
-``torch.distributed`` (DDP around Pyro's ``ELBO()(model, guide)`` module, launched with torchrun).
+checkpoints that resume bit-identically, seeds, device placement, Pyro's learning-rate schedulers,
+a custom loss and a per-step callback, and data-parallel training on ``torch.distributed`` (DDP
+around Pyro's ``ELBO()(model, guide)`` module, launched with torchrun). Every model of the package
+(the estimators and the boosted flows included) trains through this one loop.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pyro.infer import TraceEnum_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import zero_grads
 from pyro.optim import PyroOptim
+from pyro.optim.lr_scheduler import PyroLRScheduler
 from torch import nn
 
 from .._validation import check_finite
@@ -36,6 +39,7 @@ from ._checkpoint import (
 __all__ = ["FitResult", "fit", "load_checkpoint", "save_checkpoint"]
 
 DEFAULT_LR = 1e-3
+_SCHEDULES = ("step", "eval")
 _ADAM_OPTIONS = frozenset(inspect.signature(torch.optim.Adam).parameters) - {"params"}
 
 
@@ -56,7 +60,7 @@ class FitResult:
             ``patience`` evaluations.
         num_steps: the number of updates done (counting those before a resume).
         time: wall-clock seconds spent training (counting those before a resume).
-        stop_reason: ``"num_steps"`` or ``"patience"``.
+        stop_reason: ``"num_steps"``, ``"patience"`` or ``"callback"``.
     """
 
     losses: list[float] = field(default_factory=list)
@@ -171,9 +175,19 @@ def _make_optim(optim: Any) -> PyroOptim:
                 f"expected Adam options among {sorted(_ADAM_OPTIONS)}, got unknown options {unknown}"
             )
         return pyro.optim.Adam(dict(optim))
+    if isinstance(optim, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)) or (
+        isinstance(optim, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    ):
+        raise TypeError(
+            "expected a pyro.optim wrapper (parameters are created lazily, so fit builds the torch "
+            "objects itself), got a torch object "
+            f"{type(optim).__name__}: pass e.g. pyro.optim.Adam({{'lr': 1e-3}}) or "
+            "pyro.optim.ExponentialLR({'optimizer': torch.optim.Adam, 'optim_args': {'lr': 1e-3}, "
+            "'gamma': 0.999})"
+        )
     raise TypeError(
-        "expected optim to be None, a dict of Adam options or a pyro.optim optimizer "
-        f"(e.g. pyro.optim.ClippedAdam), got {type(optim).__name__}"
+        "expected optim to be None, a dict of Adam options or a pyro.optim optimizer or "
+        f"scheduler (e.g. pyro.optim.ClippedAdam), got {type(optim).__name__}"
     )
 
 
@@ -191,8 +205,10 @@ def fit(
     model: Callable,
     guide: Callable,
     *args: Any,
-    loss: ELBO | None = None,
+    loss: ELBO | Callable[..., torch.Tensor] | None = None,
     optim: PyroOptim | dict | None = None,
+    schedule: str = "step",
+    callback: Callable[[int, float], bool | None] | None = None,
     num_steps: int = 1000,
     batch_size: int | None = None,
     val_args: tuple | None = None,
@@ -231,6 +247,22 @@ def fit(
     before the update, so the parameters keep the values of the last good step (the exception
     carries the partial :class:`FitResult` as ``err.result``).
 
+    Custom loss: instead of an ELBO, ``loss`` may be any callable ``loss(model, guide, *args,
+    **kwargs)`` returning a differentiable scalar tensor (the convention of Pyro's ``SVI``), e.g. a
+    weighted log-likelihood; the parameters it trains are those it creates or reaches through
+    ``pyro.param``/``pyro.module``, and the held-out loss is the same callable on ``val_args``.
+
+    Learning-rate schedules: ``optim`` may be a Pyro scheduler (``pyro.optim.ExponentialLR``,
+    ``pyro.optim.StepLR``, ..., a ``PyroLRScheduler``). With ``schedule="step"`` (default) the
+    scheduler is stepped after every update, so ``gamma`` of ``ExponentialLR`` is a per-update
+    factor; with ``schedule="eval"`` after every evaluation (every ``eval_every`` updates).
+    ``pyro.optim.ReduceLROnPlateau`` is stepped at every evaluation with the monitored loss (it
+    needs ``val_args`` or ``patience``). The schedulers' state is part of the checkpoint.
+
+    Callback: ``callback(step, loss)`` is called after every update with the number of updates
+    done and that step's training loss; returning True stops training (``stop_reason
+    "callback"``; the best monitored state is still restored).
+
     Defaults: ``TraceEnum_ELBO(max_plate_nesting=1)`` (enumerated discrete sites are summed out
     exactly; no plate-nesting guess) and ``pyro.optim.Adam({"lr": 1e-3})`` (one torch Adam per
     parameter, as in ``SVI``).
@@ -239,8 +271,13 @@ def fit(
         model: a Pyro model ``model(*args, subsample=None, **kwargs)``.
         guide: its guide, same signature.
         *args: data and other positional arguments; N is the first dimension of the first tensor.
-        loss: a Pyro ``ELBO`` (default ``TraceEnum_ELBO(max_plate_nesting=1)``).
-        optim: a ``pyro.optim`` optimizer or a dict of ``torch.optim.Adam`` options.
+        loss: a Pyro ``ELBO`` (default ``TraceEnum_ELBO(max_plate_nesting=1)``) or a callable
+            ``loss(model, guide, *args, **kwargs) -> scalar tensor`` (see above).
+        optim: a ``pyro.optim`` optimizer or scheduler, or a dict of ``torch.optim.Adam``
+            options.
+        schedule: when a scheduler ``optim`` is stepped: ``"step"`` (after every update) or
+            ``"eval"`` (after every evaluation); ignored for a plain optimizer.
+        callback: ``callback(step, loss)`` after every update; True stops training.
         num_steps: total number of updates (>= 1), counting those before a resume.
         batch_size: rows per step (1 <= B <= N; per rank when distributed); None for full batch.
         val_args: positional arguments of the held-out set (tuple, or one tensor).
@@ -288,14 +325,31 @@ def fit(
     if seed is not None:
         _check_int("seed", seed, 0)
     loss = TraceEnum_ELBO(max_plate_nesting=1) if loss is None else loss
+    if not isinstance(loss, ELBO) and (not callable(loss) or isinstance(loss, type)):
+        raise TypeError(
+            "expected loss to be a pyro.infer ELBO or a callable loss(model, guide, *args, "
+            f"**kwargs), got {type(loss).__name__}"
+        )
     if not isinstance(loss, ELBO):
-        raise TypeError(f"expected loss to be a pyro.infer ELBO, got {type(loss).__name__}")
+        loss = _CallableLoss(loss)
     differentiable = hasattr(loss, "differentiable_loss")
-    if distributed and not differentiable:
+    if distributed and (not differentiable or isinstance(loss, _CallableLoss)):
         raise ValueError(
             f"expected an ELBO with differentiable_loss for distributed=True, got {type(loss).__name__}"
         )
+    if callback is not None and not callable(callback):
+        raise TypeError(f"expected callback to be callable, got {type(callback).__name__}")
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"expected schedule in {_SCHEDULES}, got {schedule!r}")
     optim = _make_optim(optim)
+    plateau = isinstance(optim, PyroLRScheduler) and issubclass(
+        optim.pt_scheduler_constructor, torch.optim.lr_scheduler.ReduceLROnPlateau
+    )
+    if plateau and val_args is None and patience is None:
+        raise ValueError(
+            "expected val_args or patience with pyro.optim.ReduceLROnPlateau (it is stepped with "
+            "the monitored loss at each evaluation), got neither"
+        )
     if val_args is not None and not isinstance(val_args, (tuple, list)):
         val_args = (val_args,)
     if "subsample" in kwargs and batch_size is not None:
@@ -329,7 +383,7 @@ def fit(
         return _fit(
             model, guide, args, kwargs, loss, optim, num_steps, batch_size, n, val_args, patience,
             eval_every, seed, device, progress_bar, checkpoint, checkpoint_every or eval_every,
-            resume, distributed, differentiable,
+            resume, distributed, differentiable, schedule, plateau, callback,
         )  # fmt: skip
     finally:
         if created_group:
@@ -339,7 +393,7 @@ def fit(
 def _fit(
     model, guide, args, kwargs, loss, optim, num_steps, batch_size, n, val_args, patience,
     eval_every, seed, device, progress_bar, checkpoint, checkpoint_every, resume, distributed,
-    differentiable,
+    differentiable, schedule, plateau, callback,
 ) -> FitResult:  # fmt: skip
     rank, world = (0, 1)
     if distributed:
@@ -434,6 +488,7 @@ def _fit(
 
         bar = tqdm(total=num_steps, initial=start, desc="fit", unit="step")
     monitor = val_args is not None or patience is not None
+    scheduler = optim if isinstance(optim, PyroLRScheduler) else None
     t0 = time.perf_counter() - elapsed
     step, last_eval = start, (history.val_steps[-1] if history.val_steps else 0)
     try:
@@ -449,6 +504,8 @@ def _fit(
                 raise
             history.losses.append(value)
             step += 1
+            if scheduler is not None and not plateau and schedule == "step":
+                scheduler.step()
             if bar is not None:
                 bar.update(1)
                 if step % max(1, num_steps // 100) == 0 or step == num_steps:
@@ -469,6 +526,13 @@ def _fit(
                     bad_evals += 1
                     if patience is not None and bad_evals >= patience:
                         history.stop_reason, history.converged, stop = "patience", True, True
+                if plateau:
+                    scheduler.step(metric)
+            if scheduler is not None and not plateau and schedule == "eval":
+                if step % eval_every == 0 or step == num_steps:
+                    scheduler.step()
+            if callback is not None and callback(step, value) and not stop:
+                history.stop_reason, stop = "callback", True
             history.num_steps = step
             if checkpoint is not None and (
                 step % checkpoint_every == 0 or stop or step == num_steps
@@ -483,6 +547,31 @@ def _fit(
         _restore(params, best)
     history.time = time.perf_counter() - t0
     return history
+
+
+class _CallableLoss(ELBO):
+    """A callable ``loss(model, guide, *args, **kwargs) -> scalar tensor`` seen as an ELBO."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        value = self.fn(model, guide, *args, **kwargs)
+        if not torch.is_tensor(value) or value.numel() != 1:
+            raise TypeError(
+                f"expected the loss callable to return a scalar tensor, got {value!r:.80}"
+            )
+        return value.reshape(())
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        return float(self.differentiable_loss(model, guide, *args, **kwargs).detach())
+
+    def _get_trace(self, model, guide, args, kwargs):  # abstract in ELBO; no trace here
+        raise NotImplementedError("a custom loss has no ELBO trace")
+
+    def __repr__(self) -> str:
+        return f"loss {self.fn!r}"
 
 
 def _unconstrained(trace) -> list[torch.Tensor]:
