@@ -209,6 +209,7 @@ def fit(
     optim: PyroOptim | dict | None = None,
     schedule: str = "step",
     callback: Callable[[int, float], bool | None] | None = None,
+    eval_initial: bool = False,
     num_steps: int = 1000,
     batch_size: int | None = None,
     val_args: tuple | None = None,
@@ -278,6 +279,8 @@ def fit(
         schedule: when a scheduler ``optim`` is stepped: ``"step"`` (after every update) or
             ``"eval"`` (after every evaluation); ignored for a plain optimizer.
         callback: ``callback(step, loss)`` after every update; True stops training.
+        eval_initial: also evaluate ``val_args`` before the first update (step 0), so that a
+            warm start which training does not improve is the state kept.
         num_steps: total number of updates (>= 1), counting those before a resume.
         batch_size: rows per step (1 <= B <= N; per rank when distributed); None for full batch.
         val_args: positional arguments of the held-out set (tuple, or one tensor).
@@ -337,6 +340,8 @@ def fit(
         raise ValueError(
             f"expected an ELBO with differentiable_loss for distributed=True, got {type(loss).__name__}"
         )
+    if eval_initial and val_args is None:
+        raise ValueError("expected val_args with eval_initial=True, got None")
     if callback is not None and not callable(callback):
         raise TypeError(f"expected callback to be callable, got {type(callback).__name__}")
     if schedule not in _SCHEDULES:
@@ -383,7 +388,7 @@ def fit(
         return _fit(
             model, guide, args, kwargs, loss, optim, num_steps, batch_size, n, val_args, patience,
             eval_every, seed, device, progress_bar, checkpoint, checkpoint_every or eval_every,
-            resume, distributed, differentiable, schedule, plateau, callback,
+            resume, distributed, differentiable, schedule, plateau, callback, eval_initial,
         )  # fmt: skip
     finally:
         if created_group:
@@ -393,7 +398,7 @@ def fit(
 def _fit(
     model, guide, args, kwargs, loss, optim, num_steps, batch_size, n, val_args, patience,
     eval_every, seed, device, progress_bar, checkpoint, checkpoint_every, resume, distributed,
-    differentiable, schedule, plateau, callback,
+    differentiable, schedule, plateau, callback, eval_initial,
 ) -> FitResult:  # fmt: skip
     rank, world = (0, 1)
     if distributed:
@@ -491,6 +496,11 @@ def _fit(
     scheduler = optim if isinstance(optim, PyroLRScheduler) else None
     t0 = time.perf_counter() - elapsed
     step, last_eval = start, (history.val_steps[-1] if history.val_steps else 0)
+    if eval_initial and start == 0:
+        history.best_loss, history.best_step = val_loss(), 0
+        history.val_losses.append(history.best_loss)
+        history.val_steps.append(0)
+        best = _snapshot(params)
     try:
         while step < num_steps:
             idx = None if sampler is None else sampler.next()

@@ -7,11 +7,11 @@ Reference: Gradient Boosted Normalizing Flows (Giaquinto & Banerjee, 2020), arXi
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
 
+import pyro
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +21,15 @@ from .._validation import check_event, check_finite
 from ..distributions.flow_mixture import FlowMixture
 from ..flows.components import FLOWS, Components, FlowComponents
 from ..flows.concat import ConcatComponents
+from ..infer.fit import fit
+from ._boost_weights import (
+    boosting_weights,
+    fit_mixture_weights,
+    rho_objective,
+    search_rho,
+)
+from ._boost_weights import check_clip as _check_clip
+from ._boost_weights import golden_section_max as _golden_section_max
 
 __all__ = [
     "BoostedFlowMixture",
@@ -35,221 +44,78 @@ _RHO_MODES = ("search", "fixed")
 _INITS = ("moments", "previous", "greedy")
 _OBJECTIVES = ("weighted", "mixture")
 _TRAIN_RHOS = ("learned", "fixed")
-_LOG_RATIO_BOUND = 600.0  # |log g - log G| is clamped here; exp(600) is still finite in float64
 
 
-# --- the two exact pieces: sample weights and the 1-D weight search ----------------------------
-def boosting_weights(
-    log_prev: torch.Tensor, clip: tuple[float, float] = (0.1, 10.0)
-) -> torch.Tensor:
-    """Sample weights of the next boosting component, ``w_i ∝ 1 / G_{c-1}(x_i)``, normalized and clipped.
-
-    .. math:: \\tilde w_i = \\frac{N / G_{c-1}(x_i)}{\\sum_j 1 / G_{c-1}(x_j)}, \\qquad
-              w_i = \\frac{\\min(\\max(\\tilde w_i, a), b)}{\\frac1N \\sum_j \\min(\\max(\\tilde w_j, a), b)}
-
-    The raw weights are normalized to mean one (computed in log space, so tiny densities do not
-    overflow), clipped to ``[a, b] = clip`` and renormalized to mean one. After the clip the
-    largest weight is at most ``b / a`` times the smallest, so a few points that the current
-    mixture misses cannot take over a minibatch; ``clip=(0, inf)`` keeps the raw formula.
-
-    Args:
-        log_prev: log G_{c-1}(x_i) of every training point, shape (N,).
-        clip: bounds (a, b) on the mean-one weights, 0 <= a <= 1 <= b.
-
-    Returns:
-        Weights of shape (N,), positive where a > 0, with mean one.
-
-    Raises:
-        ValueError: ``log_prev`` is not 1-D and non-empty, holds NaN or +inf, or ``clip`` is invalid.
-
-    Example::
-
-        >>> boosting_weights(torch.tensor([0.0, -1.0, -2.0])).shape
-        torch.Size([3])
-    """
-    if not torch.is_tensor(log_prev) or log_prev.dim() != 1 or log_prev.numel() == 0:
-        raise ValueError(f"expected log_prev of shape (N,) with N >= 1, got {log_prev!r:.80}")
-    if bool(torch.isnan(log_prev).any()) or bool((log_prev == math.inf).any()):
-        raise ValueError("expected log_prev without NaN or +inf entries, got some")
-    lo, hi = _check_clip(clip)
-    N = log_prev.shape[0]
-    log_w = -log_prev.clamp(min=torch.finfo(log_prev.dtype).min / 4)  # zero density: largest
-    log_w = log_w - log_w.logsumexp(0) + math.log(N)  # mean one
-    w = log_w.exp().clamp(lo, hi)
-    return w / w.mean()
+_CLIP_NORM = 100.0  # gradient norm clip of every parameter in training
 
 
-def rho_objective(
-    rho: float | torch.Tensor, log_prev: torch.Tensor, log_new: torch.Tensor
-) -> torch.Tensor:
-    """Mean held-out log-likelihood of ``(1 - rho) G + rho g``.
-
-    .. math:: f(\\rho) = \\frac1N \\sum_i \\log\\big((1-\\rho) G(x_i) + \\rho\\, g(x_i)\\big)
-
-    Args:
-        rho: scalar in [0, 1], or a tensor of values (...,) for a grid.
-        log_prev: log G(x_i), shape (N,).
-        log_new: log g(x_i), shape (N,).
-
-    Returns:
-        f(rho), shape of ``rho``.
-    """
-    rho = torch.as_tensor(rho, dtype=log_prev.dtype, device=log_prev.device).unsqueeze(-1)
-    with torch.no_grad():
-        terms = torch.logaddexp(torch.log1p(-rho) + log_prev, rho.log() + log_new)  # (..., N)
-    return terms.mean(-1)
+# --- the objectives trained through infer.fit: model(*args, subsample) -> per-row objective ------
+def _no_guide(*args, **kwargs) -> None:
+    """The boosting objectives have no latent variables: an empty guide."""
 
 
-def _rho_derivative(rho: float, d: torch.Tensor) -> float:
-    """f'(rho) = mean_i (r_i - 1) / (1 - rho + rho r_i), r_i = exp(d_i), evaluated without overflow."""
-    pos = d > 0
-    e_neg = torch.exp(-d.abs())  # exp(-|d|) in (0, 1]
-    # d > 0: multiply numerator and denominator by exp(-d); d <= 0: use exp(d) directly.
-    num = torch.where(pos, 1 - e_neg, e_neg - 1)
-    den = torch.where(pos, (1 - rho) * e_neg + rho, (1 - rho) + rho * e_neg)
-    return float((num / den).mean())
+def _negative_mean(model, guide, *args, **kwargs) -> torch.Tensor:
+    """The loss handed to :func:`infer.fit`: minus the mean of the rows' objective."""
+    return -model(*args, **kwargs).mean()
 
 
-def search_rho(log_prev: torch.Tensor, log_new: torch.Tensor, tol: float = 1e-10) -> float:
-    """The exact maximizer over [0, 1] of the held-out log-likelihood of ``(1 - rho) G + rho g``.
+def _weighted_model(comp: Components, resample: bool, batch: int) -> Callable:
+    """Rows' ``w_i log g(x_i)``; with ``draw=True``, ``log g`` at ``batch`` rows drawn ∝ w."""
 
-    ``f(rho) = mean_i log((1 - rho) G(x_i) + rho g(x_i))`` is concave in rho
-    (``f'' = -mean_i (g_i - G_i)^2 / ((1-rho) G_i + rho g_i)^2 <= 0``), so its maximizer on
-    [0, 1] is an endpoint when ``f'`` does not change sign there, and otherwise the root of
-    ``f'``, found by bisection (``f'`` is decreasing) to an interval of width ``tol``. The
-    derivative is computed in float64 from ``d_i = log g_i - log G_i``, so densities far below
-    float range do not overflow.
+    def model(x, w, draw, subsample=None):  # (N, D), (N,), bool
+        pyro.module("component", comp)
+        if draw:  # weighting="resample": the weights are in the draw, the loss is unweighted
+            return comp.component_log_probs(x[torch.multinomial(w, batch, replacement=True)])[:, 0]
+        if subsample is not None:
+            x, w = x[subsample], w[subsample]
+        return w * comp.component_log_probs(x)[:, 0]  # (B,)
 
-    Args:
-        log_prev: log G(x_i) on held-out points, shape (N,).
-        log_new: log g(x_i) on the same points, shape (N,).
-        tol: width of the final bracket.
-
-    Returns:
-        rho in [0, 1].
-
-    Raises:
-        ValueError: shapes differ or are not (N,) with N >= 1, NaN entries, or tol <= 0.
-
-    Example::
-
-        >>> round(search_rho(torch.zeros(4), torch.zeros(4)), 3)  # g == G: every rho is optimal
-        0.0
-    """
-    for name, t in (("log_prev", log_prev), ("log_new", log_new)):
-        if not torch.is_tensor(t) or t.dim() != 1 or t.numel() == 0:
-            raise ValueError(f"expected {name} of shape (N,) with N >= 1, got {t!r:.80}")
-        if bool(torch.isnan(t).any()):
-            raise ValueError(f"expected {name} without NaN entries, got some")
-    if log_prev.shape != log_new.shape:
-        raise ValueError(
-            f"expected log_prev and log_new of the same shape, got {tuple(log_prev.shape)} "
-            f"and {tuple(log_new.shape)}"
-        )
-    if not tol > 0:
-        raise ValueError(f"expected tol > 0, got {tol}")
-    d = (log_new.double() - log_prev.double()).nan_to_num(
-        nan=0.0, posinf=_LOG_RATIO_BOUND, neginf=-_LOG_RATIO_BOUND
-    )
-    d = d.clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND)
-    if _rho_derivative(0.0, d) <= 0:
-        return 0.0
-    if _rho_derivative(1.0, d) >= 0:
-        return 1.0
-    lo, hi = 0.0, 1.0
-    while hi - lo > tol:
-        mid = 0.5 * (lo + hi)
-        if _rho_derivative(mid, d) > 0:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    return model
 
 
-def fit_mixture_weights(
-    log_probs: torch.Tensor, tol: float = 1e-8, max_iter: int = 100_000
-) -> torch.Tensor:
-    """The exact maximizer over the simplex of the mean log-likelihood of a mixture with fixed components.
+def _mixture_model(comp: Components, logit0: float, learned: bool) -> Callable:
+    """Rows' ``log((1 - rho) G(x_i) + rho g(x_i))``, rho = sigmoid(a), a a ``pyro.param`` if learned."""
 
-    .. math:: \\max_{w \\in \\Delta_C}\\; f(w) = \\frac1N \\sum_i \\log \\sum_k w_k\\, g_k(x_i)
+    def model(x, log_prev, subsample=None):  # (N, D), (N,)
+        pyro.module("component", comp)
+        a = torch.tensor(logit0, dtype=x.dtype, device=x.device)
+        if learned:
+            a = pyro.param("rho_logit", a)
+        if subsample is not None:
+            x, log_prev = x[subsample], log_prev[subsample]
+        log_g = comp.component_log_probs(x)[:, 0]  # (B,)
+        return torch.logaddexp(F.logsigmoid(-a) + log_prev, F.logsigmoid(a) + log_g)
 
-    f is concave in w, so a point is the global maximizer exactly when it meets the KKT
-    conditions ``s_k(w) = (1/N) sum_i g_k(x_i) / G_w(x_i) <= 1`` for every k, with equality where
-    ``w_k > 0``. The EM fixed-point update ``w_k <- w_k s_k(w)`` increases f monotonically from
-    the uniform start; it runs (in float64, in log space) until ``max_k s_k - 1 <= tol`` (and
-    ``|s_k - 1| <= tol`` where ``w_k > tol``) or ``max_iter`` updates. Used to re-fit all
-    boosting weights at once on held-out data (the fully corrective step).
-
-    Args:
-        log_probs: log g_k(x_i), shape (N, C).
-        tol: tolerance on the KKT conditions.
-        max_iter: the most EM updates.
-
-    Returns:
-        log w, shape (C,), float64 (``-inf`` for a component whose weight underflows).
-
-    Raises:
-        ValueError: ``log_probs`` is not (N, C) with N, C >= 1, holds NaN or +inf, or a row is
-            ``-inf`` under every component.
-
-    Example::
-
-        >>> fit_mixture_weights(torch.zeros(5, 2)).exp()  # identical components: any w; EM stays put
-        tensor([0.5000, 0.5000], dtype=torch.float64)
-    """
-    if not torch.is_tensor(log_probs) or log_probs.dim() != 2 or 0 in log_probs.shape:
-        raise ValueError(
-            f"expected log_probs of shape (N, C) with N, C >= 1, got {log_probs!r:.80}"
-        )
-    if bool(torch.isnan(log_probs).any()) or bool((log_probs == math.inf).any()):
-        raise ValueError("expected log_probs without NaN or +inf entries, got some")
-    lp = log_probs.detach().double()
-    if not bool(torch.isfinite(lp.max(-1).values).all()):
-        raise ValueError("expected every row to have a finite log-density under some component")
-    N, C = lp.shape
-    log_w = torch.full((C,), -math.log(C), dtype=torch.float64, device=lp.device)
-    for _ in range(max_iter):
-        log_G = (log_w + lp).logsumexp(-1, keepdim=True)  # (N, 1)
-        log_s = (lp - log_G).logsumexp(0) - math.log(N)  # (C,)  log s_k
-        s = log_s.exp()
-        active = log_w.exp() > tol
-        if float(s.max()) - 1 <= tol and bool(((s - 1).abs()[active] <= tol).all()):
-            break
-        log_w = log_w + log_s
-        log_w = log_w - log_w.logsumexp(0)  # exact in theory; removes rounding drift
-    return log_w
+    return model
 
 
-def _golden_section_max(fn: Callable[[float], float], grid: int = 101, tol: float = 1e-8) -> float:
-    """Maximize fn on [0, 1]: best point of a grid, then golden-section search in its bracket."""
-    xs = [i / (grid - 1) for i in range(grid)]
-    values = [fn(x) for x in xs]
-    best = max(range(grid), key=values.__getitem__)
-    a, b = xs[max(best - 1, 0)], xs[min(best + 1, grid - 1)]
-    inv_phi = (math.sqrt(5) - 1) / 2
-    c, d = b - inv_phi * (b - a), a + inv_phi * (b - a)
-    fc, fd = fn(c), fn(d)
-    while b - a > tol:
-        if fc > fd:
-            b, d, fd = d, c, fc
-            c = b - inv_phi * (b - a)
-            fc = fn(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + inv_phi * (b - a)
-            fd = fn(d)
-    candidates = [(values[best], xs[best]), (fn(0.5 * (a + b)), 0.5 * (a + b))]
-    return max(candidates)[1]
+def _joint_model(stages: nn.ModuleList, logits0: torch.Tensor, learned: bool) -> Callable:
+    """Rows' ``log sum_c w_c g_c(x_i)`` with every stage trained, w = softmax(logits)."""
+
+    def model(x, subsample=None):  # (N, D)
+        pyro.module("stages", stages)
+        logits = pyro.param("logits", logits0.clone()) if learned else logits0
+        if subsample is not None:
+            x = x[subsample]
+        log_probs = torch.cat([s.component_log_probs(x) for s in stages], -1)  # (B, C)
+        return (logits.log_softmax(0) + log_probs).logsumexp(-1)
+
+    return model
 
 
-def _check_clip(clip) -> tuple[float, float]:
-    try:
-        lo, hi = (float(c) for c in clip)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected clip to be a pair (a, b), got {clip!r}") from None
-    if not (0 <= lo <= 1 <= hi):
-        raise ValueError(f"expected clip bounds 0 <= a <= 1 <= b, got {clip!r}")
-    return lo, hi
+def _variational_model(comp, log_density, log_prev, lam: float, dim: int, dtype) -> Callable:
+    """Draws' ``log p~(x) - log g(x)`` (first stage) or ``log p~ - log G_{c-1} - lam log g``."""
+
+    def model(num_samples: int):
+        pyro.module("component", comp)
+        u = torch.randn(num_samples, 1, dim, dtype=dtype)
+        x, log_det = comp.transform(u)  # (S, 1, D), (S, 1)
+        x, log_g = x[:, 0], comp.base_log_prob(u[:, 0]) - log_det[:, 0]  # (S, D), (S,)
+        if log_prev is None:
+            return log_density(x) - log_g
+        return log_density(x) - log_prev(x) - lam * log_g
+
+    return model
 
 
 # --- the estimator ------------------------------------------------------------------------------
@@ -734,6 +600,34 @@ class BoostedFlowMixture(nn.Module):
             log_w = log_w - log_w.logsumexp(0)
         return (log_w + lp).logsumexp(-1)
 
+    def _fit(self, model, args, val_args, num_steps: int, index: int, batch: bool = True):
+        """Train what ``model`` registers (``pyro.module`` / ``pyro.param``) with :func:`infer.fit`.
+
+        ``model(*args, subsample=None)`` returns the per-row objective (N,) that is maximized (its
+        mean); Adam at ``lr`` with each parameter's gradient norm clipped at 100, ``batch_size``
+        minibatches (``batch=True``), held-out evaluation of ``val_args`` every ``eval_every``
+        steps and before the first (the best state is kept), ``patience``. It runs in a private
+        param store, so the user's store is untouched. A non-finite loss stops training at the
+        last good state. Returns ``(FitResult, {param name: value})`` for the ``pyro.param``s.
+        """
+        n = args[0].shape[0] if batch else None
+        optim = pyro.optim.Adam({"lr": self.lr}, {"clip_norm": _CLIP_NORM})
+        seed = None if self.seed is None else self.seed * 1000 + index
+        with pyro.get_param_store().scope():
+            try:
+                result = fit(
+                    model, _no_guide, *args, loss=_negative_mean, optim=optim,
+                    num_steps=num_steps, batch_size=None if n is None else min(self.batch_size, n),
+                    val_args=val_args, patience=self.patience if val_args else None,
+                    eval_every=self.eval_every, eval_initial=val_args is not None, seed=seed,
+                )  # fmt: skip
+            except FloatingPointError as err:  # keep the last good state
+                result = err.result
+                result.stop_reason = "non-finite loss"
+            store = pyro.get_param_store()
+            learned = {k: store[k].detach().clone() for k in store.keys() if "$$$" not in k}
+        return result, learned
+
     def _train(self, comp, x_tr, w_tr, x_va, w_va, index: int, mix=None) -> dict:
         """Train comp's parameters only; keep the best held-out state.
 
@@ -741,63 +635,29 @@ class BoostedFlowMixture(nn.Module):
         rho0)``: maximize sum_i log((1 - rho) G(x_i) + rho g(x_i)), rho = sigmoid(a) learned from
         rho0 unless ``rho="fixed"`` or ``train_rho="fixed"``.
         """
-        params = [p for p in comp.parameters() if p.requires_grad]
-        a = None
-        if mix is not None:
-            lG_tr, lG_va, rho0 = mix
-            rho0 = min(max(rho0, 1e-4), 1 - 1e-4)
-            a = torch.tensor(math.log(rho0 / (1 - rho0)), dtype=x_tr.dtype, device=x_tr.device)
-            if self.rho_mode == "search" and self.train_rho == "learned":
-                a.requires_grad_(True)
-                params = params + [a]
-        opt = torch.optim.Adam(params, lr=self.lr)
-        gen = self._generator(index + 1)
-        N = x_tr.shape[0]
-        B = min(self.batch_size, N)
-        w_va = w_va / w_va.sum()
-
-        def mix_ll(lG, lg):  # mean log((1 - rho) G + rho g) from log G, log g: (n,), (n,)
-            return torch.logaddexp(F.logsigmoid(-a) + lG, F.logsigmoid(a) + lg).mean()
-
-        def held_out() -> float:
-            with torch.no_grad():
-                lg = comp.component_log_probs(x_va)[:, 0]
-                if mix is not None:
-                    return float(-mix_ll(lG_va, lg))
-                return float(-(w_va * lg).sum())
-
-        def state():
-            return copy.deepcopy(comp.state_dict()), None if a is None else a.detach().clone()
-
-        best, best_state, bad, steps = held_out(), state(), 0, 0
-        for step in range(self.num_steps):
-            if self.weighting == "resample" and mix is None:
-                idx = torch.multinomial(w_tr, B, replacement=True, generator=gen)
-                loss = -comp.component_log_probs(x_tr[idx])[:, 0].mean()
-            else:
-                idx = torch.randint(N, (B,), generator=gen)
-                lg = comp.component_log_probs(x_tr[idx])[:, 0]
-                loss = -mix_ll(lG_tr[idx], lg) if mix is not None else -(w_tr[idx] * lg).mean()
-            if not bool(torch.isfinite(loss)):
-                break  # keep the best finite state found so far
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 100.0)
-            opt.step()
-            steps = step + 1
-            if steps % self.eval_every == 0 or steps == self.num_steps:
-                value = held_out()
-                if value < best:
-                    best, best_state, bad = value, state(), 0
-                else:
-                    bad += 1
-                    if self.patience is not None and bad >= self.patience:
-                        break
-        comp.load_state_dict(best_state[0])
-        info = {"steps": steps, "val_objective": -best}
-        if a is not None:
-            info["rho_trained"] = float(torch.sigmoid(best_state[1]))
-        return info
+        if mix is None:
+            resample = self.weighting == "resample"
+            model = _weighted_model(comp, resample, min(self.batch_size, x_tr.shape[0]))
+            result, _ = self._fit(
+                model, (x_tr, w_tr, resample), (x_va, w_va, False), self.num_steps, index + 1,
+                batch=not resample,
+            )  # fmt: skip
+            return {"steps": result.num_steps, "val_objective": -result.best_loss}
+        lG_tr, lG_va, rho0 = mix
+        rho0 = min(max(rho0, 1e-4), 1 - 1e-4)
+        learned = self.rho_mode == "search" and self.train_rho == "learned"
+        model = _mixture_model(comp, math.log(rho0 / (1 - rho0)), learned)
+        floor = torch.finfo(x_tr.dtype).min / 4  # log G = -inf would fail fit's finite check
+        result, params = self._fit(
+            model, (x_tr, lG_tr.clamp(min=floor)), (x_va, lG_va.clamp(min=floor)),
+            self.num_steps, index + 1,
+        )  # fmt: skip
+        a = float(params["rho_logit"]) if learned else math.log(rho0 / (1 - rho0))
+        return {
+            "steps": result.num_steps,
+            "val_objective": -result.best_loss,
+            "rho_trained": 1 / (1 + math.exp(-a)),
+        }
 
     def _candidates(self, x_tr: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Gaussians (loc (D,), scale (D,)) of the k-means clusters of x_tr, k = 1, 2, 4, ...,
@@ -922,51 +782,19 @@ class BoostedFlowMixture(nn.Module):
         start = time.perf_counter()
         self._freeze(True)
         learn_w = self.rho_mode == "search" and len(self.stages) > 1
-        logits = self.log_weights.clamp(min=-30.0).clone().to(x_tr.dtype).requires_grad_(learn_w)
-        params = list(self.stages.parameters()) + ([logits] if learn_w else [])
-        opt = torch.optim.Adam(params, lr=self.lr)
-        gen = self._generator(900)
-        N = x_tr.shape[0]
-        B = min(self.batch_size, N)
-
-        def log_mix(x):
-            return (logits.log_softmax(0) + self._stage_log_probs(x)).logsumexp(-1)
-
-        def held_out() -> float:
+        logits0 = self.log_weights.clamp(min=-30.0).to(x_tr.dtype)
+        result, params = self._fit(
+            _joint_model(self.stages, logits0, learn_w), (x_tr,), (x_va,), num_steps, 900
+        )
+        if learn_w:
             with torch.no_grad():
-                return float(log_mix(x_va).mean())
-
-        def state():
-            return copy.deepcopy(self.stages.state_dict()), logits.detach().clone()
-
-        best, best_state, bad, steps = held_out(), state(), 0, 0
-        for step in range(num_steps):
-            idx = torch.randint(N, (B,), generator=gen)
-            loss = -log_mix(x_tr[idx]).mean()
-            if not bool(torch.isfinite(loss)):
-                break
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 100.0)
-            opt.step()
-            steps = step + 1
-            if steps % self.eval_every == 0 or steps == num_steps:
-                value = held_out()
-                if value > best:
-                    best, best_state, bad = value, state(), 0
-                else:
-                    bad += 1
-                    if self.patience is not None and bad >= self.patience:
-                        break
-        self.stages.load_state_dict(best_state[0])
-        with torch.no_grad():
-            self.log_weights = best_state[1].log_softmax(0).to(self.log_weights.dtype)
+                self.log_weights = params["logits"].log_softmax(0).to(self.log_weights.dtype)
         if self.refit_weights:
             self._refit_weights(x_va)
         self.history.append(
             {
                 "finetune": True,
-                "steps": steps,
+                "steps": result.num_steps,
                 "val_log_likelihood": float(self._log_mix(x_va).mean()),
                 "seconds": time.perf_counter() - start,
             }
@@ -1026,41 +854,27 @@ class BoostedFlowMixture(nn.Module):
         comp = self._new_component({}, loc)
         comp.set_affine(loc.unsqueeze(0), scale.unsqueeze(0))
         self._freeze()
-        params = list(comp.parameters())
-        opt = torch.optim.Adam(params, lr=self.lr)
+        log_prev = None if c == 0 else self._log_mix_grad
+        model = _variational_model(comp, log_density, log_prev, lam, self.dim, loc.dtype)
+        result, _ = self._fit(model, (S,), None, self.num_steps, c + 1, batch=False)
+        if result.stop_reason == "non-finite loss":
+            raise FloatingPointError(
+                f"non-finite variational loss for component {c}; lower lr or check log_density"
+            )
         gen = self._generator(c + 1)
-        dtype = loc.dtype
-        for _ in range(self.num_steps):
-            u = torch.randn(S, 1, self.dim, generator=gen, dtype=dtype)
-            x, log_det = comp.transform(u)  # (S, 1, D), (S, 1)
-            x, log_g = x[:, 0], comp.base_log_prob(u[:, 0]) - log_det[:, 0]  # (S, D), (S,)
-            if c == 0:
-                objective = log_density(x) - log_g
-            else:
-                log_prev = self._log_mix_grad(x)
-                objective = log_density(x) - log_prev - lam * log_g
-            loss = -objective.mean()
-            if not bool(torch.isfinite(loss)):
-                raise FloatingPointError(
-                    f"non-finite variational loss for component {c}; lower lr or check log_density"
-                )
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 100.0)
-            opt.step()
         if c == 0:
             rho = 1.0
         elif self.rho_mode == "fixed":
             rho = 1.0 / (c + 1)
         else:
-            rho = self._variational_rho(comp, log_density, rho_S, gen, dtype)
+            rho = self._variational_rho(comp, log_density, rho_S, gen, loc.dtype)
         self._append(comp, rho)
         self._freeze(True)
         self.history.append(
             {
                 "component": c,
                 "rho": rho,
-                "steps": self.num_steps,
+                "steps": result.num_steps,
                 "seconds": time.perf_counter() - start,
             }
         )

@@ -421,3 +421,18 @@ def test_callback_sees_every_step_and_can_stop(float64):
     assert [s for s, _ in seen] == [1, 2, 3, 4, 5]
     assert [v for _, v in seen] == result.losses
     assert result.stop_reason == "callback" and result.num_steps == 5
+
+
+def test_eval_initial_keeps_a_start_that_training_cannot_improve(float64):
+    x = make_data()
+    _, model, guide = make_pair()
+    fit(model, guide, x, num_steps=200, optim={"lr": 0.02}, seed=0)  # a good start
+    start = params_now()
+    # A far too large learning rate only makes it worse; the step-0 evaluation is kept.
+    result = fit(model, guide, x, num_steps=4, optim={"lr": 5.0}, val_args=(x,), eval_every=2,
+                 eval_initial=True, seed=0)  # fmt: skip
+    assert result.val_steps == [0, 2, 4] and result.best_step == 0
+    for name, value in params_now().items():
+        torch.testing.assert_close(value, start[name], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="val_args with eval_initial"):
+        fit(model, guide, x, eval_initial=True)
