@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import pyro
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .._kmeans import kmeans
 from .._validation import check_event, check_finite
 from ..distributions.flow_mixture import FlowMixture
 from ..flows.components import FLOWS, Components, FlowComponents
 from ..flows.concat import ConcatComponents
-from ..infer.fit import fit
+from ._boost_stages import (
+    best_gaussian_to_add,
+    fit_stage,
+    gaussian_candidates,
+    joint_model,
+    mixture_model,
+    weighted_model,
+)
+from ._boost_variational import VariationalBoosting
 from ._boost_weights import (
     boosting_weights,
     fit_mixture_weights,
@@ -29,7 +34,7 @@ from ._boost_weights import (
     search_rho,
 )
 from ._boost_weights import check_clip as _check_clip
-from ._boost_weights import golden_section_max as _golden_section_max
+from ._boost_weights import golden_section_max as _golden_section_max  # noqa: F401 (old name)
 
 __all__ = [
     "BoostedFlowMixture",
@@ -46,80 +51,8 @@ _OBJECTIVES = ("weighted", "mixture")
 _TRAIN_RHOS = ("learned", "fixed")
 
 
-_CLIP_NORM = 100.0  # gradient norm clip of every parameter in training
-
-
-# --- the objectives trained through infer.fit: model(*args, subsample) -> per-row objective ------
-def _no_guide(*args, **kwargs) -> None:
-    """The boosting objectives have no latent variables: an empty guide."""
-
-
-def _negative_mean(model, guide, *args, **kwargs) -> torch.Tensor:
-    """The loss handed to :func:`infer.fit`: minus the mean of the rows' objective."""
-    return -model(*args, **kwargs).mean()
-
-
-def _weighted_model(comp: Components, resample: bool, batch: int) -> Callable:
-    """Rows' ``w_i log g(x_i)``; with ``draw=True``, ``log g`` at ``batch`` rows drawn ∝ w."""
-
-    def model(x, w, draw, subsample=None):  # (N, D), (N,), bool
-        pyro.module("component", comp)
-        if draw:  # weighting="resample": the weights are in the draw, the loss is unweighted
-            return comp.component_log_probs(x[torch.multinomial(w, batch, replacement=True)])[:, 0]
-        if subsample is not None:
-            x, w = x[subsample], w[subsample]
-        return w * comp.component_log_probs(x)[:, 0]  # (B,)
-
-    return model
-
-
-def _mixture_model(comp: Components, logit0: float, learned: bool) -> Callable:
-    """Rows' ``log((1 - rho) G(x_i) + rho g(x_i))``, rho = sigmoid(a), a a ``pyro.param`` if learned."""
-
-    def model(x, log_prev, subsample=None):  # (N, D), (N,)
-        pyro.module("component", comp)
-        a = torch.tensor(logit0, dtype=x.dtype, device=x.device)
-        if learned:
-            a = pyro.param("rho_logit", a)
-        if subsample is not None:
-            x, log_prev = x[subsample], log_prev[subsample]
-        log_g = comp.component_log_probs(x)[:, 0]  # (B,)
-        return torch.logaddexp(F.logsigmoid(-a) + log_prev, F.logsigmoid(a) + log_g)
-
-    return model
-
-
-def _joint_model(stages: nn.ModuleList, logits0: torch.Tensor, learned: bool) -> Callable:
-    """Rows' ``log sum_c w_c g_c(x_i)`` with every stage trained, w = softmax(logits)."""
-
-    def model(x, subsample=None):  # (N, D)
-        pyro.module("stages", stages)
-        logits = pyro.param("logits", logits0.clone()) if learned else logits0
-        if subsample is not None:
-            x = x[subsample]
-        log_probs = torch.cat([s.component_log_probs(x) for s in stages], -1)  # (B, C)
-        return (logits.log_softmax(0) + log_probs).logsumexp(-1)
-
-    return model
-
-
-def _variational_model(comp, log_density, log_prev, lam: float, dim: int, dtype) -> Callable:
-    """Draws' ``log p~(x) - log g(x)`` (first stage) or ``log p~ - log G_{c-1} - lam log g``."""
-
-    def model(num_samples: int):
-        pyro.module("component", comp)
-        u = torch.randn(num_samples, 1, dim, dtype=dtype)
-        x, log_det = comp.transform(u)  # (S, 1, D), (S, 1)
-        x, log_g = x[:, 0], comp.base_log_prob(u[:, 0]) - log_det[:, 0]  # (S, D), (S,)
-        if log_prev is None:
-            return log_density(x) - log_g
-        return log_density(x) - log_prev(x) - lam * log_g
-
-    return model
-
-
 # --- the estimator ------------------------------------------------------------------------------
-class BoostedFlowMixture(nn.Module):
+class BoostedFlowMixture(VariationalBoosting, nn.Module):
     """A flow mixture grown by gradient boosting: one new flow per round, earlier flows frozen.
 
     .. math:: G_c = (1 - \\rho_c) G_{c-1} + \\rho_c g_c, \\qquad
@@ -475,72 +408,6 @@ class BoostedFlowMixture(nn.Module):
         self._refit(x_tr, x_va)
         return self
 
-    # --- variational mode -------------------------------------------------------------------
-    def fit_variational(
-        self,
-        log_density: Callable[[torch.Tensor], torch.Tensor],
-        num_components: int = 4,
-        *,
-        entropy_weight: float = 1.0,
-        num_samples: int = 256,
-        rho_samples: int = 4096,
-        init_loc: torch.Tensor | None = None,
-        init_scale: torch.Tensor | None = None,
-    ) -> BoostedFlowMixture:
-        """Fit the boosted mixture to an unnormalized target density by variational boosting.
-
-        .. math:: g_c = \\arg\\max_g\\; \\mathbb E_g[\\log \\tilde p(x) - \\log G_{c-1}(x)] + \\lambda\\, \\mathbb H(g)
-
-        Args:
-            log_density: log p~(x) up to a constant, (S, D) -> (S,), differentiable.
-            num_components: flows to add, C >= 1.
-            entropy_weight: lambda > 0 (g_1 always uses 1, the ELBO).
-            num_samples: reparameterized draws per step.
-            rho_samples: draws from G_{c-1} and from g_c for the rho search.
-            init_loc, init_scale: where new components start, shape (D,) each (default 0, 1).
-
-        Returns:
-            self.
-
-        Raises:
-            ValueError: non-coupling flows (their sampling direction is not analytic in one
-                pass), bad counts or bad initial placement.
-        """
-        if self.component_config["flow"] not in ("affine_coupling", "spline_coupling"):
-            raise ValueError(
-                "expected an analytically invertible flow ('affine_coupling' or "
-                f"'spline_coupling') for the variational mode, got {self.component_config['flow']!r}"
-            )
-        if not callable(log_density):
-            raise ValueError(f"expected a callable log_density, got {type(log_density).__name__}")
-        if not isinstance(num_components, int) or num_components < 1:
-            raise ValueError(f"expected num_components to be an int >= 1, got {num_components!r}")
-        if not entropy_weight > 0:
-            raise ValueError(f"expected entropy_weight > 0, got {entropy_weight!r}")
-        for name, value in (("num_samples", num_samples), ("rho_samples", rho_samples)):
-            if not isinstance(value, int) or value < 2:
-                raise ValueError(f"expected {name} to be an int >= 2, got {value!r}")
-        dtype = torch.get_default_dtype()
-        loc = torch.zeros(self.dim, dtype=dtype) if init_loc is None else torch.as_tensor(init_loc)
-        scale = (
-            torch.ones(self.dim, dtype=dtype) if init_scale is None else torch.as_tensor(init_scale)
-        )
-        if loc.shape != (self.dim,) or scale.shape != (self.dim,) or not bool((scale > 0).all()):
-            raise ValueError(
-                f"expected init_loc and a positive init_scale of shape ({self.dim},), got "
-                f"{tuple(loc.shape)} and {tuple(scale.shape)}"
-            )
-        for _ in range(num_components):
-            self._add_variational(
-                log_density,
-                entropy_weight,
-                num_samples,
-                rho_samples,
-                loc.to(dtype),
-                scale.to(dtype),
-            )
-        return self
-
     # --- internals --------------------------------------------------------------------------
     def _check_fitted(self) -> None:
         if not len(self.stages):
@@ -601,32 +468,12 @@ class BoostedFlowMixture(nn.Module):
         return (log_w + lp).logsumexp(-1)
 
     def _fit(self, model, args, val_args, num_steps: int, index: int, batch: bool = True):
-        """Train what ``model`` registers (``pyro.module`` / ``pyro.param``) with :func:`infer.fit`.
-
-        ``model(*args, subsample=None)`` returns the per-row objective (N,) that is maximized (its
-        mean); Adam at ``lr`` with each parameter's gradient norm clipped at 100, ``batch_size``
-        minibatches (``batch=True``), held-out evaluation of ``val_args`` every ``eval_every``
-        steps and before the first (the best state is kept), ``patience``. It runs in a private
-        param store, so the user's store is untouched. A non-finite loss stops training at the
-        last good state. Returns ``(FitResult, {param name: value})`` for the ``pyro.param``s.
-        """
-        n = args[0].shape[0] if batch else None
-        optim = pyro.optim.Adam({"lr": self.lr}, {"clip_norm": _CLIP_NORM})
-        seed = None if self.seed is None else self.seed * 1000 + index
-        with pyro.get_param_store().scope():
-            try:
-                result = fit(
-                    model, _no_guide, *args, loss=_negative_mean, optim=optim,
-                    num_steps=num_steps, batch_size=None if n is None else min(self.batch_size, n),
-                    val_args=val_args, patience=self.patience if val_args else None,
-                    eval_every=self.eval_every, eval_initial=val_args is not None, seed=seed,
-                )  # fmt: skip
-            except FloatingPointError as err:  # keep the last good state
-                result = err.result
-                result.stop_reason = "non-finite loss"
-            store = pyro.get_param_store()
-            learned = {k: store[k].detach().clone() for k in store.keys() if "$$$" not in k}
-        return result, learned
+        """``fit_stage`` with this model's optimizer settings; seeded by ``seed`` and ``index``."""
+        return fit_stage(
+            model, args, val_args, num_steps=num_steps, lr=self.lr, batch_size=self.batch_size,
+            eval_every=self.eval_every, patience=self.patience, batch=batch,
+            seed=None if self.seed is None else self.seed * 1000 + index,
+        )  # fmt: skip
 
     def _train(self, comp, x_tr, w_tr, x_va, w_va, index: int, mix=None) -> dict:
         """Train comp's parameters only; keep the best held-out state.
@@ -637,7 +484,7 @@ class BoostedFlowMixture(nn.Module):
         """
         if mix is None:
             resample = self.weighting == "resample"
-            model = _weighted_model(comp, resample, min(self.batch_size, x_tr.shape[0]))
+            model = weighted_model(comp, resample, min(self.batch_size, x_tr.shape[0]))
             result, _ = self._fit(
                 model, (x_tr, w_tr, resample), (x_va, w_va, False), self.num_steps, index + 1,
                 batch=not resample,
@@ -646,7 +493,7 @@ class BoostedFlowMixture(nn.Module):
         lG_tr, lG_va, rho0 = mix
         rho0 = min(max(rho0, 1e-4), 1 - 1e-4)
         learned = self.rho_mode == "search" and self.train_rho == "learned"
-        model = _mixture_model(comp, math.log(rho0 / (1 - rho0)), learned)
+        model = mixture_model(comp, math.log(rho0 / (1 - rho0)), learned)
         floor = torch.finfo(x_tr.dtype).min / 4  # log G = -inf would fail fit's finite check
         result, params = self._fit(
             model, (x_tr, lG_tr.clamp(min=floor)), (x_va, lG_va.clamp(min=floor)),
@@ -660,46 +507,17 @@ class BoostedFlowMixture(nn.Module):
         }
 
     def _candidates(self, x_tr: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Gaussians (loc (D,), scale (D,)) of the k-means clusters of x_tr, k = 1, 2, 4, ...,
-        ``num_candidates``; cached for the last training set (they do not depend on G)."""
+        """``gaussian_candidates`` of x_tr, cached for the last training set (independent of G)."""
         cache = getattr(self, "_candidate_cache", None)
         if cache is not None and cache[0].shape == x_tr.shape and torch.equal(cache[0], x_tr):
             return cache[1]
-        top = min(self.num_candidates, x_tr.shape[0])
-        ks = sorted({min(2**j, top) for j in range(top.bit_length() + 1)})
-        gen = self._generator(500)
-        floor = 1e-3 * x_tr.std(0).clamp(min=1e-12)  # (D,)
-        out = []
-        with torch.no_grad():
-            for k in ks:
-                if k == 1:
-                    labels = torch.zeros(x_tr.shape[0], dtype=torch.long, device=x_tr.device)
-                else:
-                    labels = kmeans(x_tr, k, n_init=3, generator=gen)[1]
-                for j in range(k):
-                    members = x_tr[labels == j]
-                    if members.shape[0] >= 2:
-                        out.append((members.mean(0), members.std(0) + floor))
+        out = gaussian_candidates(x_tr, self.num_candidates, self._generator(500))
         self._candidate_cache = (x_tr, out)
         return out
 
     def _greedy_start(self, x_tr: torch.Tensor, log_prev: torch.Tensor, c: int):
-        """The best Gaussian to add to G among ``_candidates``, each scored by
-        max_rho mean_i log((1 - rho) G(x_i) + rho N(x_i; loc, scale)) on the training data.
-
-        Returns ``(loc (D,), scale (D,), rho)`` of the best candidate.
-        """
-        best = None
-        with torch.no_grad():
-            for loc, scale in self._candidates(x_tr):
-                log_n = torch.distributions.Normal(loc, scale).log_prob(x_tr).sum(-1)  # (N,)
-                rho = search_rho(log_prev, log_n)
-                value = float(rho_objective(rho, log_prev, log_n))
-                if best is None or value > best[0]:
-                    best = (value, loc, scale, rho)
-        if best is None:  # no cluster with two points: the data's moments
-            return x_tr.mean(0), x_tr.std(0).clamp(min=1e-6), 1.0 / (c + 1)
-        return best[1], best[2], best[3]
+        """``best_gaussian_to_add`` among the candidates: ``(loc (D,), scale (D,), rho)``."""
+        return best_gaussian_to_add(x_tr, log_prev, self._candidates(x_tr), 1.0 / (c + 1))
 
     def _freeze(self, requires_grad: bool = False) -> None:
         """Freeze (or, with True, release) every fitted component's parameters."""
@@ -784,7 +602,7 @@ class BoostedFlowMixture(nn.Module):
         learn_w = self.rho_mode == "search" and len(self.stages) > 1
         logits0 = self.log_weights.clamp(min=-30.0).to(x_tr.dtype)
         result, params = self._fit(
-            _joint_model(self.stages, logits0, learn_w), (x_tr,), (x_va,), num_steps, 900
+            joint_model(self.stages, logits0, learn_w), (x_tr,), (x_va,), num_steps, 900
         )
         if learn_w:
             with torch.no_grad():
@@ -847,69 +665,3 @@ class BoostedFlowMixture(nn.Module):
             self.history.append(info)
         if self.refit_weights:
             self._refit_weights(x_va)
-
-    def _add_variational(self, log_density, lam, S, rho_S, loc, scale) -> float:
-        start = time.perf_counter()
-        c = len(self.stages)
-        comp = self._new_component({}, loc)
-        comp.set_affine(loc.unsqueeze(0), scale.unsqueeze(0))
-        self._freeze()
-        log_prev = None if c == 0 else self._log_mix_grad
-        model = _variational_model(comp, log_density, log_prev, lam, self.dim, loc.dtype)
-        result, _ = self._fit(model, (S,), None, self.num_steps, c + 1, batch=False)
-        if result.stop_reason == "non-finite loss":
-            raise FloatingPointError(
-                f"non-finite variational loss for component {c}; lower lr or check log_density"
-            )
-        gen = self._generator(c + 1)
-        if c == 0:
-            rho = 1.0
-        elif self.rho_mode == "fixed":
-            rho = 1.0 / (c + 1)
-        else:
-            rho = self._variational_rho(comp, log_density, rho_S, gen, loc.dtype)
-        self._append(comp, rho)
-        self._freeze(True)
-        self.history.append(
-            {
-                "component": c,
-                "rho": rho,
-                "steps": result.num_steps,
-                "seconds": time.perf_counter() - start,
-            }
-        )
-        return rho
-
-    def _log_mix_grad(self, x: torch.Tensor) -> torch.Tensor:
-        """log G_{c-1}(x) with gradients flowing to x (frozen parameters): (S, D) -> (S,)."""
-        return (self.log_weights.to(x.dtype) + self._stage_log_probs(x)).logsumexp(-1)
-
-    @torch.no_grad()
-    def _variational_rho(self, comp, log_density, S, gen, dtype) -> float:
-        """Maximize the ELBO of (1 - rho) G + rho g with fixed draws from G and from g."""
-        draws_G = self.mixture.sample((S,)).to(dtype)  # (S, D)
-        u = torch.randn(S, 1, self.dim, generator=gen, dtype=dtype)
-        draws_g = comp.transform(u)[0][:, 0]  # (S, D)
-        stats = []
-        for x in (draws_G, draws_g):
-            stats.append(
-                (
-                    log_density(x).double(),
-                    self._log_mix(x).double(),
-                    comp.component_log_probs(x)[:, 0].double(),
-                )
-            )
-
-        def elbo(rho: float) -> float:
-            total = 0.0
-            for share, (lp, lG, lg) in zip((1 - rho, rho), stats, strict=True):
-                if share == 0:
-                    continue
-                log_mix = torch.logaddexp(
-                    (math.log1p(-rho) if rho < 1 else -math.inf) + lG,
-                    (math.log(rho) if rho > 0 else -math.inf) + lg,
-                )
-                total += share * float((lp - log_mix).mean())
-            return total
-
-        return _golden_section_max(elbo)
