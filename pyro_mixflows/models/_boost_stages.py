@@ -1,4 +1,4 @@
-"""One boosting stage: where a new flow starts and the objective it is trained on through ``infer.fit``.
+"""One boosting stage: where a new flow starts, and its objectives trained through ``infer.fit``.
 
 Every objective is a function ``model(*args, subsample=None)`` that registers what it trains
 (``pyro.module`` / ``pyro.param``) and returns the per-row objective (B,) to maximize;
@@ -47,7 +47,8 @@ def weighted_model(comp: Components, resample: bool, batch: int) -> Callable:
 
 
 def mixture_model(comp: Components, logit0: float, learned: bool) -> Callable:
-    """Rows' ``log((1 - rho) G(x_i) + rho g(x_i))``, rho = sigmoid(a), a a ``pyro.param`` if learned."""
+    """Rows' ``log((1 - rho) G(x_i) + rho g(x_i))``, rho = sigmoid(a); a is a ``pyro.param``
+    when ``learned``, else held at ``logit0``."""
 
     def model(x, log_prev, subsample=None):  # (N, D), (N,)
         pyro.module("component", comp)

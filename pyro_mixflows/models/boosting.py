@@ -56,24 +56,31 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
     """A flow mixture grown by gradient boosting: one new flow per round, earlier flows frozen.
 
     .. math:: G_c = (1 - \\rho_c) G_{c-1} + \\rho_c g_c, \\qquad
-              g_c = \\arg\\max_g \\sum_i w_i \\log g(x_i), \\quad w_i \\propto 1 / G_{c-1}(x_i)
+              (g_c, \\cdot) = \\arg\\max_{g, \\rho} \\sum_i
+              \\log\\big((1 - \\rho) G_{c-1}(x_i) + \\rho\\, g(x_i)\\big)
 
     Density estimation (``fit`` / ``add_component``): the first flow is a plain maximum-likelihood
-    fit. Every later flow g_c is trained with components 1..c-1 frozen, on the weighted
-    log-likelihood with the weights of :func:`boosting_weights` (normalized to mean one and
-    clipped to ``weight_clip``), either as a weighted loss on uniform minibatches
-    (``weighting="loss"``) or by drawing minibatches with probabilities w_i
-    (``weighting="resample"``). Then rho_c maximizes the held-out log-likelihood of G_c, a
-    concave function of rho, found exactly by :func:`search_rho` (``rho="search"``);
-    ``rho="fixed"`` keeps the reference code's behaviour instead, rho_c = 1/c (every component
-    the same weight). ``refit`` is the optional second pass: each component in turn is trained
-    again against the mixture of the others and its weight searched again.
+    fit. Every later flow g_c starts as a copy of the last one (``init="previous"``: the warm
+    start, so round c begins where the mixture is) and is trained with components 1..c-1 frozen
+    on the exact greedy objective above (``objective="mixture"``, the default), jointly in g and
+    the share rho; its gradient in g is the log-likelihood weighted by the share of each point
+    that g explains. Then rho_c maximizes the held-out log-likelihood of G_c, a concave function
+    of rho, found exactly by :func:`search_rho` (``rho="search"``); ``rho="fixed"`` keeps the
+    reference code's behaviour instead, rho_c = 1/c (every component the same weight). Every
+    training (components, second pass, fine-tuning, variational mode) runs through
+    :func:`pyro_mixflows.infer.fit`: minibatches, the held-out objective evaluated every
+    ``eval_every`` steps and before the first, the best state kept.
 
-    Four further options (all off by default) make the boosted mixture a stronger density
-    estimator. ``objective="mixture"`` trains g_c on the exact greedy objective
-    ``sum_i log((1 - rho) G_{c-1}(x_i) + rho g(x_i))`` jointly in g and rho (G frozen; its
-    gradient in g is the log-likelihood weighted by the share of each point that g explains,
-    whose small-rho limit is the 1/G weighting above), before the exact held-out rho search.
+    ``objective="weighted"`` is the paper's step instead: g_c maximizes the log-likelihood with
+    the sample weights w_i ∝ 1 / G_{c-1}(x_i) of :func:`boosting_weights` (normalized to mean one
+    and clipped to ``weight_clip``; the small-rho limit of the mixture objective's gradient),
+    either as a weighted loss on uniform minibatches (``weighting="loss"``) or by drawing
+    minibatches with probabilities w_i (``weighting="resample"``). Given the same total steps it
+    lost to one flow trained alone on every set measured (see ``benchmarks/boosting_budget.py``),
+    while the default won. ``refit`` is the optional second pass: each component in turn is
+    trained again against the mixture of the others and its weight searched again.
+
+    Further options (all off by default):
     ``init="greedy"`` starts g_c as the best Gaussian to add: among the clusters of k-means
     with k = 1, 2, 4, ..., ``num_candidates`` on the training data (each a Gaussian at its
     cluster's mean and per-axis standard deviation), the one whose exactly searched rho gives
@@ -108,7 +115,7 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
         flow: component flow family, one of ``FLOWS``.
         num_layers, hidden_dims, count_bins, bound, activation: ``FlowComponents`` defaults for
             new components (override per component in ``add_component``).
-        num_steps: optimizer steps per component.
+        num_steps: optimizer steps per component (the most: the best held-out state is kept).
         batch_size: minibatch size.
         lr: Adam learning rate.
         weighting: "loss" or "resample" (see above).
@@ -122,8 +129,8 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
             same architecture, else as "moments"; the warm start refines what the mixture
             already has) or "moments" (a Gaussian at the weighted data's mean and standard
             deviation) or "greedy" (the best Gaussian to add, see above).
-        objective: "weighted" (the 1/G-weighted log-likelihood) or "mixture" (the greedy
-            mixture log-likelihood, see above).
+        objective: "mixture" (the greedy mixture log-likelihood, default) or "weighted" (the
+            1/G-weighted log-likelihood), see above.
         num_candidates: the largest k of the k-means candidates of ``init="greedy"``.
         train_rho: the share in the ``objective="mixture"`` training loss: "learned" (from the
             initial value, jointly with the flow) or "fixed" (held at 1/c). The weights are
@@ -159,7 +166,7 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
         eval_every: int = 50,
         patience: int | None = None,
         init: str = "previous",
-        objective: str = "weighted",
+        objective: str = "mixture",
         num_candidates: int = 16,
         refit_weights: bool = False,
         train_rho: str = "learned",
@@ -399,8 +406,10 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
     def refit(self, x: torch.Tensor, *, x_val: torch.Tensor | None = None) -> BoostedFlowMixture:
         """Second pass: re-train each component against the mixture of the others, re-weight it.
 
-        For component c, ``G_{-c} = (G - w_c g_c) / (1 - w_c)``; g_c is trained further with
-        weights ∝ 1 / G_{-c}(x_i) (others frozen) and its share rho searched again, giving weights
+        For component c, ``G_{-c} = (G - w_c g_c) / (1 - w_c)``; g_c is trained further against
+        G_{-c} on the round's objective (the mixture ``(1 - rho) G_{-c} + rho g_c`` from
+        rho = w_c, or the weights ∝ 1 / G_{-c}(x_i)), others frozen, and its share rho searched
+        again, giving weights
         ``(1 - rho) w_j / (1 - w_c)`` for j != c and ``rho`` for c.
         """
         self._check_fitted()
@@ -637,9 +646,11 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
             comp = self.stages[c]
             for p in comp.parameters():
                 p.requires_grad_(True)
-            w_tr = boosting_weights(self._log_mix(x_tr, exclude=c), self.weight_clip)
-            w_va = boosting_weights(self._log_mix(x_va, exclude=c), self.weight_clip)
-            info = self._train(comp, x_tr, w_tr, x_va, w_va, 100 + c)
+            lG_tr, lG_va = self._log_mix(x_tr, exclude=c), self._log_mix(x_va, exclude=c)
+            w_tr = boosting_weights(lG_tr, self.weight_clip)
+            w_va = boosting_weights(lG_va, self.weight_clip)
+            mix = (lG_tr, lG_va, w_c) if self.objective == "mixture" else None
+            info = self._train(comp, x_tr, w_tr, x_va, w_va, 100 + c, mix)
             self._freeze(True)
             with torch.no_grad():
                 if self.rho_mode == "fixed":
