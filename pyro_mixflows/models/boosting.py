@@ -47,7 +47,7 @@ __all__ = [
 _WEIGHTINGS = ("loss", "resample")
 _RHO_MODES = ("search", "fixed")
 _INITS = ("moments", "previous", "greedy")
-_OBJECTIVES = ("weighted", "mixture")
+_OBJECTIVES = ("likelihood", "mixture", "weighted")
 _TRAIN_RHOS = ("learned", "fixed")
 
 
@@ -56,29 +56,35 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
     """A flow mixture grown by gradient boosting: one new flow per round, earlier flows frozen.
 
     .. math:: G_c = (1 - \\rho_c) G_{c-1} + \\rho_c g_c, \\qquad
-              (g_c, \\cdot) = \\arg\\max_{g, \\rho} \\sum_i
-              \\log\\big((1 - \\rho) G_{c-1}(x_i) + \\rho\\, g(x_i)\\big)
+              \\rho_c = \\arg\\max_{\\rho \\in [0, 1]} \\sum_{i \\in \\text{held out}}
+              \\log\\big((1 - \\rho) G_{c-1}(x_i) + \\rho\\, g_c(x_i)\\big)
 
     Density estimation (``fit`` / ``add_component``): the first flow is a plain maximum-likelihood
-    fit. Every later flow g_c starts as a copy of the last one (``init="previous"``: the warm
-    start, so round c begins where the mixture is) and is trained with components 1..c-1 frozen
-    on the exact greedy objective above (``objective="mixture"``, the default), jointly in g and
-    the share rho; its gradient in g is the log-likelihood weighted by the share of each point
-    that g explains. Then rho_c maximizes the held-out log-likelihood of G_c, a concave function
-    of rho, found exactly by :func:`search_rho` (``rho="search"``); ``rho="fixed"`` keeps the
-    reference code's behaviour instead, rho_c = 1/c (every component the same weight). Every
-    training (components, second pass, fine-tuning, variational mode) runs through
-    :func:`pyro_mixflows.infer.fit`: minibatches, the held-out objective evaluated every
-    ``eval_every`` steps and before the first, the best state kept.
+    fit. Every later flow g_c starts as a copy of the last one (``init="previous"``, the warm
+    start) and, with components 1..c-1 frozen, is trained on one of three objectives:
 
-    ``objective="weighted"`` is the paper's step instead: g_c maximizes the log-likelihood with
-    the sample weights w_i ∝ 1 / G_{c-1}(x_i) of :func:`boosting_weights` (normalized to mean one
-    and clipped to ``weight_clip``; the small-rho limit of the mixture objective's gradient),
-    either as a weighted loss on uniform minibatches (``weighting="loss"``) or by drawing
-    minibatches with probabilities w_i (``weighting="resample"``). Given the same total steps it
-    lost to one flow trained alone on every set measured (see ``benchmarks/boosting_budget.py``),
-    while the default won. ``refit`` is the optional second pass: each component in turn is
-    trained again against the mixture of the others and its weight searched again.
+    - ``objective="likelihood"`` (default): the plain log-likelihood, so round c continues the
+      previous flow's training and the mixture keeps the snapshots, weighted exactly;
+    - ``objective="mixture"``: the greedy step ``sum_i log((1 - rho) G_{c-1}(x_i) + rho g(x_i))``
+      jointly in g and the share rho (its gradient in g is the log-likelihood weighted by the
+      share of each point that g explains), so g specializes where G is weak;
+    - ``objective="weighted"``: the paper's step, the log-likelihood with the sample weights
+      ``w_i ∝ 1 / G_{c-1}(x_i)`` of :func:`boosting_weights` (normalized to mean one, clipped
+      to ``weight_clip``), as a weighted loss on uniform minibatches (``weighting="loss"``) or
+      by drawing minibatches with probabilities w_i (``weighting="resample"``).
+
+    Given the same total steps as one flow trained alone, the default won on most 2-D sets
+    measured and the other two lost on most (the README's boosting section and
+    ``benchmarks/boosting_budget.py``): the reweighted objectives make the new flow learn
+    slowly where G is already good, which costs more than the specialization gains when the
+    flow is short of steps. Then rho_c maximizes the held-out log-likelihood of G_c, a concave
+    function of rho, found exactly by :func:`search_rho` (``rho="search"``); ``rho="fixed"``
+    keeps the reference code's behaviour instead, rho_c = 1/c (every component the same weight).
+    Every training (components, second pass, fine-tuning, variational mode) runs through
+    :func:`pyro_mixflows.infer.fit`: minibatches, the held-out objective evaluated every
+    ``eval_every`` steps and before the first, the best state kept. ``refit`` is the optional
+    second pass: each component in turn is trained again against the mixture of the others and
+    its weight searched again.
 
     Further options (all off by default):
     ``init="greedy"`` starts g_c as the best Gaussian to add: among the clusters of k-means
@@ -129,8 +135,8 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
             same architecture, else as "moments"; the warm start refines what the mixture
             already has) or "moments" (a Gaussian at the weighted data's mean and standard
             deviation) or "greedy" (the best Gaussian to add, see above).
-        objective: "mixture" (the greedy mixture log-likelihood, default) or "weighted" (the
-            1/G-weighted log-likelihood), see above.
+        objective: "likelihood" (default), "mixture" (the greedy mixture log-likelihood) or
+            "weighted" (the 1/G-weighted log-likelihood), see above.
         num_candidates: the largest k of the k-means candidates of ``init="greedy"``.
         train_rho: the share in the ``objective="mixture"`` training loss: "learned" (from the
             initial value, jointly with the flow) or "fixed" (held at 1/c). The weights are
@@ -166,7 +172,7 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
         eval_every: int = 50,
         patience: int | None = None,
         init: str = "previous",
-        objective: str = "mixture",
+        objective: str = "likelihood",
         num_candidates: int = 16,
         refit_weights: bool = False,
         train_rho: str = "learned",
@@ -406,11 +412,11 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
     def refit(self, x: torch.Tensor, *, x_val: torch.Tensor | None = None) -> BoostedFlowMixture:
         """Second pass: re-train each component against the mixture of the others, re-weight it.
 
-        For component c, ``G_{-c} = (G - w_c g_c) / (1 - w_c)``; g_c is trained further against
-        G_{-c} on the round's objective (the mixture ``(1 - rho) G_{-c} + rho g_c`` from
-        rho = w_c, or the weights ∝ 1 / G_{-c}(x_i)), others frozen, and its share rho searched
-        again, giving weights
-        ``(1 - rho) w_j / (1 - w_c)`` for j != c and ``rho`` for c.
+        For component c, ``G_{-c} = (G - w_c g_c) / (1 - w_c)``; g_c is trained further on the
+        round's objective against G_{-c} (the mixture ``(1 - rho) G_{-c} + rho g_c`` from
+        rho = w_c, the weights ∝ 1 / G_{-c}(x_i), or the plain likelihood), others frozen, and its
+        share rho searched again, giving weights ``(1 - rho) w_j / (1 - w_c)`` for j != c and
+        ``rho`` for c.
         """
         self._check_fitted()
         x_tr, x_va = self._split(x, x_val)
@@ -533,6 +539,12 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
         for p in self.stages.parameters():
             p.requires_grad_(requires_grad)
 
+    def _sample_weights(self, log_prev: torch.Tensor) -> torch.Tensor:
+        """The rows' weights in a round's loss: ∝ 1 / G (``"weighted"``), else all one."""
+        if self.objective == "weighted":
+            return boosting_weights(log_prev, self.weight_clip)
+        return torch.ones_like(log_prev)
+
     def _add(self, x_tr, x_va, comp, config) -> float:
         start = time.perf_counter()
         c = len(self.stages)
@@ -543,8 +555,7 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
             w_va = torch.ones(x_va.shape[0], dtype=x_va.dtype)
         else:
             lG_tr, lG_va = self._log_mix(x_tr), self._log_mix(x_va)
-            w_tr = boosting_weights(lG_tr, self.weight_clip)
-            w_va = boosting_weights(lG_va, self.weight_clip)
+            w_tr, w_va = self._sample_weights(lG_tr), self._sample_weights(lG_va)
         rho0 = 1.0 / (c + 1)
         if comp is None:
             comp = self._new_component(config, x_tr)
@@ -647,8 +658,7 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
             for p in comp.parameters():
                 p.requires_grad_(True)
             lG_tr, lG_va = self._log_mix(x_tr, exclude=c), self._log_mix(x_va, exclude=c)
-            w_tr = boosting_weights(lG_tr, self.weight_clip)
-            w_va = boosting_weights(lG_va, self.weight_clip)
+            w_tr, w_va = self._sample_weights(lG_tr), self._sample_weights(lG_va)
             mix = (lG_tr, lG_va, w_c) if self.objective == "mixture" else None
             info = self._train(comp, x_tr, w_tr, x_va, w_va, 100 + c, mix)
             self._freeze(True)
