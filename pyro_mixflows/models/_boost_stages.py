@@ -104,6 +104,7 @@ def fit_stage(
     patience: int | None,
     seed: int | None,
     batch: bool = True,
+    carry: dict | None = None,
 ) -> tuple[FitResult, dict[str, torch.Tensor]]:
     """Train what ``model`` registers (``pyro.module`` / ``pyro.param``) with :func:`infer.fit`.
 
@@ -114,12 +115,19 @@ def fit_stage(
     kept, ``patience``. It runs in a private param store, so the user's store is untouched. A
     non-finite loss stops training at the last good state (``stop_reason "non-finite loss"``).
 
+    ``carry``: Adam states keyed by parameter name (``"component$$$..."``) to start from, e.g.
+    those of the previous round when the new flow is its copy, so the warm start continues the
+    optimizer too (a fresh Adam's first updates move every parameter by about ``lr``); replaced
+    in place by this stage's final states.
+
     Returns:
         The :class:`~pyro_mixflows.infer.FitResult` and ``{name: value}`` of the ``pyro.param``s
         (the modules' parameters are trained in place).
     """
     n = args[0].shape[0] if batch else None
     optim = pyro.optim.Adam({"lr": lr}, {"clip_norm": _CLIP_NORM})
+    if carry:
+        optim.set_state(dict(carry))
     with pyro.get_param_store().scope():
         try:
             result = fit(
@@ -133,6 +141,9 @@ def fit_stage(
             result.stop_reason = "non-finite loss"
         store = pyro.get_param_store()
         learned = {k: store[k].detach().clone() for k in store.keys() if "$$$" not in k}
+        if carry is not None:
+            carry.clear()
+            carry.update({k: v for k, v in optim.get_state().items() if "$$$" in k})
     return result, learned
 
 

@@ -61,7 +61,9 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
 
     Density estimation (``fit`` / ``add_component``): the first flow is a plain maximum-likelihood
     fit. Every later flow g_c starts as a copy of the last one (``init="previous"``, the warm
-    start) and, with components 1..c-1 frozen, is trained on one of three objectives:
+    start, which also continues that round's Adam state, so the copy's training goes on where
+    the last one stopped) and, with components 1..c-1 frozen, is trained on one of three
+    objectives:
 
     - ``objective="likelihood"`` (default): the plain log-likelihood, so round c continues the
       previous flow's training and the mixture keeps the snapshots, weighted exactly;
@@ -482,15 +484,15 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
             log_w = log_w - log_w.logsumexp(0)
         return (log_w + lp).logsumexp(-1)
 
-    def _fit(self, model, args, val_args, num_steps: int, index: int, batch: bool = True):
+    def _fit(self, model, args, val_args, num_steps: int, index: int, batch=True, carry=None):
         """``fit_stage`` with this model's optimizer settings; seeded by ``seed`` and ``index``."""
         return fit_stage(
             model, args, val_args, num_steps=num_steps, lr=self.lr, batch_size=self.batch_size,
-            eval_every=self.eval_every, patience=self.patience, batch=batch,
+            eval_every=self.eval_every, patience=self.patience, batch=batch, carry=carry,
             seed=None if self.seed is None else self.seed * 1000 + index,
         )  # fmt: skip
 
-    def _train(self, comp, x_tr, w_tr, x_va, w_va, index: int, mix=None) -> dict:
+    def _train(self, comp, x_tr, w_tr, x_va, w_va, index: int, mix=None, carry=None) -> dict:
         """Train comp's parameters only; keep the best held-out state.
 
         Without ``mix``: maximize sum_i w_i log g(x_i). With ``mix = (log G(x_tr), log G(x_va),
@@ -502,7 +504,7 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
             model = weighted_model(comp, resample, min(self.batch_size, x_tr.shape[0]))
             result, _ = self._fit(
                 model, (x_tr, w_tr, resample), (x_va, w_va, False), self.num_steps, index + 1,
-                batch=not resample,
+                batch=not resample, carry=carry,
             )  # fmt: skip
             return {"steps": result.num_steps, "val_objective": -result.best_loss}
         lG_tr, lG_va, rho0 = mix
@@ -512,7 +514,7 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
         floor = torch.finfo(x_tr.dtype).min / 4  # log G = -inf would fail fit's finite check
         result, params = self._fit(
             model, (x_tr, lG_tr.clamp(min=floor)), (x_va, lG_va.clamp(min=floor)),
-            self.num_steps, index + 1,
+            self.num_steps, index + 1, carry=carry,
         )  # fmt: skip
         a = float(params["rho_logit"]) if learned else math.log(rho0 / (1 - rho0))
         return {
@@ -549,7 +551,7 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
         start = time.perf_counter()
         c = len(self.stages)
         self._freeze()
-        mix = None
+        mix, carry = None, {}
         if c == 0:
             w_tr = torch.ones(x_tr.shape[0], dtype=x_tr.dtype)
             w_va = torch.ones(x_va.shape[0], dtype=x_va.dtype)
@@ -571,6 +573,7 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
                 and previous.config == comp.config
             ):
                 comp.load_state_dict(previous.state_dict())  # a copy: the frozen one is untouched
+                carry = dict(getattr(self, "_round_state", {}))  # and its Adam moments
             else:  # the weighted data's mean and standard deviation
                 p = (w_tr / w_tr.sum()).unsqueeze(-1)  # (N, 1)
                 mean = (p * x_tr).sum(0)
@@ -580,7 +583,8 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
             comp = comp.to(dtype=x_tr.dtype, device=x_tr.device)
         if c and self.objective == "mixture":
             mix = (lG_tr, lG_va, rho0)
-        info = self._train(comp, x_tr, w_tr, x_va, w_va, c, mix)
+        info = self._train(comp, x_tr, w_tr, x_va, w_va, c, mix, carry)
+        self._round_state = carry  # the Adam state a warm-started next round continues
         with torch.no_grad():
             if c == 0:
                 rho = 1.0

@@ -394,3 +394,15 @@ def test_default_objective_is_the_plain_likelihood_from_a_warm_start(float64):
     assert model.history[1]["val_objective"] == pytest.approx(own, rel=1e-12)
     with pytest.raises(ValueError, match="objective"):
         BoostedFlowMixture(2, objective="boosted")
+
+
+def test_warm_start_continues_the_previous_rounds_optimizer(float64):
+    x, x_val = _data(seed=0), _data(60, seed=1)
+    model = BoostedFlowMixture(2, **SMALL).fit(x, 2, x_val=x_val)
+    # Adam's step count runs on from round 1 into its copy in round 2: 2 * num_steps updates.
+    steps = {float(s["state"][0]["step"]) for s in model._round_state.values()}
+    assert steps == {2.0 * SMALL["num_steps"]}
+    # A differently built flow cannot continue it: it starts a fresh optimizer.
+    model.add_component(x, x_val=x_val, num_layers=2)
+    steps = {float(s["state"][0]["step"]) for s in model._round_state.values()}
+    assert steps == {float(SMALL["num_steps"])}
