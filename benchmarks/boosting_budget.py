@@ -113,6 +113,7 @@ VARIANTS = {
     "mixture": ({"objective": "mixture"}, {}),  # the greedy mixture log-likelihood
     "weighted": ({"objective": "weighted"}, {}),  # the paper's 1/G-weighted step
     "default+ft": ({}, {"finetune": True}),
+    "mixture+ft": ({"objective": "mixture"}, {"finetune": True}),
     "weighted+ft": ({"objective": "weighted"}, {"finetune": True}),
     "refit_weights": ({"refit_weights": True}, {}),
     "greedy": (

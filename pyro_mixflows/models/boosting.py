@@ -75,11 +75,11 @@ class BoostedFlowMixture(VariationalBoosting, nn.Module):
       to ``weight_clip``), as a weighted loss on uniform minibatches (``weighting="loss"``) or
       by drawing minibatches with probabilities w_i (``weighting="resample"``).
 
-    Given the same total steps as one flow trained alone, the default won on most 2-D sets
-    measured and the other two lost on most (the README's boosting section and
-    ``benchmarks/boosting_budget.py``): the reweighted objectives make the new flow learn
-    slowly where G is already good, which costs more than the specialization gains when the
-    flow is short of steps. Then rho_c maximizes the held-out log-likelihood of G_c, a concave
+    Given the same total steps as one flow trained alone, the default won the median of 3 runs on
+    6 of 8 2-D sets measured, by small margins (about even), the weighted step lost on all four
+    where it was measured and the mixture step on half (the README's "Does boosting pay for its
+    steps?", ``benchmarks/boosting_budget.py``); the mixture step with joint fine-tuning won
+    clearly on disconnected outlines only. Then rho_c maximizes the held-out log-likelihood of G_c, a concave
     function of rho, found exactly by :func:`search_rho` (``rho="search"``); ``rho="fixed"``
     keeps the reference code's behaviour instead, rho_c = 1/c (every component the same weight).
     Every training (components, second pass, fine-tuning, variational mode) runs through
