@@ -19,7 +19,9 @@ rate, batch 256, the best held-out state kept, evaluated every 50 steps):
   exactly on the validation set (``fit_weights``), no further training;
 - ``paper-style C=4``: the 1/G-weighted objective with a warm start from the previous flow and
   the exact rho search (the method before the options above), for reference;
-- ``single small, 4S steps``: a control, one 2-layer flow given the steps of C=4;
+- ``default C=4 (L=2)``: the package defaults (a warm start from the previous flow, the greedy
+  mixture objective with the share learned, the exact rho search), ``S`` steps per component;
+- ``single small, 4S steps``: the standing control, one 2-layer flow given the steps of C=4;
 - ``budget (C, L)`` for (1, 8), (2, 4), (4, 2): C components of L layers (C * L = 8 layers) under
   one step budget ``4 S + F``: the boosted budgets get ``4 S / C`` steps per component and then
   ``F`` steps of joint fine-tuning of all components and weights (``finetune``); the (1, 8)
@@ -102,7 +104,8 @@ def run(name: str, args) -> list[tuple[str, float, float]]:
     boosted(
         lambda c: "learned rho in training C=4", (4,), 2, S, **{**GREEDY, "train_rho": "learned"}
     )
-    boosted(lambda c: "paper-style C=4 (L=2)", (4,), 2, S)
+    boosted(lambda c: "paper-style C=4 (L=2)", (4,), 2, S, objective="weighted")
+    boosted(lambda c: "default C=4 (L=2)", (4,), 2, S)
     control = BoostedFlowMixture(2, num_layers=2, num_steps=4 * S, **common)
     start = time.perf_counter()
     control.fit(x, 1, x_val=x_val)

@@ -1,15 +1,15 @@
 """``fit``: one training loop for any Pyro model/guide pair.
 
 Minibatches through subsampled plates, early stopping on a held-out ELBO, a NaN/inf guard, atomic
-checkpoints that resume bit-identically, seeds, device placement, and data-parallel training on
-``torch.distributed`` (DDP around Pyro's ``ELBO()(model, guide)`` module, launched with torchrun).
+checkpoints that resume bit-identically, seeds, device placement, Pyro's learning-rate schedulers,
+a custom loss and a per-step callback, and data-parallel training on ``torch.distributed`` (DDP
+around Pyro's ``ELBO()(model, guide)`` module, launched with torchrun). Every model of the package
+(the estimators and the boosted flows included) trains through this one loop.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-import numbers
 import os
 import time
 from collections.abc import Callable
@@ -23,7 +23,7 @@ from pyro.infer import TraceEnum_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import zero_grads
 from pyro.optim import PyroOptim
-from torch import nn
+from pyro.optim.lr_scheduler import PyroLRScheduler
 
 from .._validation import check_finite
 from . import _distributed
@@ -33,11 +33,24 @@ from ._checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from ._fit_parts import (
+    _BatchSampler,
+    _CallableLoss,
+    _check_int,
+    _check_keywords,
+    _has_plate,
+    _make_optim,
+    _modules,
+    _restore,
+    _snapshot,
+    _tensors,
+    _to,
+    _unconstrained,
+)
 
 __all__ = ["FitResult", "fit", "load_checkpoint", "save_checkpoint"]
 
-DEFAULT_LR = 1e-3
-_ADAM_OPTIONS = frozenset(inspect.signature(torch.optim.Adam).parameters) - {"params"}
+_SCHEDULES = ("step", "eval")
 
 
 @dataclass
@@ -57,7 +70,7 @@ class FitResult:
             ``patience`` evaluations.
         num_steps: the number of updates done (counting those before a resume).
         time: wall-clock seconds spent training (counting those before a resume).
-        stop_reason: ``"num_steps"`` or ``"patience"``.
+        stop_reason: ``"num_steps"``, ``"patience"`` or ``"callback"``.
     """
 
     losses: list[float] = field(default_factory=list)
@@ -71,130 +84,15 @@ class FitResult:
     stop_reason: str = "num_steps"
 
 
-class _BatchSampler:
-    """Row indices for minibatches: a fresh random permutation per epoch, cut into batches.
-
-    Each batch is marginally a uniform random subset of the rows, so the subsampled ELBO is
-    unbiased; the incomplete tail of an epoch is dropped so every step has the same scale.
-    """
-
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
-        self.n, self.batch_size, self.generator = n, batch_size, generator
-        self.perm: torch.Tensor | None = None
-        self.cursor = 0
-
-    def next(self) -> torch.Tensor:
-        if self.perm is None or self.cursor + self.batch_size > self.n:
-            self.perm = torch.randperm(self.n, generator=self.generator)  # (N,)
-            self.cursor = 0
-        batch = self.perm[self.cursor : self.cursor + self.batch_size]  # (B,)
-        self.cursor += self.batch_size
-        return batch
-
-    def state(self) -> dict[str, Any]:
-        perm = None if self.perm is None else self.perm.clone()
-        return {"generator": self.generator.get_state(), "perm": perm, "cursor": self.cursor}
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.perm, self.cursor = state["perm"], state["cursor"]
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    # Any integral number (a NumPy integer too), never a bool.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"expected {name} to be an int >= {low}, got {value!r}")
-
-
-def _tensors(obj: Any, name: str):
-    """(name, tensor) for every tensor in nested tuples / lists / dicts."""
-    if torch.is_tensor(obj):
-        yield name, obj
-    elif isinstance(obj, (tuple, list)):
-        for i, item in enumerate(obj):
-            yield from _tensors(item, f"{name}[{i}]")
-    elif isinstance(obj, dict):
-        for key, item in obj.items():
-            yield from _tensors(item, f"{name}[{key!r}]")
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_to(item, device) for item in obj)
-    if isinstance(obj, list):
-        return [_to(item, device) for item in obj]
-    if isinstance(obj, dict):
-        return {key: _to(item, device) for key, item in obj.items()}
-    return obj
-
-
-def _modules(*fns: Callable) -> list[nn.Module]:
-    """The nn.Modules behind model and guide (the callables themselves, or a bound method's owner)."""
-    found = []
-    for fn in fns:
-        if isinstance(fn, nn.Module):
-            found.append(fn)
-        elif inspect.ismethod(fn) and isinstance(fn.__self__, nn.Module):
-            found.append(fn.__self__)
-    return found
-
-
-def _check_keywords(role: str, fn: Callable, keywords: list[str]) -> None:
-    """Refuse keywords that ``fn`` cannot take (a misspelt fit option lands in **kwargs)."""
-    try:
-        parameters = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # not introspectable: let the call decide
-        return
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return
-    accepted = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    for key in keywords:
-        if key not in accepted:
-            hint = (
-                "; with batch_size the model and guide take subsample=None and pass it to "
-                'pyro.plate("data", N, subsample=subsample)'
-                if key == "subsample"
-                else " (neither a fit option nor an argument of the model)"
-            )
-            raise ValueError(f"expected {role} to accept the keyword {key!r}, got {fn!r}{hint}")
-
-
-def _make_optim(optim: Any) -> PyroOptim:
-    if optim is None:
-        return pyro.optim.Adam({"lr": DEFAULT_LR})
-    if isinstance(optim, PyroOptim):
-        return optim
-    if isinstance(optim, dict):
-        unknown = sorted(set(optim) - _ADAM_OPTIONS)
-        if unknown:
-            raise ValueError(
-                f"expected Adam options among {sorted(_ADAM_OPTIONS)}, got unknown options {unknown}"
-            )
-        return pyro.optim.Adam(dict(optim))
-    raise TypeError(
-        "expected optim to be None, a dict of Adam options or a pyro.optim optimizer "
-        f"(e.g. pyro.optim.ClippedAdam), got {type(optim).__name__}"
-    )
-
-
-def _snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in params]
-
-
-def _restore(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for p, v in zip(params, values, strict=True):
-            p.copy_(v)
-
-
 def fit(
     model: Callable,
     guide: Callable,
     *args: Any,
-    loss: ELBO | None = None,
+    loss: ELBO | Callable[..., torch.Tensor] | None = None,
     optim: PyroOptim | dict | None = None,
+    schedule: str = "step",
+    callback: Callable[[int, float], bool | None] | None = None,
+    eval_initial: bool = False,
     num_steps: int = 1000,
     batch_size: int | None = None,
     val_args: tuple | None = None,
@@ -233,6 +131,22 @@ def fit(
     before the update, so the parameters keep the values of the last good step (the exception
     carries the partial :class:`FitResult` as ``err.result``).
 
+    Custom loss: instead of an ELBO, ``loss`` may be any callable ``loss(model, guide, *args,
+    **kwargs)`` returning a differentiable scalar tensor (the convention of Pyro's ``SVI``), e.g. a
+    weighted log-likelihood; the parameters it trains are those it creates or reaches through
+    ``pyro.param``/``pyro.module``, and the held-out loss is the same callable on ``val_args``.
+
+    Learning-rate schedules: ``optim`` may be a Pyro scheduler (``pyro.optim.ExponentialLR``,
+    ``pyro.optim.StepLR``, ..., a ``PyroLRScheduler``). With ``schedule="step"`` (default) the
+    scheduler is stepped after every update, so ``gamma`` of ``ExponentialLR`` is a per-update
+    factor; with ``schedule="eval"`` after every evaluation (every ``eval_every`` updates).
+    ``pyro.optim.ReduceLROnPlateau`` is stepped at every evaluation with the monitored loss (it
+    needs ``val_args`` or ``patience``). The schedulers' state is part of the checkpoint.
+
+    Callback: ``callback(step, loss)`` is called after every update with the number of updates
+    done and that step's training loss; returning True stops training (``stop_reason
+    "callback"``; the best monitored state is still restored).
+
     Defaults: ``TraceEnum_ELBO(max_plate_nesting=1)`` (enumerated discrete sites are summed out
     exactly; no plate-nesting guess) and ``pyro.optim.Adam({"lr": 1e-3})`` (one torch Adam per
     parameter, as in ``SVI``).
@@ -241,8 +155,15 @@ def fit(
         model: a Pyro model ``model(*args, subsample=None, **kwargs)``.
         guide: its guide, same signature.
         *args: data and other positional arguments; N is the first dimension of the first tensor.
-        loss: a Pyro ``ELBO`` (default ``TraceEnum_ELBO(max_plate_nesting=1)``).
-        optim: a ``pyro.optim`` optimizer or a dict of ``torch.optim.Adam`` options.
+        loss: a Pyro ``ELBO`` (default ``TraceEnum_ELBO(max_plate_nesting=1)``) or a callable
+            ``loss(model, guide, *args, **kwargs) -> scalar tensor`` (see above).
+        optim: a ``pyro.optim`` optimizer or scheduler, or a dict of ``torch.optim.Adam``
+            options.
+        schedule: when a scheduler ``optim`` is stepped: ``"step"`` (after every update) or
+            ``"eval"`` (after every evaluation); ignored for a plain optimizer.
+        callback: ``callback(step, loss)`` after every update; True stops training.
+        eval_initial: also evaluate ``val_args`` before the first update (step 0), so that a
+            warm start which training does not improve is the state kept.
         num_steps: total number of updates (>= 1), counting those before a resume.
         batch_size: rows per step (1 <= B <= N; per rank when distributed); None for full batch.
         val_args: positional arguments of the held-out set (tuple, or one tensor).
@@ -293,14 +214,33 @@ def fit(
     if seed is not None:
         _check_int("seed", seed, 0)
     loss = TraceEnum_ELBO(max_plate_nesting=1) if loss is None else loss
+    if not isinstance(loss, ELBO) and (not callable(loss) or isinstance(loss, type)):
+        raise TypeError(
+            "expected loss to be a pyro.infer ELBO or a callable loss(model, guide, *args, "
+            f"**kwargs), got {type(loss).__name__}"
+        )
     if not isinstance(loss, ELBO):
-        raise TypeError(f"expected loss to be a pyro.infer ELBO, got {type(loss).__name__}")
+        loss = _CallableLoss(loss)
     differentiable = hasattr(loss, "differentiable_loss")
-    if distributed and not differentiable:
+    if distributed and (not differentiable or isinstance(loss, _CallableLoss)):
         raise ValueError(
             f"expected an ELBO with differentiable_loss for distributed=True, got {type(loss).__name__}"
         )
+    if eval_initial and val_args is None:
+        raise ValueError("expected val_args with eval_initial=True, got None")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"expected callback to be callable, got {type(callback).__name__}")
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"expected schedule in {_SCHEDULES}, got {schedule!r}")
     optim = _make_optim(optim)
+    plateau = isinstance(optim, PyroLRScheduler) and issubclass(
+        optim.pt_scheduler_constructor, torch.optim.lr_scheduler.ReduceLROnPlateau
+    )
+    if plateau and val_args is None and patience is None:
+        raise ValueError(
+            "expected val_args or patience with pyro.optim.ReduceLROnPlateau (it is stepped with "
+            "the monitored loss at each evaluation), got neither"
+        )
     if val_args is not None and not isinstance(val_args, (tuple, list)):
         val_args = (val_args,)
     if "subsample" in kwargs and batch_size is not None:
@@ -334,7 +274,7 @@ def fit(
         return _fit(
             model, guide, args, kwargs, loss, optim, num_steps, batch_size, n, val_args, patience,
             eval_every, seed, device, progress_bar, checkpoint, checkpoint_every or eval_every,
-            resume, distributed, differentiable,
+            resume, distributed, differentiable, schedule, plateau, callback, eval_initial,
         )  # fmt: skip
     finally:
         if created_group:
@@ -344,7 +284,7 @@ def fit(
 def _fit(
     model, guide, args, kwargs, loss, optim, num_steps, batch_size, n, val_args, patience,
     eval_every, seed, device, progress_bar, checkpoint, checkpoint_every, resume, distributed,
-    differentiable,
+    differentiable, schedule, plateau, callback, eval_initial,
 ) -> FitResult:  # fmt: skip
     rank, world = (0, 1)
     if distributed:
@@ -439,8 +379,14 @@ def _fit(
     if progress_bar and rank == 0:
         bar = _ProgressBar(progress_bar, num_steps, start, n, val_args)
     monitor = val_args is not None or patience is not None
+    scheduler = optim if isinstance(optim, PyroLRScheduler) else None
     t0 = time.perf_counter() - elapsed
     step, last_eval = start, (history.val_steps[-1] if history.val_steps else 0)
+    if eval_initial and start == 0:
+        history.best_loss, history.best_step = val_loss(), 0
+        history.val_losses.append(history.best_loss)
+        history.val_steps.append(0)
+        best = _snapshot(params)
     try:
         while step < num_steps:
             idx = None if sampler is None else sampler.next()
@@ -454,6 +400,8 @@ def _fit(
                 raise
             history.losses.append(value)
             step += 1
+            if scheduler is not None and not plateau and schedule == "step":
+                scheduler.step()
             if bar is not None:
                 bar.step(step, value)
             stop = False
@@ -474,6 +422,13 @@ def _fit(
                     bad_evals += 1
                     if patience is not None and bad_evals >= patience:
                         history.stop_reason, history.converged, stop = "patience", True, True
+                if plateau:
+                    scheduler.step(metric)
+            if scheduler is not None and not plateau and schedule == "eval":
+                if step % eval_every == 0 or step == num_steps:
+                    scheduler.step()
+            if callback is not None and callback(step, value) and not stop:
+                history.stop_reason, stop = "callback", True
             history.num_steps = step
             if checkpoint is not None and (
                 step % checkpoint_every == 0 or stop or step == num_steps
@@ -530,6 +485,8 @@ class _ProgressBar:
                 f"early stop: no improvement in {patience} evaluations "
                 f"({patience * eval_every} steps), best at step {history.best_step}"
             )
+        elif history.stop_reason == "callback":
+            reason = f"stopped by the callback at step {step}"
         else:
             reason = "step limit reached"
         if history.losses:
@@ -539,23 +496,6 @@ class _ProgressBar:
         self.bar.set_postfix(self.postfix, refresh=False)
         self.bar.refresh()
         self.bar.close()
-
-
-def _unconstrained(trace) -> list[torch.Tensor]:
-    return [
-        site["value"].unconstrained() for site in trace.nodes.values() if site["type"] == "param"
-    ]
-
-
-def _has_plate(model, guide, args, kwargs) -> bool:
-    with torch.no_grad():
-        tr = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(*args, **kwargs)
-    return any(
-        f.name == _distributed.DATA_PLATE
-        for site in tr.nodes.values()
-        if site["type"] == "sample"
-        for f in site["cond_indep_stack"]
-    )
 
 
 def _step(objective, loss, model, guide, optim, args, kwargs, distributed) -> float:

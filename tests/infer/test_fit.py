@@ -319,3 +319,150 @@ def test_progress_bar_says_a_non_finite_loss_stopped_it(float64, capsys):
         fit(model, guide, x, loss=Trace_ELBO(), num_steps=5, progress_bar=True, seed=0)
     err = capsys.readouterr().err.replace("\r", "\n")
     assert "stop=non-finite loss or gradient at step 2" in err
+
+# --- schedulers, a custom loss, a per-step callback -------------------------------------------
+def _adam_lrs(optim):
+    """The learning rate of every per-parameter torch optimizer behind a Pyro scheduler."""
+    return sorted(
+        {group["lr"] for s in optim.optim_objs.values() for group in s.optimizer.param_groups}
+    )
+
+
+def test_exponential_lr_is_stepped_after_every_update(float64):
+    x = make_data()
+    _, model, guide = make_pair()
+    sched = pyro.optim.ExponentialLR(
+        {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.01}, "gamma": 0.9}
+    )
+    fit(model, guide, x, optim=sched, num_steps=7, seed=0)
+    lrs = _adam_lrs(sched)
+    assert len(lrs) == 1
+    assert lrs[0] == pytest.approx(0.01 * 0.9**7, rel=1e-12)  # one factor per update
+
+
+def test_schedule_eval_steps_the_scheduler_at_evaluations(float64):
+    x = make_data()
+    _, model, guide = make_pair()
+    sched = pyro.optim.StepLR(
+        {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.01}, "step_size": 1, "gamma": 0.5}
+    )
+    fit(model, guide, x, optim=sched, num_steps=10, eval_every=4, schedule="eval", seed=0)
+    # Evaluations after updates 4, 8 and 10 (the last): three halvings.
+    assert _adam_lrs(sched) == [pytest.approx(0.01 / 8, rel=1e-12)]
+
+
+def test_reduce_lr_on_plateau_gets_the_monitored_loss(float64):
+    x = make_data()
+    _, model, guide = make_pair()
+    sched = pyro.optim.ReduceLROnPlateau(
+        {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.01}, "patience": 0, "factor": 0.1}
+    )
+    # A huge threshold: no evaluation counts as an improvement, so each one cuts the rate.
+    sched.kwargs["threshold"], sched.kwargs["threshold_mode"] = 1e9, "abs"
+    fit(model, guide, x, optim=sched, num_steps=6, eval_every=2, val_args=(x,), seed=0)
+    # First evaluation sets the best; the next two are "no improvement": two cuts.
+    assert _adam_lrs(sched) == [pytest.approx(0.01 * 0.1**2, rel=1e-12)]
+    with pytest.raises(ValueError, match="val_args or patience with pyro.optim.ReduceLROnPlateau"):
+        fit(model, guide, x, optim=sched, num_steps=2)
+
+
+def test_scheduler_state_survives_a_resume(float64, tmp_path):
+    x = make_data()
+
+    def run(steps, resume):
+        pyro.clear_param_store()
+        _, model, guide = make_pair()
+        sched = pyro.optim.ExponentialLR(
+            {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.01}, "gamma": 0.8}
+        )
+        fit(model, guide, x, optim=sched, num_steps=steps, seed=0, checkpoint=tmp_path / "c.pt",
+            checkpoint_every=3, resume=resume)  # fmt: skip
+        return sched, params_now()
+
+    run(3, False)
+    resumed_sched, resumed = run(6, True)
+    (tmp_path / "c.pt").unlink()
+    straight_sched, straight = run(6, False)
+    assert _adam_lrs(resumed_sched) == _adam_lrs(straight_sched) == [pytest.approx(0.01 * 0.8**6)]
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "optim, match",
+    [
+        (lambda p: torch.optim.Adam(p, lr=0.1), "pyro.optim wrapper.*got a torch object Adam"),
+        (
+            lambda p: torch.optim.lr_scheduler.ExponentialLR(torch.optim.Adam(p), 0.9),
+            "got a torch object ExponentialLR",
+        ),
+        (lambda p: "adam", "expected optim to be None"),
+    ],
+)
+def test_unsupported_optimizers_are_refused(optim, match):
+    x = make_data()
+    _, model, guide = make_pair()
+    with pytest.raises(TypeError, match=match):
+        fit(model, guide, x, optim=optim([torch.zeros(1, requires_grad=True)]))
+    assert len(pyro.get_param_store()) == 0
+    with pytest.raises(ValueError, match="schedule in"):
+        fit(model, guide, x, schedule="epoch")
+    with pytest.raises(TypeError, match="callback to be callable"):
+        fit(model, guide, x, callback=3)
+
+
+def test_custom_loss_trains_its_parameters_with_early_stopping(float64):
+    # A weighted least-squares fit of a location: loss(model, guide, x, w) = sum_i w_i |x_i - m|^2.
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(40, 2, generator=g) + 3.0, torch.rand(40, generator=g)
+    x_val, w_val = torch.randn(20, 2, generator=g) + 3.0, torch.ones(20)
+
+    def model(x, w, subsample=None):
+        m = pyro.param("m", torch.zeros(2))
+        with pyro.plate("data", x.shape[0], subsample=subsample) as idx:
+            return (w[idx] * (x[idx] - m).square().sum(-1)).sum() * x.shape[0] / len(idx)
+
+    def loss(model, guide, *args, **kwargs):
+        return model(*args, **kwargs)
+
+    result = fit(model, lambda *a, **k: None, x, w, loss=loss, optim={"lr": 0.1}, num_steps=300,
+                 batch_size=10, val_args=(x_val, w_val), eval_every=10, seed=0)  # fmt: skip
+    m = pyro.param("m").detach()
+    exact = (w[:, None] * x).sum(0) / w.sum()
+    assert (m - exact).norm() < 0.2  # SGD noise of batch 10 at lr 0.1 on a quadratic
+    # The restored state is the best evaluation, and the held-out loss is the callable's.
+    assert result.best_loss == min(result.val_losses)
+    with torch.no_grad():
+        assert result.best_loss == pytest.approx(float(model(x_val, w_val)))
+    with pytest.raises(TypeError, match="return a scalar tensor"):
+        fit(model, None, x, w, loss=lambda model, guide, *a, **k: torch.zeros(3), num_steps=1)
+
+
+def test_callback_sees_every_step_and_can_stop(float64):
+    x = make_data()
+    _, model, guide = make_pair()
+    seen = []
+
+    def callback(step, value):
+        seen.append((step, value))
+        return step == 5
+
+    result = fit(model, guide, x, num_steps=20, callback=callback, seed=0)
+    assert [s for s, _ in seen] == [1, 2, 3, 4, 5]
+    assert [v for _, v in seen] == result.losses
+    assert result.stop_reason == "callback" and result.num_steps == 5
+
+
+def test_eval_initial_keeps_a_start_that_training_cannot_improve(float64):
+    x = make_data()
+    _, model, guide = make_pair()
+    fit(model, guide, x, num_steps=200, optim={"lr": 0.02}, seed=0)  # a good start
+    start = params_now()
+    # A far too large learning rate only makes it worse; the step-0 evaluation is kept.
+    result = fit(model, guide, x, num_steps=4, optim={"lr": 5.0}, val_args=(x,), eval_every=2,
+                 eval_initial=True, seed=0)  # fmt: skip
+    assert result.val_steps == [0, 2, 4] and result.best_step == 0
+    for name, value in params_now().items():
+        torch.testing.assert_close(value, start[name], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="val_args with eval_initial"):
+        fit(model, guide, x, eval_initial=True)

@@ -377,3 +377,32 @@ def test_fit_weights_gives_a_fixed_schedule_mixture_exact_weights(float64):
     assert model.score(x_val) >= before - 1e-12  # equal weights are one point of the simplex
     with pytest.raises(RuntimeError, match="fitted"):
         BoostedFlowMixture(2, **SMALL).fit_weights(x_val)
+
+
+def test_default_objective_is_the_plain_likelihood_from_a_warm_start(float64):
+    x, x_val = _data(seed=0), _data(60, seed=1)
+    model = BoostedFlowMixture(2, **SMALL).fit(x, 2, x_val=x_val)
+    # The same rounds with the 1/G weights clipped to [1, 1] (all one) are bit-identical.
+    ones = BoostedFlowMixture(2, **SMALL, objective="weighted", weight_clip=(1.0, 1.0))
+    ones.fit(x, 2, x_val=x_val)
+    for (key, value), other in zip(model.stages.state_dict().items(),
+                                   ones.stages.state_dict().values(), strict=True):  # fmt: skip
+        assert torch.equal(value, other), key
+    # The kept state of round 2 is its best held-out mean log-likelihood.
+    with torch.no_grad():
+        own = float(model.stages[1].component_log_probs(x_val)[:, 0].mean())
+    assert model.history[1]["val_objective"] == pytest.approx(own, rel=1e-12)
+    with pytest.raises(ValueError, match="objective"):
+        BoostedFlowMixture(2, objective="boosted")
+
+
+def test_warm_start_continues_the_previous_rounds_optimizer(float64):
+    x, x_val = _data(seed=0), _data(60, seed=1)
+    model = BoostedFlowMixture(2, **SMALL).fit(x, 2, x_val=x_val)
+    # Adam's step count runs on from round 1 into its copy in round 2: 2 * num_steps updates.
+    steps = {float(s["state"][0]["step"]) for s in model._round_state.values()}
+    assert steps == {2.0 * SMALL["num_steps"]}
+    # A differently built flow cannot continue it: it starts a fresh optimizer.
+    model.add_component(x, x_val=x_val, num_layers=2)
+    steps = {float(s["state"][0]["step"]) for s in model._round_state.values()}
+    assert steps == {float(SMALL["num_steps"])}

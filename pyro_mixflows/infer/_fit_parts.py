@@ -1,0 +1,191 @@
+"""The pieces of :func:`pyro_mixflows.infer.fit` that are not the loop: minibatch order, option
+checks, moving arguments to a device, parameter snapshots, the custom-loss adapter."""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer.elbo import ELBO
+from pyro.optim import PyroOptim
+from torch import nn
+
+from . import _distributed
+
+DEFAULT_LR = 1e-3
+_ADAM_OPTIONS = frozenset(inspect.signature(torch.optim.Adam).parameters) - {"params"}
+
+
+class _BatchSampler:
+    """Row indices for minibatches: a fresh random permutation per epoch, cut into batches.
+
+    Each batch is marginally a uniform random subset of the rows, so the subsampled ELBO is
+    unbiased; the incomplete tail of an epoch is dropped so every step has the same scale.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.perm: torch.Tensor | None = None
+        self.cursor = 0
+
+    def next(self) -> torch.Tensor:
+        if self.perm is None or self.cursor + self.batch_size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.generator)  # (N,)
+            self.cursor = 0
+        batch = self.perm[self.cursor : self.cursor + self.batch_size]  # (B,)
+        self.cursor += self.batch_size
+        return batch
+
+    def state(self) -> dict[str, Any]:
+        perm = None if self.perm is None else self.perm.clone()
+        return {"generator": self.generator.get_state(), "perm": perm, "cursor": self.cursor}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.cursor = state["perm"], state["cursor"]
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    # Any integral number (a NumPy integer too), never a bool.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"expected {name} to be an int >= {low}, got {value!r}")
+
+
+def _tensors(obj: Any, name: str):
+    """(name, tensor) for every tensor in nested tuples / lists / dicts."""
+    if torch.is_tensor(obj):
+        yield name, obj
+    elif isinstance(obj, (tuple, list)):
+        for i, item in enumerate(obj):
+            yield from _tensors(item, f"{name}[{i}]")
+    elif isinstance(obj, dict):
+        for key, item in obj.items():
+            yield from _tensors(item, f"{name}[{key!r}]")
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(item, device) for item in obj)
+    if isinstance(obj, list):
+        return [_to(item, device) for item in obj]
+    if isinstance(obj, dict):
+        return {key: _to(item, device) for key, item in obj.items()}
+    return obj
+
+
+def _modules(*fns: Callable) -> list[nn.Module]:
+    """The nn.Modules behind model and guide (the callables themselves, or a bound method's owner)."""
+    found = []
+    for fn in fns:
+        if isinstance(fn, nn.Module):
+            found.append(fn)
+        elif inspect.ismethod(fn) and isinstance(fn.__self__, nn.Module):
+            found.append(fn.__self__)
+    return found
+
+
+def _check_keywords(role: str, fn: Callable, keywords: list[str]) -> None:
+    """Refuse keywords that ``fn`` cannot take (a misspelt fit option lands in **kwargs)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # not introspectable: let the call decide
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    accepted = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for key in keywords:
+        if key not in accepted:
+            hint = (
+                "; with batch_size the model and guide take subsample=None and pass it to "
+                'pyro.plate("data", N, subsample=subsample)'
+                if key == "subsample"
+                else " (neither a fit option nor an argument of the model)"
+            )
+            raise ValueError(f"expected {role} to accept the keyword {key!r}, got {fn!r}{hint}")
+
+
+def _make_optim(optim: Any) -> PyroOptim:
+    if optim is None:
+        return pyro.optim.Adam({"lr": DEFAULT_LR})
+    if isinstance(optim, PyroOptim):
+        return optim
+    if isinstance(optim, dict):
+        unknown = sorted(set(optim) - _ADAM_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"expected Adam options among {sorted(_ADAM_OPTIONS)}, got unknown options {unknown}"
+            )
+        return pyro.optim.Adam(dict(optim))
+    if isinstance(optim, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)) or (
+        isinstance(optim, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    ):
+        raise TypeError(
+            "expected a pyro.optim wrapper (parameters are created lazily, so fit builds the torch "
+            "objects itself), got a torch object "
+            f"{type(optim).__name__}: pass e.g. pyro.optim.Adam({{'lr': 1e-3}}) or "
+            "pyro.optim.ExponentialLR({'optimizer': torch.optim.Adam, 'optim_args': {'lr': 1e-3}, "
+            "'gamma': 0.999})"
+        )
+    raise TypeError(
+        "expected optim to be None, a dict of Adam options or a pyro.optim optimizer or "
+        f"scheduler (e.g. pyro.optim.ClippedAdam), got {type(optim).__name__}"
+    )
+
+
+def _snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+def _restore(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, v in zip(params, values, strict=True):
+            p.copy_(v)
+
+
+class _CallableLoss(ELBO):
+    """A callable ``loss(model, guide, *args, **kwargs) -> scalar tensor`` seen as an ELBO."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        value = self.fn(model, guide, *args, **kwargs)
+        if not torch.is_tensor(value) or value.numel() != 1:
+            raise TypeError(
+                f"expected the loss callable to return a scalar tensor, got {value!r:.80}"
+            )
+        return value.reshape(())
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        return float(self.differentiable_loss(model, guide, *args, **kwargs).detach())
+
+    def _get_trace(self, model, guide, args, kwargs):  # abstract in ELBO; no trace here
+        raise NotImplementedError("a custom loss has no ELBO trace")
+
+    def __repr__(self) -> str:
+        return f"loss {self.fn!r}"
+
+
+def _unconstrained(trace) -> list[torch.Tensor]:
+    return [
+        site["value"].unconstrained() for site in trace.nodes.values() if site["type"] == "param"
+    ]
+
+
+def _has_plate(model, guide, args, kwargs) -> bool:
+    with torch.no_grad():
+        tr = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(*args, **kwargs)
+    return any(
+        f.name == _distributed.DATA_PLATE
+        for site in tr.nodes.values()
+        if site["type"] == "sample"
+        for f in site["cond_indep_stack"]
+    )
