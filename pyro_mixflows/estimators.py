@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -10,18 +11,19 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyro
 import torch
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.infer import TraceEnum_ELBO
 
-from ._init import INIT_METHODS, initial_labels
+from . import _stages
+from ._init import INIT_METHODS
 from .distributions import FlowMixture
 from .flows import FLOWS, FlowComponents
 from .infer import FitResult
-from .infer import fit as _fit
 from .infer._checkpoint import atomic_save
 from .models.dp import density_connected_groups, responsibilities
 from .models.vmonf import ASSIGNMENTS, WEIGHTS, VMoNF, paper_temperature
 
-_FORMAT = "pyro_mixflows.VariationalFlowMixture/1"
+# /2: full affine maps per component (files of /1 hold elementwise ones and are refused)
+_FORMAT = "pyro_mixflows.VariationalFlowMixture/2"
 # A component is reported dead when its weight falls below this fraction of 1/K.
 DEAD_WEIGHT_FRACTION = 0.01
 # Dirichlet-process fits: components with at least this weight are "effective"; the others get
@@ -29,6 +31,14 @@ DEAD_WEIGHT_FRACTION = 0.01
 EFFECTIVE_WEIGHT_THRESHOLD = 0.01
 # Dirichlet-process fits: how over-split components are merged before the final fit.
 MERGES = ("density", None)
+# Starts: "auto" tries EM and the spectral partition; "em" is EM's Gaussian mixture alone.
+INITS = ("auto", "em", *INIT_METHODS)
+# The keys a capacity may override (plus "weight_decay").
+ARCHITECTURE = ("flow", "num_layers", "hidden_dims", "count_bins")
+CAPACITY_KEYS = (*ARCHITECTURE, "weight_decay")
+# Warn when the training log-likelihood per row exceeds the held-out one by more than this many
+# nats per feature.
+OVERFIT_GAP_PER_FEATURE = 0.5
 
 
 def _as_2d(X, name: str = "X") -> np.ndarray:
@@ -51,24 +61,14 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _chain_results(first: FitResult, second: FitResult) -> FitResult:
-    """One ``FitResult`` for two consecutive ``fit`` calls (steps of the second shifted)."""
-    shift = first.num_steps
-    best_second = second.best_loss is not None and (
-        first.best_loss is None or second.best_loss <= first.best_loss
-    )
-    best = second if best_second else first
-    return FitResult(
-        losses=first.losses + second.losses,
-        val_losses=first.val_losses + second.val_losses,
-        val_steps=first.val_steps + [s + shift for s in second.val_steps],
-        best_step=(second.best_step + shift) if best_second else first.best_step,
-        best_loss=best.best_loss,
-        converged=second.converged,
-        num_steps=first.num_steps + second.num_steps,
-        time=first.time + second.time,
-        stop_reason=second.stop_reason,
-    )
+def _plain_value(value):
+    """Plain Python values for ``torch.load(weights_only=True)``: NumPy scalars unwrapped, in
+    sequences (as tuples) and dicts too."""
+    if isinstance(value, dict):
+        return {k: _plain_value(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain_value(x) for x in value)
+    return _plain(value)
 
 
 class VariationalFlowMixture:
@@ -135,7 +135,10 @@ class VariationalFlowMixture:
         merge: str | None = "density",
         merge_ratio: float = 0.25,
         assignment: str = "enumerate",
-        init: str = "spectral",
+        init: str = "auto",
+        n_init: int = 5,
+        reg_covar: float = 1e-6,
+        capacities: Sequence[dict] | None = None,
         max_steps: int = 4000,
         init_steps: int = 300,
         batch_size: int | None = 256,
@@ -162,6 +165,9 @@ class VariationalFlowMixture:
         self.merge_ratio = merge_ratio
         self.assignment = assignment
         self.init = init
+        self.n_init = n_init
+        self.reg_covar = reg_covar
+        self.capacities = capacities
         self.max_steps = max_steps
         self.init_steps = init_steps
         self.batch_size = batch_size
@@ -203,7 +209,7 @@ class VariationalFlowMixture:
             ("flow", FLOWS),
             ("weights", WEIGHTS),
             ("assignment", ASSIGNMENTS),
-            ("init", INIT_METHODS),
+            ("init", INITS),
         ):
             if getattr(self, name) not in options:
                 raise ValueError(
@@ -234,6 +240,29 @@ class VariationalFlowMixture:
             raise ValueError(f"expected merge in {MERGES}, got {self.merge!r}")
         if not 0 < self.merge_ratio <= 1:
             raise ValueError(f"expected merge_ratio in (0, 1], got {self.merge_ratio!r}")
+        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
+            raise ValueError(f"expected n_init to be an int >= 1, got {self.n_init!r}")
+        if not self.reg_covar >= 0:
+            raise ValueError(f"expected reg_covar >= 0, got {self.reg_covar!r}")
+        if self.capacities is not None:
+            caps = list(self.capacities)
+            if not caps or not all(isinstance(c, dict) for c in caps):
+                raise ValueError(
+                    f"expected capacities None or a non-empty list of dicts, got {caps!r}"
+                )
+            for c in caps:
+                bad = set(c) - set(CAPACITY_KEYS)
+                if bad:
+                    raise ValueError(
+                        f"expected capacity keys in {CAPACITY_KEYS}, got {sorted(bad)}"
+                    )
+                if c.get("flow", self.flow) not in FLOWS:
+                    raise ValueError(f"expected flow in {FLOWS}, got {c['flow']!r}")
+                layers = c.get("num_layers", 0)
+                if not isinstance(layers, (int, np.integer)) or layers < 0:
+                    raise ValueError(f"expected num_layers to be an int >= 0, got {layers!r}")
+                if not c.get("weight_decay", 0) >= 0:
+                    raise ValueError(f"expected weight_decay >= 0, got {c['weight_decay']!r}")
 
     def _check_y(self, y, n: int) -> np.ndarray | None:
         if y is None:
@@ -261,14 +290,20 @@ class VariationalFlowMixture:
     def _standardize(self, X: np.ndarray) -> torch.Tensor:
         return (self._tensor(X) - self._mean) / self._scale
 
-    def _build(self, D: int, K: int | None = None, num_layers: int | None = None) -> VMoNF:
-        components = FlowComponents(
-            self.n_components if K is None else K,
-            D,
+    def _architecture(self, capacity: dict | None = None) -> dict:
+        """The component architecture: the constructor's, with a capacity's overrides."""
+        arch = dict(
             flow=self.flow,
-            num_layers=self.num_layers if num_layers is None else num_layers,
-            hidden_dims=self.hidden_dims,
+            num_layers=self.num_layers,
+            hidden_dims=tuple(self.hidden_dims),
             count_bins=self.count_bins,
+        )
+        arch.update({k: v for k, v in (capacity or {}).items() if k in ARCHITECTURE})
+        return arch
+
+    def _build(self, D: int, K: int | None = None, capacity: dict | None = None) -> VMoNF:
+        components = FlowComponents(
+            self.n_components if K is None else K, D, affine="full", **self._architecture(capacity)
         )
         return VMoNF(
             components,
@@ -280,7 +315,14 @@ class VariationalFlowMixture:
         )
 
     def fit(self, X, y=None) -> VariationalFlowMixture:
-        """Fit to X (N, D); ``y`` (N,) optional labels with -1 for unlabelled rows."""
+        """Fit to X (N, D); ``y`` (N,) optional labels with -1 for unlabelled rows.
+
+        The stages (``pyro_mixflows._stages``): hold out ``validation_fraction`` of the rows;
+        build the starts (EM's Gaussian mixture and an initial partition, see ``init``); for
+        every start, its Gaussian mixture as it is, and flows on top of it (each capacity)
+        trained on the ELBO with held-out early stopping; keep the candidate with the best
+        held-out log-likelihood, never one below the Gaussian start's (``_stages.select``).
+        """
         self._check_params()
         X = _as_2d(X)
         N, D = X.shape
@@ -290,178 +332,159 @@ class VariationalFlowMixture:
         if N < max(2, K):
             raise ValueError(f"expected at least max(2, n_components)={max(2, K)} rows, got {N}")
         y = self._check_y(y, N)
-        if self.flow != "maf" and D < 2 and self.num_layers > 0:
+        capacities = self._capacities()
+        if D < 2 and any(
+            a["flow"] != "maf" and a["num_layers"] > 0 for a in map(self._architecture, capacities)
+        ):
             raise ValueError(f"expected D >= 2 for flow={self.flow!r}, got D={D}; use flow='maf'")
 
         self.merge_groups_ = None
         seed = self.random_state
         if seed is None:  # one draw, so that every stage below sees the same validation rows
             seed = int(np.random.SeedSequence().entropy % 2**31)
+        stage_labels = None
         if (
             self.weights == "dirichlet_process"
             and self.merge == "density"
             and (y is None or not bool((y >= 0).any()))
         ):
             stage_labels, K = self._merge_stage(X, seed)
-            self._fit(X, y, K, stage_labels, seed, self.num_layers)
-            if self.num_layers > 0:
-                # The same groups with Gaussian components; keep whichever predicts the
-                # held-out rows better (flexible flows overfit clusters that are Gaussian).
-                flows = self._fitted_state()
-                self._fit(X, y, K, stage_labels, seed, 0)
-                if not self.validation_log_likelihood_ > flows["validation_log_likelihood_"]:
-                    self.__dict__.update(flows)
-            return self
-        return self._fit(X, y, K, None, seed, self.num_layers)
+        return self._fit(X, y, K, stage_labels, seed, capacities)
 
-    _FITTED = (
-        "module_",
-        "n_components_",
-        "num_layers_",
-        "fit_result_",
-        "n_features_in_",
-        "converged_",
-        "n_iter_",
-        "lower_bound_",
-        "validation_log_likelihood_",
-        "_mean",
-        "_scale",
-    )
+    def _capacities(self) -> list[dict]:
+        """The flow capacities to try from every start ({} = the constructor's architecture)."""
+        if self.capacities is None:
+            return [{}]
+        return [dict(c) for c in self.capacities]
 
-    def _fitted_state(self) -> dict:
-        return {name: getattr(self, name) for name in self._FITTED}
-
-    def _fit(self, X, y, K: int, stage_labels, seed: int, num_layers: int):
-        """One training run of K components (the body of ``fit``)."""
+    def _fit(self, X, y, K: int, stage_labels, seed: int, capacities: list[dict]):
+        """The stages of one fit with K components."""
         N, D = X.shape
-        self.num_layers_ = num_layers
         pyro.set_rng_seed(seed)
         generator = torch.Generator().manual_seed(int(torch.randint(2**31, ()).item()))
-        pyro.clear_param_store()
         x_all = self._tensor(X)
         self._mean = x_all.mean(0)
         scale = x_all.std(0) if N > 1 else torch.ones(D)
         self._scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        xs = (x_all - self._mean) / self._scale
+        data = _stages.split(
+            (x_all - self._mean) / self._scale, y, self.validation_fraction, generator
+        )
+        starts = self._starts(data, K, stage_labels, generator, seed)
+        schedule = _stages.Schedule(
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            init_steps=self.init_steps,
+            max_steps=self.max_steps,
+            patience=self.patience,
+            eval_every=self.eval_every,
+            plateau_lr_factor=self.plateau_lr_factor,
+            progress_bar=self.progress_bar,
+        )
+        dp = self.weights == "dirichlet_process"
+        # The Gaussian start is a candidate as it is, unless something besides the components
+        # needs training: sticks or Dirichlet weights, the amortized classifier, labelled rows.
+        semi = data.y is not None and bool((data.y >= 0).any())
+        train_gaussian = (
+            self.weights in ("dirichlet", "dirichlet_process")
+            or self.assignment == "amortized"
+            or semi
+        )
+        gaussian = {"num_layers": 0}
+        runs = [c for c in capacities if self._architecture(c)["num_layers"] > 0]
+        if train_gaussian or not runs:
+            runs.append(gaussian)
+        candidates = []
+        for start in starts:
+            if not train_gaussian:
+                candidates.append(self._candidate(start, gaussian, data, None))
+            for capacity in runs:
+                if capacity is not gaussian or train_gaussian:
+                    candidates.append(self._candidate(start, capacity, data, schedule))
+        chosen = _stages.select(candidates, [s.name for s in starts])
+        trained = [c for c in candidates if c.result is not None]
+        result = chosen.result
+        if result is None:  # an untrained Gaussian start won: report the best training run
+            best = max(trained, key=lambda c: c.validation_log_likelihood, default=None)
+            result = best.result if best is not None else FitResult(converged=True)
+        vm = chosen.module
+        if chosen.result is None and chosen.start == "em" and len(data.val_idx) > 0:
+            # Chosen on the held-out rows; now EM on every row, as GaussianMixture would fit.
+            full = _stages.em_start(data.xs, K, self.n_init, self.reg_covar, seed)
+            _stages.place(vm, full, self.weight_concentration)
+        self.module_ = vm
+        self.n_components_ = int(K)
+        self.num_layers_ = int(self._architecture(chosen.capacity)["num_layers"])
+        self.capacity_ = dict(chosen.capacity)
+        self.start_ = chosen.start
+        self.candidates_ = [c.summary() for c in candidates]
+        self.fit_result_ = result
+        self.n_features_in_ = D
+        self.converged_ = bool(result.converged) if chosen.result is not None else True
+        self.n_iter_ = int(result.num_steps)
+        log_scale = float(self._scale.log().sum())
+        with torch.no_grad():
+            elbo = TraceEnum_ELBO(max_plate_nesting=1)
+            x_train = data.x_train
+            self.lower_bound_ = -float(elbo.loss(vm.model, vm.guide, x_train)) / len(x_train)
+            self.lower_bound_ -= log_scale
+        self.validation_log_likelihood_ = chosen.validation_log_likelihood - log_scale
+        self._warn_overfit(_stages.overfit_gap(vm, data), D)
+        if not dp:
+            self._warn_dead_components(data.x_train)
+        return self
 
-        # Held-out rows for early stopping (unlabelled rows only).
-        perm = torch.randperm(N, generator=generator).to(xs.device)
-        labelled = torch.zeros(N, dtype=torch.bool, device=xs.device)
-        y_t = None
-        if y is not None:
-            y_t = torch.as_tensor(y, device=xs.device)
-            labelled = y_t >= 0
-        n_val = int(self.validation_fraction * N)
-        candidates = perm[~labelled[perm]]
-        n_val = min(n_val, max(0, len(candidates) - 1))
-        val_idx = candidates[:n_val]
-        train_mask = torch.ones(N, dtype=torch.bool, device=xs.device)
-        train_mask[val_idx] = False
-        x_train = xs[train_mask]
+    def _starts(self, data, K: int, stage_labels, generator, seed: int) -> list:
+        """The starts of ``init``, in the order of preference when held-out rows tie.
 
+        "auto": EM's Gaussian mixture, and before it the spectral partition when that one is
+        clean (``_stages.CLEAN_NCUT_PER_CLUSTER``: clusters apart by low-density gaps, where
+        EM cuts curved clusters wrongly). Labelled rows or a DP fit: a partition start only.
+        """
+        x = data.x_train
         if stage_labels is not None:
-            labels = stage_labels(x_train)
-        else:
-            labels = self._initial_labels(
-                x_train, None if y_t is None else y_t[train_mask], generator
-            )
-        if self.weights == "dirichlet_process" and y_t is None:
-            # Largest initial cluster first: the stick prior expects weights to fall with index.
+            return [_stages.label_start("merge", x, stage_labels(x), K)]
+        y = data.y_train
+        semi = y is not None and bool((y >= 0).any())
+        dp = self.weights == "dirichlet_process"
+        init = self.init
+        if init in ("auto", "em") and (semi or dp):
+            init = "spectral"
+        if init == "em" or (init == "auto" and K == 1):
+            return [_stages.em_start(x, K, self.n_init, self.reg_covar, seed)]
+        labels = _stages.partition_labels(
+            x, K, "spectral" if init == "auto" else init, y, generator
+        )
+        if init == "auto":
+            starts = [_stages.em_start(x, K, self.n_init, self.reg_covar, seed)]
+            if _stages.ncut_per_cluster(x, labels, K, generator) < _stages.CLEAN_NCUT_PER_CLUSTER:
+                starts.insert(0, _stages.label_start("spectral", x, labels, K))
+            return starts
+        if dp and not semi:
+            # Largest initial cluster first: the stick prior expects weights to fall with k.
             counts = torch.bincount(labels, minlength=K)
             rank = torch.empty_like(counts)
             rank[counts.argsort(descending=True, stable=True)] = torch.arange(
                 K, device=counts.device
             )
             labels = rank[labels]
-        vm = self._build(D, K, num_layers).to(xs.device)
-        loc = torch.stack([self._cluster_stat(x_train, labels, k, "mean") for k in range(K)])
-        spread = torch.stack([self._cluster_stat(x_train, labels, k, "std") for k in range(K)])
-        vm.components.set_affine(loc, spread.clamp_min(0.05))
-        if self.weights == "learned":
-            counts = torch.bincount(labels, minlength=K).to(xs.dtype) + 1.0
-            with torch.no_grad():
-                vm.weight_logits.copy_(counts.log())
-        elif self.weights == "dirichlet_process":
-            # q(v) starts at the sticks' conjugate posterior given the initial labels,
-            # Beta(1 + n_k, alpha + n_{k+1} + ... + n_K), instead of at the prior: a small alpha
-            # puts the prior's sticks so close to 1 that float32 draws and their gradients break.
-            counts = torch.bincount(labels, minlength=K).to(xs.dtype)
-            after = counts.flip(0).cumsum(0).flip(0)[1:]  # n_{k+1} + ... + n_K for k < K
-            vm.stick_a = 1.0 + counts[:-1]
-            vm.stick_b = (self.weight_concentration + after).clamp_min(1.0)
-        optim = pyro.optim.Adam({"lr": self.learning_rate, "weight_decay": self.weight_decay})
-        batch = self.batch_size if self.batch_size and self.batch_size < len(x_train) else None
-        common = dict(optim=optim, batch_size=batch, seed=None, progress_bar=self.progress_bar)
-        elbo = TraceEnum_ELBO(max_plate_nesting=1)
-        if self.init_steps > 0:
-            _fit(
-                vm.model_labelled,
-                vm.guide_labelled,
-                x_train,
-                labels,
-                loss=Trace_ELBO(),
-                num_steps=self.init_steps,
-                **common,
-            )
+        return [_stages.label_start(init, x, labels, K)]
 
-        train_lab = labelled[train_mask]
-        x_unl = x_train[~train_lab]
-        extra: tuple = ()
-        if bool(train_lab.any()):
-            extra = (x_train[train_lab], y_t[train_mask][train_lab])
-        if len(x_unl) == 0:
-            raise ValueError("expected at least one unlabelled or held-out row; got only labels")
-        batch = self.batch_size if self.batch_size and self.batch_size < len(x_unl) else None
-        common["batch_size"] = batch
-        val_args = (xs[val_idx],) if n_val > 0 else None
-        result = _fit(
-            vm.model,
-            vm.guide,
-            x_unl,
-            *extra,
-            loss=elbo,
-            num_steps=self.max_steps,
-            val_args=val_args,
-            patience=self.patience,
-            eval_every=self.eval_every,
-            **common,
-        )
-        if val_args is not None and self.plateau_lr_factor and result.converged:
-            lr = self.learning_rate * self.plateau_lr_factor
-            common["optim"] = pyro.optim.Adam({"lr": lr, "weight_decay": self.weight_decay})
-            before = {k: v.detach().clone() for k, v in vm.state_dict().items()}
-            refined = _fit(
-                vm.model,
-                vm.guide,
-                x_unl,
-                *extra,
-                loss=elbo,
-                num_steps=max(self.max_steps - result.num_steps, self.patience * self.eval_every),
-                val_args=val_args,
-                patience=self.patience,
-                eval_every=self.eval_every,
-                **common,
-            )
-            if refined.best_loss > result.best_loss:  # no evaluation improved: keep the first
-                with torch.no_grad():
-                    vm.load_state_dict(before)
-            result = _chain_results(result, refined)
-        self.module_ = vm.eval()
-        self.n_components_ = int(K)
-        self.fit_result_ = result
-        self.n_features_in_ = D
-        self.converged_ = bool(result.converged)
-        self.n_iter_ = int(result.num_steps)
-        with torch.no_grad():
-            per_point = -float(elbo.loss(vm.model, vm.guide, x_train)) / len(x_train)
-            self.lower_bound_ = per_point - float(self._scale.log().sum())
-            self.validation_log_likelihood_ = float("nan")
-            if n_val > 0:
-                held_out = vm.mixture().log_prob(xs[val_idx]).mean()
-                self.validation_log_likelihood_ = float(held_out) - float(self._scale.log().sum())
-        if self.weights != "dirichlet_process":
-            self._warn_dead_components(x_train)
-        return self
+    def _candidate(self, start, capacity: dict, data, schedule) -> _stages.Candidate:
+        """A model placed at ``start`` with ``capacity``; trained unless ``schedule`` is None."""
+        pyro.clear_param_store()  # Pyro modules of equal layout share param-store names
+        vm = self._build(data.xs.shape[1], start.loc.shape[0], capacity).to(data.xs.device)
+        _stages.place(vm, start, self.weight_concentration)
+        result = None
+        if schedule is not None:
+            if "weight_decay" in capacity:
+                schedule = dataclasses.replace(schedule, weight_decay=capacity["weight_decay"])
+            if start.name != "em":
+                _stages.pretrain(vm, data.x_train, start.labels, schedule)
+            result = _stages.train(vm, data, schedule)
+        vm.eval()
+        lp = _stages.held_out_log_probs(vm, data.x_val)
+        return _stages.Candidate(start.name, capacity, vm, result, lp)
 
     @property
     def effective_n_components_(self) -> int:
@@ -474,7 +497,13 @@ class VariationalFlowMixture:
         Returns a function from standardized rows to group labels, and the number of components
         for the final fit (the number of groups, at least 2 for the truncation).
         """
-        params = {**self.get_params(), "num_layers": 0, "merge": None, "random_state": seed}
+        params = {
+            **self.get_params(),
+            "num_layers": 0,
+            "capacities": None,
+            "merge": None,
+            "random_state": seed,
+        }
         stage = VariationalFlowMixture(**params).fit(X)
         generator = torch.Generator().manual_seed(seed)
         weights = torch.as_tensor(stage.weights_, dtype=torch.get_default_dtype())
@@ -496,31 +525,15 @@ class VariationalFlowMixture:
 
         return labels, max(2, int(groups.max()) + 1)
 
-    def _initial_labels(self, x, y, generator) -> torch.Tensor:
-        K = self.n_components
-        labels = initial_labels(x, K, self.init, generator=generator)
-        if y is None or not bool((y >= 0).any()):
-            return labels
-        # Match clusters to classes on the labelled rows, then let the labels override.
-        known = y >= 0
-        table = torch.zeros(K, K)
-        table.index_put_(
-            (y[known].cpu(), labels[known].cpu()), torch.ones(int(known.sum())), accumulate=True
-        )
-        from scipy.optimize import linear_sum_assignment
-
-        rows, cols = linear_sum_assignment(-table.numpy())
-        mapping = torch.empty(K, dtype=torch.long)
-        mapping[torch.as_tensor(cols)] = torch.as_tensor(rows)
-        labels = mapping.to(labels.device)[labels]
-        return torch.where(known, y, labels)
-
-    @staticmethod
-    def _cluster_stat(x, labels, k, stat):
-        members = x[labels == k]
-        if len(members) < 2:
-            return x.mean(0) if stat == "mean" else x.std(0)
-        return members.mean(0) if stat == "mean" else members.std(0)
+    def _warn_overfit(self, gap: float, D: int) -> None:
+        if gap > OVERFIT_GAP_PER_FEATURE * max(D, 2):
+            warnings.warn(
+                f"the held-out log-likelihood per row is {gap:.1f} nats below the training one "
+                f"({gap / D:.2f} per feature): the model memorizes the training rows. Try fewer "
+                "or smaller flow layers (num_layers, hidden_dims, or capacities to choose among), "
+                "weight_decay, fewer components, or reducing the dimension (PCA) first",
+                stacklevel=3,
+            )
 
     def _warn_dead_components(self, x) -> None:
         K = self.n_components
@@ -625,16 +638,14 @@ class VariationalFlowMixture:
             params["temperature_schedule"] = "paper"
         params["device"] = None
         # Plain Python values only, so that ``load`` can read the file with weights_only=True.
-        params = {
-            k: tuple(_plain(x) for x in v) if isinstance(v, (tuple, list)) else _plain(v)
-            for k, v in params.items()
-        }
+        params = {k: _plain_value(v) for k, v in params.items()}
         state = {
             "format": _FORMAT,
             "params": params,
             "n_features_in": self.n_features_in_,
             "n_components": int(self.n_components_),
             "num_layers": int(self.num_layers_),
+            "capacity": {k: _plain_value(v) for k, v in self.capacity_.items()},
             "validation_log_likelihood": float(self.validation_log_likelihood_),
             "mean": self._mean.cpu(),
             "scale": self._scale.cpu(),
@@ -669,9 +680,10 @@ class VariationalFlowMixture:
         model._mean = state["mean"].to(device)
         model._scale = state["scale"].to(device)
         model.n_components_ = int(state.get("n_components", model.n_components))
-        model.num_layers_ = int(state.get("num_layers", model.num_layers))
+        model.num_layers_ = int(state["num_layers"])
+        model.capacity_ = dict(state["capacity"])
         model.validation_log_likelihood_ = float(state.get("validation_log_likelihood", math.nan))
-        vm = model._build(model.n_features_in_, model.n_components_, model.num_layers_)
+        vm = model._build(model.n_features_in_, model.n_components_, model.capacity_)
         vm.load_state_dict(state["module"])
         model.module_ = vm.to(device).eval()
         model.converged_ = state["converged"]
