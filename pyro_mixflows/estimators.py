@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import pyro
 import torch
-from pyro.infer import TraceEnum_ELBO
 
-from . import _stages
+from . import _pipeline
 from ._init import INIT_METHODS
+from ._pipeline import EFFECTIVE_WEIGHT_THRESHOLD
 from .distributions import FlowMixture
 from .flows import FLOWS, FlowComponents
-from .infer import FitResult
 from .infer._checkpoint import atomic_save
-from .models.dp import density_connected_groups, responsibilities
 from .models.vmonf import ASSIGNMENTS, WEIGHTS, VMoNF, paper_temperature
 
 # /2: full affine maps per component (files of /1 hold elementwise ones and are refused)
 _FORMAT = "pyro_mixflows.VariationalFlowMixture/2"
-# A component is reported dead when its weight falls below this fraction of 1/K.
-DEAD_WEIGHT_FRACTION = 0.01
-# Dirichlet-process fits: components with at least this weight are "effective"; the others get
-# no points in predict/predict_proba.
-EFFECTIVE_WEIGHT_THRESHOLD = 0.01
 # Dirichlet-process fits: how over-split components are merged before the final fit.
 MERGES = ("density", None)
 # Starts: "auto" tries EM and the spectral partition; "em" is EM's Gaussian mixture alone.
@@ -36,9 +26,6 @@ INITS = ("auto", "em", *INIT_METHODS)
 # The keys a capacity may override (plus "weight_decay").
 ARCHITECTURE = ("flow", "num_layers", "hidden_dims", "count_bins")
 CAPACITY_KEYS = (*ARCHITECTURE, "weight_decay")
-# Warn when the training log-likelihood per row exceeds the held-out one by more than this many
-# nats per feature.
-OVERFIT_GAP_PER_FEATURE = 0.5
 
 
 def _as_2d(X, name: str = "X") -> np.ndarray:
@@ -317,7 +304,7 @@ class VariationalFlowMixture:
     def fit(self, X, y=None) -> VariationalFlowMixture:
         """Fit to X (N, D); ``y`` (N,) optional labels with -1 for unlabelled rows.
 
-        The stages (``pyro_mixflows._stages``): hold out ``validation_fraction`` of the rows;
+        The stages (``pyro_mixflows._pipeline``, ``pyro_mixflows._stages``): hold out ``validation_fraction`` of the rows;
         build the starts (EM's Gaussian mixture and an initial partition, see ``init``); for
         every start, its Gaussian mixture as it is, and flows on top of it (each capacity)
         trained on the ELBO with held-out early stopping; keep the candidate with the best
@@ -348,8 +335,9 @@ class VariationalFlowMixture:
             and self.merge == "density"
             and (y is None or not bool((y >= 0).any()))
         ):
-            stage_labels, K = self._merge_stage(X, seed)
-        return self._fit(X, y, K, stage_labels, seed, capacities)
+            stage_labels, K = _pipeline.merge_stage(self, X, seed)
+        _pipeline.run(self, X, y, K, stage_labels, seed, capacities)
+        return self
 
     def _capacities(self) -> list[dict]:
         """The flow capacities to try from every start ({} = the constructor's architecture)."""
@@ -357,197 +345,10 @@ class VariationalFlowMixture:
             return [{}]
         return [dict(c) for c in self.capacities]
 
-    def _fit(self, X, y, K: int, stage_labels, seed: int, capacities: list[dict]):
-        """The stages of one fit with K components."""
-        N, D = X.shape
-        pyro.set_rng_seed(seed)
-        generator = torch.Generator().manual_seed(int(torch.randint(2**31, ()).item()))
-        x_all = self._tensor(X)
-        self._mean = x_all.mean(0)
-        scale = x_all.std(0) if N > 1 else torch.ones(D)
-        self._scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        data = _stages.split(
-            (x_all - self._mean) / self._scale, y, self.validation_fraction, generator
-        )
-        starts = self._starts(data, K, stage_labels, generator, seed)
-        schedule = _stages.Schedule(
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            init_steps=self.init_steps,
-            max_steps=self.max_steps,
-            patience=self.patience,
-            eval_every=self.eval_every,
-            plateau_lr_factor=self.plateau_lr_factor,
-            progress_bar=self.progress_bar,
-        )
-        dp = self.weights == "dirichlet_process"
-        # The Gaussian start is a candidate as it is, unless something besides the components
-        # needs training: sticks or Dirichlet weights, the amortized classifier, labelled rows.
-        semi = data.y is not None and bool((data.y >= 0).any())
-        train_gaussian = (
-            self.weights in ("dirichlet", "dirichlet_process")
-            or self.assignment == "amortized"
-            or semi
-        )
-        gaussian = {"num_layers": 0}
-        runs = [c for c in capacities if self._architecture(c)["num_layers"] > 0]
-        if train_gaussian or not runs:
-            runs.append(gaussian)
-        candidates = []
-        for start in starts:
-            if not train_gaussian:
-                candidates.append(self._candidate(start, gaussian, data, None))
-            for capacity in runs:
-                if capacity is not gaussian or train_gaussian:
-                    candidates.append(self._candidate(start, capacity, data, schedule))
-        chosen = _stages.select(candidates, [s.name for s in starts])
-        trained = [c for c in candidates if c.result is not None]
-        result = chosen.result
-        if result is None:  # an untrained Gaussian start won: report the best training run
-            best = max(trained, key=lambda c: c.validation_log_likelihood, default=None)
-            result = best.result if best is not None else FitResult(converged=True)
-        vm = chosen.module
-        if chosen.result is None and chosen.start == "em" and len(data.val_idx) > 0:
-            # Chosen on the held-out rows; now EM on every row, as GaussianMixture would fit.
-            full = _stages.em_start(data.xs, K, self.n_init, self.reg_covar, seed)
-            _stages.place(vm, full, self.weight_concentration)
-        self.module_ = vm
-        self.n_components_ = int(K)
-        self.num_layers_ = int(self._architecture(chosen.capacity)["num_layers"])
-        self.capacity_ = dict(chosen.capacity)
-        self.start_ = chosen.start
-        self.candidates_ = [c.summary() for c in candidates]
-        self.fit_result_ = result
-        self.n_features_in_ = D
-        self.converged_ = bool(result.converged) if chosen.result is not None else True
-        self.n_iter_ = int(result.num_steps)
-        log_scale = float(self._scale.log().sum())
-        with torch.no_grad():
-            elbo = TraceEnum_ELBO(max_plate_nesting=1)
-            x_train = data.x_train
-            self.lower_bound_ = -float(elbo.loss(vm.model, vm.guide, x_train)) / len(x_train)
-            self.lower_bound_ -= log_scale
-        self.validation_log_likelihood_ = chosen.validation_log_likelihood - log_scale
-        self._warn_overfit(_stages.overfit_gap(vm, data), D)
-        if not dp:
-            self._warn_dead_components(data.x_train)
-        return self
-
-    def _starts(self, data, K: int, stage_labels, generator, seed: int) -> list:
-        """The starts of ``init``, in the order of preference when held-out rows tie.
-
-        "auto": EM's Gaussian mixture, and before it the spectral partition when that one is
-        clean (``_stages.CLEAN_NCUT_PER_CLUSTER``: clusters apart by low-density gaps, where
-        EM cuts curved clusters wrongly). Labelled rows or a DP fit: a partition start only.
-        """
-        x = data.x_train
-        if stage_labels is not None:
-            return [_stages.label_start("merge", x, stage_labels(x), K)]
-        y = data.y_train
-        semi = y is not None and bool((y >= 0).any())
-        dp = self.weights == "dirichlet_process"
-        init = self.init
-        if init in ("auto", "em") and (semi or dp):
-            init = "spectral"
-        if init == "em" or (init == "auto" and K == 1):
-            return [_stages.em_start(x, K, self.n_init, self.reg_covar, seed)]
-        labels = _stages.partition_labels(
-            x, K, "spectral" if init == "auto" else init, y, generator
-        )
-        if init == "auto":
-            starts = [_stages.em_start(x, K, self.n_init, self.reg_covar, seed)]
-            if _stages.ncut_per_cluster(x, labels, K, generator) < _stages.CLEAN_NCUT_PER_CLUSTER:
-                starts.insert(0, _stages.label_start("spectral", x, labels, K))
-            return starts
-        if dp and not semi:
-            # Largest initial cluster first: the stick prior expects weights to fall with k.
-            counts = torch.bincount(labels, minlength=K)
-            rank = torch.empty_like(counts)
-            rank[counts.argsort(descending=True, stable=True)] = torch.arange(
-                K, device=counts.device
-            )
-            labels = rank[labels]
-        return [_stages.label_start(init, x, labels, K)]
-
-    def _candidate(self, start, capacity: dict, data, schedule) -> _stages.Candidate:
-        """A model placed at ``start`` with ``capacity``; trained unless ``schedule`` is None."""
-        pyro.clear_param_store()  # Pyro modules of equal layout share param-store names
-        vm = self._build(data.xs.shape[1], start.loc.shape[0], capacity).to(data.xs.device)
-        _stages.place(vm, start, self.weight_concentration)
-        result = None
-        if schedule is not None:
-            if "weight_decay" in capacity:
-                schedule = dataclasses.replace(schedule, weight_decay=capacity["weight_decay"])
-            if start.name != "em":
-                _stages.pretrain(vm, data.x_train, start.labels, schedule)
-            result = _stages.train(vm, data, schedule)
-        vm.eval()
-        lp = _stages.held_out_log_probs(vm, data.x_val)
-        return _stages.Candidate(start.name, capacity, vm, result, lp)
-
     @property
     def effective_n_components_(self) -> int:
         """Components with weight >= ``EFFECTIVE_WEIGHT_THRESHOLD`` (1%)."""
         return int((self.weights_ >= EFFECTIVE_WEIGHT_THRESHOLD).sum())
-
-    def _merge_stage(self, X: np.ndarray, seed: int):
-        """DP fit of Gaussian components, then their density-connected groups.
-
-        Returns a function from standardized rows to group labels, and the number of components
-        for the final fit (the number of groups, at least 2 for the truncation).
-        """
-        params = {
-            **self.get_params(),
-            "num_layers": 0,
-            "capacities": None,
-            "merge": None,
-            "random_state": seed,
-        }
-        stage = VariationalFlowMixture(**params).fit(X)
-        generator = torch.Generator().manual_seed(seed)
-        weights = torch.as_tensor(stage.weights_, dtype=torch.get_default_dtype())
-        groups = density_connected_groups(
-            stage.module_.components,
-            weights,
-            stage._standardize(X),
-            threshold=EFFECTIVE_WEIGHT_THRESHOLD,
-            ratio=self.merge_ratio,
-            generator=generator,
-        )
-        self.merge_groups_ = groups.cpu().numpy()
-
-        @torch.no_grad()
-        def labels(x: torch.Tensor) -> torch.Tensor:
-            comps = stage.module_.components
-            r = responsibilities(comps, weights.to(x.device), x, EFFECTIVE_WEIGHT_THRESHOLD)
-            return groups.to(x.device)[r.argmax(-1)]
-
-        return labels, max(2, int(groups.max()) + 1)
-
-    def _warn_overfit(self, gap: float, D: int) -> None:
-        if gap > OVERFIT_GAP_PER_FEATURE * max(D, 2):
-            warnings.warn(
-                f"the held-out log-likelihood per row is {gap:.1f} nats below the training one "
-                f"({gap / D:.2f} per feature): the model memorizes the training rows. Try fewer "
-                "or smaller flow layers (num_layers, hidden_dims, or capacities to choose among), "
-                "weight_decay, fewer components, or reducing the dimension (PCA) first",
-                stacklevel=3,
-            )
-
-    def _warn_dead_components(self, x) -> None:
-        K = self.n_components
-        w = self.weights_
-        hits = np.bincount(
-            self.module_.mixture().responsibilities(x).argmax(-1).cpu().numpy(), minlength=K
-        )
-        dead = [k for k in range(K) if w[k] < DEAD_WEIGHT_FRACTION / K or hits[k] == 0]
-        if dead:
-            warnings.warn(
-                f"components {dead} hold no training points (weights {np.round(w[dead], 4).tolist()}); "
-                "consider fewer components or another init",
-                stacklevel=3,
-            )
 
     # --- reading the fit --------------------------------------------------------------------
     def _check_fitted(self) -> None:
