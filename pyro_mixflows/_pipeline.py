@@ -77,6 +77,7 @@ def run(est, X: np.ndarray, y, K: int, stage_labels, seed: int, capacities: list
     chosen = _stages.select(candidates, [s.name for s in starts_])
 
     vm = chosen.module
+    gap = _stages.overfit_gap(vm, data)  # before any refit on the held-out rows
     result = chosen.result
     if result is None:  # an untrained Gaussian start won: report the best training run
         trained = [c for c in candidates if c.result is not None]
@@ -102,7 +103,7 @@ def run(est, X: np.ndarray, y, K: int, stage_labels, seed: int, capacities: list
         est.lower_bound_ = -float(elbo.loss(vm.model, vm.guide, x_train)) / len(x_train)
         est.lower_bound_ -= log_scale
     est.validation_log_likelihood_ = chosen.validation_log_likelihood - log_scale
-    warn_overfit(_stages.overfit_gap(vm, data), D)
+    warn_overfit(gap, D)
     if est.weights != "dirichlet_process":
         warn_dead_components(est, data.x_train)
 
