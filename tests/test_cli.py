@@ -437,3 +437,22 @@ def test_report_plots_pairwise_panels_for_more_than_two_columns(tmp_path, monkey
         assert [ax.get_xlabel() for ax in fig.axes[6:]] == cols
         assert [fig.axes[k].get_ylabel() for k in (0, 3, 6)] == cols
         plt.close(fig)
+
+
+def test_capacity_options(moons, tmp_path, capsys):
+    data, out = moons[0], tmp_path / "cap"
+    fails(["fit", data, "--capacity", "2:8:-1"], capsys, "expected L[:W,W][:WD]")
+    fails(["fit", data, "--capacity", "two"], capsys, "expected L[:W,W][:WD]")
+    fails(["fit", data, "--weight-decay", "-1"], capsys, "expected a number >= 0")
+    fails(["fit", data, "--restarts", "0"], capsys, "expected --restarts >= 1")
+    args = [*TINY, "--init", "em", "--capacity", "0", "--capacity", "1:8:1e-3"]
+    args += ["--weight-decay", "1e-4", "--restarts", "2"]
+    assert main(["fit", data, *args, "--out", str(out)]) == 0
+    with open(out / "summary.json") as f:
+        selection = json.load(f)["selection"]
+    assert selection["start"] == "em"
+    assert selection["capacity"] in (
+        {"num_layers": 0},
+        {"num_layers": 1, "hidden_dims": [8], "weight_decay": 1e-3},
+    )
+    assert main(["fit", data, *TINY, "--layers", "0", "--out", str(tmp_path / "g")]) == 0
