@@ -62,10 +62,16 @@ class VariationalFlowMixture:
     """A mixture of normalizing flows with the interface of scikit-learn's ``GaussianMixture``.
 
     Fits VMoNF (Pires & Figueiredo, 2020, arXiv:2009.00585) with this package's Pyro model,
-    guide and fit loop: data standardized per feature, components placed by an initial
-    clustering (spectral by default, so that no component starts across several clusters),
-    pre-trained on those hard assignments, then trained on the exact ELBO with held-out early
-    stopping. ``y`` follows scikit-learn's semi-supervised convention (-1 = unlabelled).
+    guide and fit loop. Every component is a full affine map (any full-covariance Gaussian)
+    under flow layers that start at the identity, so the mixture contains the Gaussian mixture.
+    The fit, in stages: data standardized per feature and ``validation_fraction`` of the rows
+    held out; starts (EM's Gaussian mixture with ``n_init`` restarts, and the spectral partition
+    where clusters are apart); from every start, its Gaussian mixture as it is and the flows of
+    every capacity, trained on the exact ELBO with held-out early stopping; kept: the best on
+    the held-out rows, never worse there than the Gaussian start (a kept EM start is then
+    refitted on every row, i.e. it is ``GaussianMixture``'s fit). A large gap between training
+    and held-out log-likelihood is warned about. ``y`` follows scikit-learn's semi-supervised
+    convention (-1 = unlabelled).
 
     Args:
         n_components: K >= 1.
@@ -85,7 +91,22 @@ class VariationalFlowMixture:
         merge_ratio: in (0, 1], the ``ratio`` of ``density_connected_groups``.
         assignment: "enumerate" (z summed out in the model; exact) or "amortized" (the paper's
             q(k | x) network, enumerated in the guide, with ``temperature_schedule``).
-        init: "spectral", "kmeans" or "random" initial assignments.
+        init: the start. "auto" (default): EM's full-covariance Gaussian mixture, and also the
+            spectral partition when its clusters are apart (normalized cut per cluster on the
+            10-NN graph below ``_stages.CLEAN_NCUT_PER_CLUSTER``); both are tried and compared
+            on the held-out rows, and when these cannot tell them apart (within two standard
+            errors) the spectral start is kept. "em": EM only. "spectral", "kmeans", "random":
+            that initial partition only (moments per cluster, then pre-training on it). With
+            labelled rows or Dirichlet-process weights, "auto" and "em" mean "spectral".
+        n_init: EM restarts for the Gaussian start (as in ``GaussianMixture``).
+        reg_covar: added to the diagonal of EM's covariances (standardized units).
+        capacities: flow capacities to try from every start, each a dict overriding any of
+            "flow", "num_layers", "hidden_dims", "count_bins", "weight_decay"; e.g.
+            ``[{"num_layers": 2, "hidden_dims": (16,)}, {"weight_decay": 1e-3}]``. None: the
+            constructor's architecture alone. Every start's Gaussian mixture (no flow layers)
+            is a candidate too; the candidate with the best held-out log-likelihood is kept,
+            never one below the best Gaussian start, and on a tie (two standard errors) the one
+            with fewer flow parameters. Each capacity costs one training per start.
         max_steps: training steps at most; init_steps: hard-assignment pre-training steps.
         batch_size: minibatch size (None: full batch).
         learning_rate: Adam step size.
@@ -100,6 +121,11 @@ class VariationalFlowMixture:
         random_state: seed; the same seed gives the same fit.
         device: torch device for training and scoring.
         progress_bar: show a tqdm bar while training.
+
+    Fitted attributes beyond ``GaussianMixture``'s: ``start_`` (the kept start), ``capacity_``
+    (its capacity; ``{"num_layers": 0}`` = the Gaussian start), ``candidates_`` (start,
+    capacity, held-out log-likelihood in standardized units and training steps of every
+    candidate), ``validation_log_likelihood_`` (the kept one's, in the data's units).
 
     Example::
 
@@ -414,16 +440,28 @@ class VariationalFlowMixture:
         return x.cpu().numpy(), z.cpu().numpy()
 
     def _n_parameters(self) -> int:
-        n = sum(p.numel() for p in self.module_.components.parameters())
+        comps = self.module_.components
+        n = sum(p.numel() for p in comps.parameters())
+        n -= comps.num_components * comps.dim * (comps.dim - 1) // 2  # the unused upper triangle
         return n + (self.n_components_ - 1 if self.weights != "uniform" else 0)
 
     def bic(self, X) -> float:
-        """Bayesian information criterion on X (lower is better)."""
+        """Bayesian information criterion on X (lower is better): ``-2 N score(X) + p log N``.
+
+        ``p`` counts every trainable number of the components: the full affine maps
+        (D + D(D + 1)/2 each, what a full-covariance Gaussian mixture counts), every weight of
+        every flow layer's conditioner network, and the K - 1 free mixture weights. Flow layers
+        carry thousands of such numbers, far more than their effective degrees of freedom, so
+        for flows BIC over-penalizes and prefers small K; to choose K compare held-out
+        likelihood instead (``pyro_mixflows.select_n_components``). For a fit that kept its
+        Gaussian start (``num_layers_ == 0``) it is the Gaussian mixture's BIC.
+        """
         n = len(_as_2d(X))
         return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
 
     def aic(self, X) -> float:
-        """Akaike information criterion on X (lower is better)."""
+        """Akaike information criterion on X (lower is better): ``-2 N score(X) + 2 p``, with
+        ``p`` counted as in ``bic`` (and with its caveat for flows)."""
         return -2 * self.score(X) * len(_as_2d(X)) + 2 * self._n_parameters()
 
     # --- persistence ------------------------------------------------------------------------

@@ -133,3 +133,24 @@ def test_validation_log_likelihood_is_in_data_units(iris):
     assert model.validation_log_likelihood_ == pytest.approx(
         ref.validation_log_likelihood_ - shift, abs=1e-3
     )
+
+
+def test_select_n_components_finds_three_blobs_where_bic_counts_everything():
+    from pyro_mixflows import select_n_components
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(60, 2)) + c for c in ([0, 0], [8, 0], [0, 8])])
+    best, scores = select_n_components(X, range(1, 6), cv=3, num_layers=0)
+    assert best == 3 and set(scores) == {1, 2, 3, 4, 5}
+    assert scores[3] > scores[1] and scores[3] > scores[2]
+    with pytest.raises(ValueError, match="cv to be an int >= 2"):
+        select_n_components(X, [2], cv=1)
+    with pytest.raises(ValueError, match="n_components to be non-empty ints >= 1"):
+        select_n_components(X, [0, 2])
+
+
+def test_bic_counts_a_gaussian_fit_as_gaussian_mixture_does(iris):
+    X, _ = iris
+    model = VariationalFlowMixture(3, random_state=0, init="em", num_layers=0).fit(X)
+    gm = GaussianMixture(3, n_init=5, random_state=0).fit(X)
+    assert model._n_parameters() == gm._n_parameters()
