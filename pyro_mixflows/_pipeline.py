@@ -69,11 +69,13 @@ def run(est, X: np.ndarray, y, K: int, stage_labels, seed: int, capacities: list
         runs.append(GAUSSIAN)
     candidates = []
     for start in starts_:
+        floor = None
         if not train_gaussian:
             candidates.append(candidate(est, start, GAUSSIAN, data, None))
+            floor = -float(candidates[-1].val_log_probs.sum())  # its held-out loss
         for capacity in runs:
             if capacity is not GAUSSIAN or train_gaussian:
-                candidates.append(candidate(est, start, capacity, data, schedule))
+                candidates.append(candidate(est, start, capacity, data, schedule, floor))
     chosen = _stages.select(candidates, [s.name for s in starts_])
 
     vm = chosen.module
@@ -142,9 +144,11 @@ def starts(est, data: _stages.Split, K: int, stage_labels, generator, seed: int)
     return [_stages.label_start(init, x, labels, K)]
 
 
-def candidate(est, start, capacity: dict, data: _stages.Split, schedule) -> _stages.Candidate:
+def candidate(
+    est, start, capacity: dict, data: _stages.Split, schedule, floor: float | None = None
+) -> _stages.Candidate:
     """A model placed at ``start`` with ``capacity``; pre-trained (partition starts) and trained
-    unless ``schedule`` is None."""
+    unless ``schedule`` is None (``floor``: see ``_stages.train``)."""
     pyro.clear_param_store()  # Pyro modules of equal layout share param-store names
     vm = est._build(data.xs.shape[1], start.loc.shape[0], capacity).to(data.xs.device)
     _stages.place(vm, start, est.weight_concentration)
@@ -154,7 +158,7 @@ def candidate(est, start, capacity: dict, data: _stages.Split, schedule) -> _sta
             schedule = dataclasses.replace(schedule, weight_decay=capacity["weight_decay"])
         if start.name != "em":
             _stages.pretrain(vm, data.x_train, start.labels, schedule)
-        result = _stages.train(vm, data, schedule)
+        result = _stages.train(vm, data, schedule, floor)
     vm.eval()
     lp = _stages.held_out_log_probs(vm, data.x_val)
     return _stages.Candidate(start.name, capacity, vm, result, lp)

@@ -249,10 +249,12 @@ def pretrain(vm, x: torch.Tensor, labels: torch.Tensor, schedule: Schedule) -> N
     )
 
 
-def train(vm, data: Split, schedule: Schedule) -> FitResult:
+def train(vm, data: Split, schedule: Schedule, floor: float | None = None) -> FitResult:
     """The ELBO with held-out early stopping, then once more at a lower step size if it plateaued.
 
     The plateau pass keeps its parameters only if one of its evaluations improved on the first.
+    It is skipped when the first pass's best held-out loss is above ``floor`` (the held-out loss
+    of the Gaussian start, which the selection would keep anyway).
     """
     x_train = data.x_train
     train_lab = data.labelled[data.train_mask]
@@ -283,7 +285,8 @@ def train(vm, data: Split, schedule: Schedule) -> FitResult:
         )
 
     result = run(schedule.max_steps, 1.0)
-    if val_args is not None and schedule.plateau_lr_factor and result.converged:
+    beaten = floor is not None and result.best_loss is not None and result.best_loss > floor
+    if val_args is not None and schedule.plateau_lr_factor and result.converged and not beaten:
         before = {k: v.detach().clone() for k, v in vm.state_dict().items()}
         steps = max(schedule.max_steps - result.num_steps, schedule.patience * schedule.eval_every)
         refined = run(steps, schedule.plateau_lr_factor)
