@@ -24,10 +24,12 @@ DEAD_WEIGHT_FRACTION = 0.01
 # no points in predict/predict_proba.
 EFFECTIVE_WEIGHT_THRESHOLD = 0.01
 # Warn when the training log-likelihood per row exceeds the held-out one by more than this many
-# nats per feature.
-OVERFIT_GAP_PER_FEATURE = 0.5
+# nats per feature (beyond two standard errors of the held-out mean).
+OVERFIT_GAP_PER_FEATURE = 1.0
 # The Gaussian start itself, as a capacity: no flow layers.
 GAUSSIAN = {"num_layers": 0}
+# Starts that are candidates as Gaussian mixtures only: the Dirichlet-process Gaussian mixture.
+GAUSSIAN_ONLY = ("em_dp",)
 
 
 def run(est, X: np.ndarray, y, K: int, stage_labels, seed: int, capacities: list[dict]) -> None:
@@ -69,6 +71,9 @@ def run(est, X: np.ndarray, y, K: int, stage_labels, seed: int, capacities: list
         runs.append(GAUSSIAN)
     candidates = []
     for start in starts_:
+        if start.name in GAUSSIAN_ONLY:  # a Gaussian candidate only, no flows trained from it
+            candidates.append(candidate(est, start, GAUSSIAN, data, None))
+            continue
         floor = None
         if not train_gaussian:
             candidates.append(candidate(est, start, GAUSSIAN, data, None))
@@ -79,17 +84,20 @@ def run(est, X: np.ndarray, y, K: int, stage_labels, seed: int, capacities: list
     chosen = _stages.select(candidates, [s.name for s in starts_])
 
     vm = chosen.module
-    gap = _stages.overfit_gap(vm, data)  # before any refit on the held-out rows
+    K_ = vm.components.num_components
+    gap, se = _stages.overfit_gap(vm, data)  # before any refit on the held-out rows
     result = chosen.result
     if result is None:  # an untrained Gaussian start won: report the best training run
         trained = [c for c in candidates if c.result is not None]
         best = max(trained, key=lambda c: c.validation_log_likelihood, default=None)
         result = best.result if best is not None else FitResult(converged=True)
-        if chosen.start == "em" and len(data.val_idx) > 0:
-            full = _stages.em_start(data.xs, K, est.n_init, est.reg_covar, seed)
+        if chosen.start in _stages.EM_STARTS and len(data.val_idx) > 0:
+            full = _stages.em_start(
+                data.xs, K_, est.n_init, est.reg_covar, seed, chosen.start, est.weight_concentration
+            )
             _stages.place(vm, full, est.weight_concentration)
     est.module_ = vm
-    est.n_components_ = int(K)
+    est.n_components_ = int(K_)
     est.num_layers_ = int(est._architecture(chosen.capacity)["num_layers"])
     est.capacity_ = dict(chosen.capacity)
     est.start_ = chosen.start
@@ -105,7 +113,7 @@ def run(est, X: np.ndarray, y, K: int, stage_labels, seed: int, capacities: list
         est.lower_bound_ = -float(elbo.loss(vm.model, vm.guide, x_train)) / len(x_train)
         est.lower_bound_ -= log_scale
     est.validation_log_likelihood_ = chosen.validation_log_likelihood - log_scale
-    warn_overfit(gap, D)
+    warn_overfit(gap, se, D)
     if est.weights != "dirichlet_process":
         warn_dead_components(est, data.x_train)
 
@@ -120,18 +128,28 @@ def starts(est, data: _stages.Split, K: int, stage_labels, generator, seed: int)
     """
     x = data.x_train
     if stage_labels is not None:
-        return [_stages.label_start("merge", x, stage_labels(x), K)]
+        # The groups of the merge stage, and the DP Gaussian mixture truncated at T (clusters
+        # that overlap, which density connectivity joins).
+        dp_gauss = _stages.em_start(
+            x, est.n_components, est.n_init, est.reg_covar, seed, "em_dp", est.weight_concentration
+        )
+        return [_stages.label_start("merge", x, stage_labels(x), K), dp_gauss]
     y = data.y_train
     semi = y is not None and bool((y >= 0).any())
     dp = est.weights == "dirichlet_process"
     init = est.init
     if init in ("auto", "em") and (semi or dp):
         init = "spectral"
+    em = []
+    if init in ("auto", "em"):
+        rows = data.xs[~data.labelled]  # EM is cheap: every unlabelled row in the CV
+        name = _stages.covariance_by_cv(rows, K, est.n_init, est.reg_covar, seed)
+        em = [_stages.em_start(x, K, est.n_init, est.reg_covar, seed, name)]
     if init == "em" or (init == "auto" and K == 1):
-        return [_stages.em_start(x, K, est.n_init, est.reg_covar, seed)]
+        return em
     labels = _stages.partition_labels(x, K, "spectral" if init == "auto" else init, y, generator)
     if init == "auto":
-        found = [_stages.em_start(x, K, est.n_init, est.reg_covar, seed)]
+        found = em
         if _stages.ncut_per_cluster(x, labels, K, generator) < _stages.CLEAN_NCUT_PER_CLUSTER:
             found.insert(0, _stages.label_start("spectral", x, labels, K))
         return found
@@ -200,9 +218,10 @@ def merge_stage(est, X: np.ndarray, seed: int):
     return labels, max(2, int(groups.max()) + 1)
 
 
-def warn_overfit(gap: float, D: int) -> None:
-    """Warn when the training rows score far above the held-out rows (``gap`` nats per row)."""
-    if gap > OVERFIT_GAP_PER_FEATURE * max(D, 2):
+def warn_overfit(gap: float, se: float, D: int) -> None:
+    """Warn when the training rows score far above the held-out rows: ``gap`` nats per row above
+    ``OVERFIT_GAP_PER_FEATURE`` * D, by more than two standard errors ``se`` of the held-out mean."""
+    if gap - 2 * se > OVERFIT_GAP_PER_FEATURE * D:
         warnings.warn(
             f"the held-out log-likelihood per row is {gap:.1f} nats below the training one "
             f"({gap / D:.2f} per feature): the model memorizes the training rows. Try fewer or "

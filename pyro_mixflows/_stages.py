@@ -108,19 +108,81 @@ class Start:
     labels: torch.Tensor
 
 
-def em_start(x: torch.Tensor, K: int, n_init: int, reg_covar: float, seed: int) -> Start:
-    """EM for a full-covariance Gaussian mixture (scikit-learn, ``n_init`` restarts) on x (n, D)."""
-    from sklearn.mixture import GaussianMixture
+# EM starts: name -> the covariance type of scikit-learn's Gaussian mixture ("em_dp": the
+# variational Dirichlet-process Gaussian mixture, BayesianGaussianMixture).
+EM_STARTS = {"em": "full", "em_diag": "diag", "em_dp": "full"}
+# Folds of the cross-validation that picks full or diagonal covariances for the EM start.
+CV_FOLDS = 5
 
-    gm = GaussianMixture(
-        K, covariance_type="full", n_init=n_init, reg_covar=reg_covar, random_state=seed
-    )
+
+def em_start(
+    x: torch.Tensor,
+    K: int,
+    n_init: int,
+    reg_covar: float,
+    seed: int,
+    name: str = "em",
+    concentration: float = 1.0,
+) -> Start:
+    """EM for a Gaussian mixture (scikit-learn, ``n_init`` restarts) on x (n, D).
+
+    ``name``: "em" (full covariances), "em_diag" (diagonal) or "em_dp" (variational
+    Dirichlet-process Gaussian mixture truncated at K, with ``concentration``).
+    """
+    from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
+
+    kind = EM_STARTS[name]
+    common = dict(covariance_type=kind, n_init=n_init, reg_covar=reg_covar, random_state=seed)
+    if name == "em_dp":
+        gm = BayesianGaussianMixture(
+            n_components=K,
+            weight_concentration_prior_type="dirichlet_process",
+            weight_concentration_prior=concentration,
+            max_iter=500,
+            **common,
+        )
+    else:
+        gm = GaussianMixture(K, **common)
     X = x.detach().cpu().to(torch.float64).numpy()
     labels = gm.fit_predict(X)
     as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=x.dtype, device=x.device)  # noqa: E731
-    # Cholesky in float64 before the cast, from scikit-learn's own factor of the covariance.
-    chol = np.linalg.cholesky(gm.covariances_)
-    return Start("em", as_t(gm.means_), as_t(chol), as_t(gm.weights_), as_t(labels).long())
+    # Cholesky in float64 before the cast, from scikit-learn's own covariances.
+    cov = gm.covariances_
+    chol = (
+        np.sqrt(cov)[..., None] * np.eye(cov.shape[-1])
+        if kind == "diag"
+        else np.linalg.cholesky(cov)
+    )
+    return Start(name, as_t(gm.means_), as_t(chol), as_t(gm.weights_), as_t(labels).long())
+
+
+def covariance_by_cv(x: torch.Tensor, K: int, n_init: int, reg_covar: float, seed: int) -> str:
+    """ "em" (full covariances) or "em_diag" (diagonal) for the EM start, by ``CV_FOLDS``-fold
+    cross-validation on x (n, D).
+
+    Every row gets its held-out log-density under both mixtures (fitted without its fold);
+    diagonal wins only when its mean is higher by more than ``TIE_STANDARD_ERRORS`` standard
+    errors of the paired per-row differences: full covariance is the default, as in
+    ``GaussianMixture``. EM is cheap, so all rows take part here, not only the held-out ones the
+    flows are judged on. "em" when there are too few rows (fewer than ``CV_FOLDS`` * 2K).
+    """
+    from sklearn.mixture import GaussianMixture
+    from sklearn.model_selection import KFold
+
+    X = x.detach().cpu().to(torch.float64).numpy()
+    if X.shape[1] < 2 or X.shape[0] < CV_FOLDS * 2 * K:
+        return "em"
+    rows = {name: np.empty(len(X)) for name in ("em", "em_diag")}
+    for tr, te in KFold(CV_FOLDS, shuffle=True, random_state=seed).split(X):
+        for name, lp in rows.items():
+            gm = GaussianMixture(
+                K, covariance_type=EM_STARTS[name], n_init=n_init, reg_covar=reg_covar,
+                random_state=seed,
+            )  # fmt: skip
+            lp[te] = gm.fit(X[tr]).score_samples(X[te])
+    diff = rows["em_diag"] - rows["em"]
+    se = diff.std(ddof=1) / math.sqrt(len(diff))
+    return "em_diag" if diff.mean() > TIE_STANDARD_ERRORS * se else "em"
 
 
 def partition_labels(
@@ -399,9 +461,12 @@ def select(candidates: list[Candidate], preference: list[str]) -> Candidate:
 
 
 @torch.no_grad()
-def overfit_gap(vm, data: Split) -> float:
-    """Training minus held-out mean log-density per row (NaN without held-out rows)."""
+def overfit_gap(vm, data: Split) -> tuple[float, float]:
+    """Training minus held-out mean log-density per row, and the standard error of the held-out
+    mean (NaN, NaN without held-out rows)."""
     if len(data.val_idx) == 0:
-        return math.nan
+        return math.nan, math.nan
     mixture = vm.mixture()
-    return float(mixture.log_prob(data.x_train).mean() - mixture.log_prob(data.x_val).mean())
+    val = mixture.log_prob(data.x_val)
+    se = float(val.std()) / math.sqrt(len(val)) if len(val) > 1 else math.inf
+    return float(mixture.log_prob(data.x_train).mean() - val.mean()), se

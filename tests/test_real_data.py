@@ -97,9 +97,11 @@ def test_gaussian_only_and_capacity_choice(iris, tmp_path):
 
 def test_overfitting_is_reported_with_a_hint():
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(40, 12))  # 12 features, about 18 training rows per full covariance
+    X = rng.normal(size=(50, 20))  # about 12 training rows per component in 20 dimensions
     with pytest.warns(UserWarning, match="memorizes the training rows.*PCA"):
-        VariationalFlowMixture(2, random_state=0, init="em", **FAST).fit(X)
+        VariationalFlowMixture(
+            3, random_state=0, init="kmeans", num_layers=0, validation_fraction=0.3
+        ).fit(X)
 
 
 def test_no_overfitting_warning_on_a_well_posed_fit(iris):
