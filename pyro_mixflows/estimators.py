@@ -91,7 +91,8 @@ class VariationalFlowMixture:
         merge_ratio: in (0, 1], the ``ratio`` of ``density_connected_groups``.
         assignment: "enumerate" (z summed out in the model; exact) or "amortized" (the paper's
             q(k | x) network, enumerated in the guide, with ``temperature_schedule``).
-        init: the start. "auto" (default): EM's full-covariance Gaussian mixture, and also the
+        init: the start. "auto" (default): EM's Gaussian mixture (full covariances, or
+            diagonal ones when 5-fold cross-validation finds them clearly better), and also the
             spectral partition when its clusters are apart (normalized cut per cluster on the
             10-NN graph below ``_stages.CLEAN_NCUT_PER_CLUSTER``); both are tried and compared
             on the held-out rows, and when these cannot tell them apart (within two standard
