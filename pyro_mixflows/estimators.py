@@ -86,8 +86,12 @@ class VariationalFlowMixture:
             start), components whose points are joined through dense regions of that fit are
             grouped (``pyro_mixflows.models.density_connected_groups``), and the flows are then
             fitted as a DP mixture with one component per group, started at the groups; the
-            fitted model has ``n_components_`` = the number of groups. None: one DP fit with
-            T flow components (flexible flows tend to split one cluster into several).
+            fitted model has ``n_components_`` = the number of groups. The variational
+            Dirichlet-process Gaussian mixture truncated at T (scikit-learn's
+            ``BayesianGaussianMixture``; start "em_dp", ``n_components_`` = T) is a candidate
+            too: clusters that overlap are joined by density connectivity, and there it
+            predicts the held-out rows better. None: one DP fit with T flow components
+            (flexible flows tend to split one cluster into several).
         merge_ratio: in (0, 1], the ``ratio`` of ``density_connected_groups``.
         assignment: "enumerate" (z summed out in the model; exact) or "amortized" (the paper's
             q(k | x) network, enumerated in the guide, with ``temperature_schedule``).
