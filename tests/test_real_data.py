@@ -156,3 +156,21 @@ def test_bic_counts_a_gaussian_fit_as_gaussian_mixture_does(iris):
     model = VariationalFlowMixture(3, random_state=0, init="em", num_layers=0).fit(X)
     gm = GaussianMixture(3, n_init=5, random_state=0).fit(X)
     assert model._n_parameters() == gm._n_parameters()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, allowed", [("wine_pca2", {3}), ("iris", {2, 3})])
+def test_dirichlet_process_finds_the_clusters_of_real_sets(name, allowed):
+    """Issue 20: the DP option does not collapse to one cluster on real tables."""
+    from sklearn.datasets import load_wine
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import adjusted_rand_score
+
+    if name == "iris":
+        X, y = load_iris(return_X_y=True)
+    else:
+        X, y = load_wine(return_X_y=True)
+        X = PCA(2).fit_transform((X - X.mean(0)) / X.std(0))
+    model = VariationalFlowMixture(10, weights="dirichlet_process", random_state=0).fit(X)
+    assert model.effective_n_components_ in allowed
+    assert adjusted_rand_score(y, model.predict(X)) > 0.5
