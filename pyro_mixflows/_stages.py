@@ -1,15 +1,17 @@
 """The stages of ``VariationalFlowMixture.fit``: split -> start -> pre-train -> train -> select.
 
-Each stage is a small function on standardized tensors; the estimator strings them together.
+Each stage is a small function on standardized tensors; ``_pipeline`` strings them together.
 
 - ``split``: held-out rows for early stopping and for every choice below.
-- ``em_start`` / ``label_start``: a start is a full-covariance Gaussian mixture (means, Cholesky
-  factors, weights) plus hard labels of the training rows. EM (scikit-learn's
-  ``GaussianMixture`` with restarts) gives the maximum-likelihood Gaussian mixture; the label
-  starts (spectral, k-means, random) give the moments of an initial partition.
+- ``em_start`` / ``label_start``: a start is a Gaussian mixture (means, Cholesky factors,
+  weights) plus hard labels of the training rows. EM (scikit-learn's ``GaussianMixture`` with
+  restarts; full or diagonal covariances by ``covariance_by_cv``; or the Dirichlet-process
+  ``BayesianGaussianMixture``) gives the maximum-likelihood Gaussian mixture; the label starts
+  (spectral, k-means, random, the DP merge groups) give the moments of a partition, and
+  ``ncut_per_cluster`` tells whether a partition's clusters are apart.
 - ``place``: a model's affine maps and weights set from a start. With the flow layers at the
   identity the model then *is* the start's Gaussian mixture.
-- ``train``: pre-training on the start's hard labels (label starts only), then the ELBO with
+- ``pretrain`` / ``train``: hard-label pre-training (label starts only), then the ELBO with
   held-out early stopping and the low-step-size plateau pass.
 - ``select``: the candidate with the best held-out log-likelihood, never below the Gaussian
   start's; ties broken by a fixed preference (see ``select``).
@@ -18,7 +20,7 @@ Each stage is a small function on standardized tensors; the estimator strings th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyro
@@ -282,7 +284,6 @@ class Schedule:
     eval_every: int
     plateau_lr_factor: float | None
     progress_bar: bool = False
-    extra: dict = field(default_factory=dict)
 
     def optim(self, factor: float = 1.0):
         return pyro.optim.Adam(
