@@ -15,6 +15,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 
 from . import _stages
+from .diagnostics import adjusted_rand_index
 from .infer import FitResult
 from .models.dp import density_connected_groups, responsibilities
 
@@ -28,6 +29,9 @@ EFFECTIVE_WEIGHT_THRESHOLD = 0.01
 OVERFIT_GAP_PER_FEATURE = 1.0
 # The Gaussian start itself, as a capacity: no flow layers.
 GAUSSIAN = {"num_layers": 0}
+# The spectral start is not tried when its partition agrees this well (adjusted Rand index)
+# with EM's: the two would train the same flows twice.
+SAME_START_ARI = 0.99
 # Starts that are candidates as Gaussian mixtures only: the Dirichlet-process Gaussian mixture.
 GAUSSIAN_ONLY = ("em_dp",)
 
@@ -123,7 +127,7 @@ def starts(est, data: _stages.Split, K: int, stage_labels, generator, seed: int)
 
     "auto": EM's Gaussian mixture, and before it the spectral partition when that one is clean
     (``_stages.CLEAN_NCUT_PER_CLUSTER``: clusters apart by low-density gaps, where EM cuts
-    curved clusters wrongly). Labelled rows or a DP fit: a partition start only ("auto" and
+    curved clusters wrongly) and differs from EM's (``SAME_START_ARI``). Labelled rows or a DP fit: a partition start only ("auto" and
     "em" mean "spectral" there). ``stage_labels``: the merge stage's groups.
     """
     x = data.x_train
@@ -150,7 +154,9 @@ def starts(est, data: _stages.Split, K: int, stage_labels, generator, seed: int)
     labels = _stages.partition_labels(x, K, "spectral" if init == "auto" else init, y, generator)
     if init == "auto":
         found = em
-        if _stages.ncut_per_cluster(x, labels, K, generator) < _stages.CLEAN_NCUT_PER_CLUSTER:
+        clean = _stages.ncut_per_cluster(x, labels, K, generator) < _stages.CLEAN_NCUT_PER_CLUSTER
+        same = adjusted_rand_index(labels.cpu().numpy(), em[0].labels.cpu().numpy())
+        if clean and same < SAME_START_ARI:
             found.insert(0, _stages.label_start("spectral", x, labels, K))
         return found
     if dp and not semi:
