@@ -98,7 +98,8 @@ class VariationalFlowMixture:
         init: the start. "auto" (default): EM's Gaussian mixture (full covariances, or
             diagonal ones when 5-fold cross-validation finds them clearly better), and also the
             spectral partition when its clusters are apart (normalized cut per cluster on the
-            10-NN graph below ``_stages.CLEAN_NCUT_PER_CLUSTER``); both are tried and compared
+            10-NN graph below ``_stages.CLEAN_NCUT_PER_CLUSTER``) and differ from EM's
+            (adjusted Rand index below ``_pipeline.SAME_START_ARI``); both are tried and compared
             on the held-out rows, and when these cannot tell them apart (within two standard
             errors) the spectral start is kept. "em": EM only. "spectral", "kmeans", "random":
             that initial partition only (moments per cluster, then pre-training on it). With
