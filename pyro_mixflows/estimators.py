@@ -336,11 +336,12 @@ class VariationalFlowMixture:
     def fit(self, X, y=None) -> VariationalFlowMixture:
         """Fit to X (N, D); ``y`` (N,) optional labels with -1 for unlabelled rows.
 
-        The stages (``pyro_mixflows._pipeline``, ``pyro_mixflows._stages``): hold out ``validation_fraction`` of the rows;
-        build the starts (EM's Gaussian mixture and an initial partition, see ``init``); for
-        every start, its Gaussian mixture as it is, and flows on top of it (each capacity)
-        trained on the ELBO with held-out early stopping; keep the candidate with the best
-        held-out log-likelihood, never one below the Gaussian start's (``_stages.select``).
+        The stages (``pyro_mixflows._pipeline``, ``pyro_mixflows._stages``): hold out
+        ``validation_fraction`` of the rows; build the starts (EM's Gaussian mixture and, where
+        it helps, a spectral partition, see ``init``); for every start, its Gaussian mixture as
+        it is, and flows on top of it (each capacity) trained on the ELBO with held-out early
+        stopping; keep the candidate with the best held-out log-likelihood, never one below the
+        Gaussian start's (``_stages.select``).
         """
         self._check_params()
         X = _as_2d(X)
