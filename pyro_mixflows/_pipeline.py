@@ -1,4 +1,4 @@
-"""``VariationalFlowMixture.fit`` as a pipeline: merge (DP) -> start -> pre-train -> train -> select.
+"""``VariationalFlowMixture.fit`` as a pipeline: merge (DP), start, pre-train, train, select.
 
 The stages themselves are in ``_stages`` (pure functions on standardized tensors); this module
 strings them together for the estimator and writes its fitted attributes.
@@ -125,10 +125,12 @@ def run(est, X: np.ndarray, y, K: int, stage_labels, seed: int, capacities: list
 def starts(est, data: _stages.Split, K: int, stage_labels, generator, seed: int) -> list:
     """The starts of ``est.init``, in the order of preference when held-out rows tie.
 
-    "auto": EM's Gaussian mixture, and before it the spectral partition when that one is clean
-    (``_stages.CLEAN_NCUT_PER_CLUSTER``: clusters apart by low-density gaps, where EM cuts
-    curved clusters wrongly) and differs from EM's (``SAME_START_ARI``). Labelled rows or a DP fit: a partition start only ("auto" and
-    "em" mean "spectral" there). ``stage_labels``: the merge stage's groups.
+    "auto": EM's Gaussian mixture (full or diagonal covariances by cross-validation), and before
+    it the spectral partition when that one is clean (``_stages.CLEAN_NCUT_PER_CLUSTER``:
+    clusters apart by low-density gaps, where EM cuts curved clusters wrongly) and differs from
+    EM's (``SAME_START_ARI``). Labelled rows or a DP fit: a partition start only ("auto" and
+    "em" mean "spectral" there). ``stage_labels``: the merge stage's groups (then the DP
+    Gaussian mixture is a second, Gaussian-only start).
     """
     x = data.x_train
     if stage_labels is not None:
@@ -225,8 +227,9 @@ def merge_stage(est, X: np.ndarray, seed: int):
 
 
 def warn_overfit(gap: float, se: float, D: int) -> None:
-    """Warn when the training rows score far above the held-out rows: ``gap`` nats per row above
-    ``OVERFIT_GAP_PER_FEATURE`` * D, by more than two standard errors ``se`` of the held-out mean."""
+    """Warn when the training rows score far above the held-out rows: ``gap`` nats per row
+    above ``OVERFIT_GAP_PER_FEATURE`` * D by more than two standard errors ``se`` of the
+    held-out mean."""
     if gap - 2 * se > OVERFIT_GAP_PER_FEATURE * D:
         warnings.warn(
             f"the held-out log-likelihood per row is {gap:.1f} nats below the training one "

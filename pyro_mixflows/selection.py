@@ -15,7 +15,7 @@ def select_n_components(
     random_state: int | None = 0,
     **params,
 ) -> tuple[int, dict[int, float]]:
-    """The K whose ``VariationalFlowMixture`` predicts held-out rows best, by K-fold cross-validation.
+    """The K whose ``VariationalFlowMixture`` predicts held-out rows best, by cross-validation.
 
     For every K in ``n_components`` and every fold, a ``VariationalFlowMixture(K, **params)`` is
     fitted on the other folds and scored on the fold (mean log-density per row, in the data's

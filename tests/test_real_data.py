@@ -1,4 +1,4 @@
-"""Real tables: the fit contains its Gaussian mixture and is never worse than it on held-out rows."""
+"""Real tables: the fit contains its Gaussian mixture and never does worse on held-out rows."""
 
 import math
 import warnings
