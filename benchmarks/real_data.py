@@ -1,4 +1,4 @@
-"""Real tabular data: VariationalFlowMixture at its defaults against the Gaussian mixtures (issue 20).
+"""Real tables: VariationalFlowMixture at its defaults against Gaussian mixtures (issue 20).
 
     python -m benchmarks.real_data [--seeds 5] [--sets wine,iris,...] [--jobs 2]
 
@@ -167,7 +167,8 @@ def report(rows: list[tuple], sets: list[str], methods: tuple[str, ...]) -> None
             ari = np.array([get[s, m, k][4] for k in seeds])
             t = np.array([get[s, m, k][5] for k in seeds])
             print(
-                f"| {s} | {D} | {m} | {_cell(ll, np.min)} | {_cell(ari, np.min)} | {np.median(t):.1f} |"
+                f"| {s} | {D} | {m} | {_cell(ll, np.min)} | {_cell(ari, np.min)} "
+                f"| {np.median(t):.1f} |"
             )
     if "VariationalFlowMixture" not in methods or "GaussianMixture" not in methods:
         return
