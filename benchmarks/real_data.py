@@ -123,7 +123,9 @@ def run_one(name: str, seed: int, methods: tuple[str, ...]) -> list[tuple]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..S-1 (5)")
+    parser.add_argument(
+        "--seeds", default="5", help="S (seeds 0..S-1) or a comma-separated list of seeds (5)"
+    )
     parser.add_argument("--sets", default=",".join(SETS), help="comma-separated sets (all)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     parser.add_argument("--jobs", type=int, default=1, help="fits side by side (1)")
@@ -136,8 +138,9 @@ def main(argv=None) -> None:
     for m in methods:
         if m not in METHODS:
             parser.error(f"expected methods in {METHODS}, got {m!r}")
-    tasks = [(s, seed, methods) for s in sets for seed in range(args.seeds)]
-    print(f"{args.seeds} seeds, {args.jobs} jobs, one thread per fit", flush=True)
+    seeds = [int(t) for t in args.seeds.split(",")] if "," in args.seeds else range(int(args.seeds))
+    tasks = [(s, seed, methods) for s in sets for seed in seeds]
+    print(f"seeds {list(seeds)}, {args.jobs} jobs, one thread per fit", flush=True)
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             results = list(pool.map(run_one, *zip(*tasks, strict=True)))
