@@ -6,6 +6,7 @@ from .flows import ConcatComponents, DistributionComponents, FlowComponents
 from .guides import AutoFlowMixture
 from .infer import FitResult, LatentMALA, fit
 from .models import BoostedFlowMixture, MixtureVAE, VMoNF
+from .selection import select_n_components
 
 __version__ = "0.1.0.dev0"
 
@@ -26,4 +27,5 @@ __all__ = [
     "VariationalFlowMixture",
     "__version__",
     "fit",
+    "select_n_components",
 ]

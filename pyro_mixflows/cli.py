@@ -73,6 +73,36 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _capacity(text: str) -> dict:
+    """``L[:W,W][:WD]`` -> {"num_layers": L, "hidden_dims": (W, W), "weight_decay": WD}."""
+    parts = text.split(":")
+    try:
+        if not 1 <= len(parts) <= 3:
+            raise ValueError
+        capacity: dict = {"num_layers": int(parts[0])}
+        if len(parts) > 1 and parts[1]:
+            capacity["hidden_dims"] = _hidden(parts[1])
+        if len(parts) > 2:
+            capacity["weight_decay"] = float(parts[2])
+        if capacity["num_layers"] < 0 or capacity.get("weight_decay", 0.0) < 0:
+            raise ValueError
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"expected L[:W,W][:WD] such as 2:16 or 4:32,32:1e-3 (L >= 0, WD >= 0), got {text!r}"
+        ) from None
+    return capacity
+
+
 def _hidden(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(t) for t in text.split(","))
@@ -135,7 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--flow", choices=FLOWS, help="component flow (default spline_coupling; maf for 1 column)"
     )
-    fit.add_argument("--layers", type=_int_at_least(1, "--layers"), default=4, metavar="L")
+    fit.add_argument(
+        "--layers",
+        type=_int_at_least(0, "--layers"),
+        default=4,
+        metavar="L",
+        help="flow layers per component on top of its full affine map (4; 0 = Gaussian only)",
+    )
     fit.add_argument(
         "--hidden", type=_hidden, default=(32, 32), metavar="W,W", help="hidden widths (32,32)"
     )
@@ -162,9 +198,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--init",
-        choices=("spectral", "kmeans", "random"),
-        default="spectral",
-        help="initial clustering that places the components (spectral)",
+        choices=("auto", "em", "spectral", "kmeans", "random"),
+        default="auto",
+        help="start: auto = EM's Gaussian mixture, plus the spectral partition when its clusters "
+        "are apart; the better on held-out rows is kept (auto)",
+    )
+    fit.add_argument(
+        "--capacity",
+        action="append",
+        type=_capacity,
+        metavar="L[:W,W][:WD]",
+        help="a flow capacity to try from every start (repeat to try several; the best on "
+        "held-out rows is kept, never worse than the Gaussian start): L layers, hidden widths, "
+        "weight decay, e.g. --capacity 0 --capacity 2:16 --capacity 4:32,32:1e-3 "
+        "(default: --layers/--hidden)",
+    )
+    fit.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="WD",
+        help="Adam's L2 penalty on all parameters (0)",
+    )
+    fit.add_argument(
+        "--restarts",
+        type=_int_at_least(1, "--restarts"),
+        default=5,
+        help="EM restarts of the Gaussian start (5)",
     )
     fit.add_argument("--lr", type=_positive_float, default=5e-4, help="Adam step size (5e-4)")
     fit.add_argument(
@@ -301,7 +361,10 @@ def _estimator(args: argparse.Namespace, K: int, D: int):
         init_steps=args.init_steps,
         batch_size=args.batch_size,
         learning_rate=args.lr,
+        weight_decay=args.weight_decay,
         init=args.init,
+        n_init=args.restarts,
+        capacities=args.capacity,
         random_state=args.seed,
         device=args.device,
         progress_bar=not args.quiet,
@@ -421,6 +484,7 @@ def run_fit(args: argparse.Namespace) -> int:
             "adjusted_rand_index": adjusted_rand_index(y_true, labels),
         }
     summary["warnings"] = notes
+    summary["selection"] = {"start": est.start_, "capacity": est.capacity_}
     summary["timings"] = {"read_s": read_s, "fit_s": fit_s, "score_s": score_s}
     _report.write_fit(
         args.out, est, table, classes, scores, proba, labels, weights, samples, summary, start

@@ -5,35 +5,47 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import pyro
 import torch
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from sklearn.base import BaseEstimator, ClusterMixin, DensityMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._init import INIT_METHODS, initial_labels
+from . import _pipeline
+from ._init import INIT_METHODS
+from ._pipeline import EFFECTIVE_WEIGHT_THRESHOLD
 from .distributions import FlowMixture
 from .flows import FLOWS, FlowComponents, RescaledComponents
-from .infer import FitResult
-from .infer import fit as _fit
 from .infer._checkpoint import atomic_save
-from .models.dp import density_connected_groups, responsibilities
 from .models.vmonf import ASSIGNMENTS, WEIGHTS, VMoNF, paper_temperature
 
-_FORMAT = "pyro_mixflows.VariationalFlowMixture/1"
-# A component is reported dead when its weight falls below this fraction of 1/K.
-DEAD_WEIGHT_FRACTION = 0.01
-# Dirichlet-process fits: components with at least this weight are "effective"; the others get
-# no points in predict/predict_proba.
-EFFECTIVE_WEIGHT_THRESHOLD = 0.01
+# /2: full affine maps per component (files of /1 hold elementwise ones and are refused)
+_FORMAT = "pyro_mixflows.VariationalFlowMixture/2"
 # Dirichlet-process fits: how over-split components are merged before the final fit.
 MERGES = ("density", None)
 # How ``fit`` reads ``y`` (see the class docstring).
 SEMI_SUPERVISED = ("auto", True, False)
+# Starts: "auto" tries EM and the spectral partition; "em" is EM's Gaussian mixture alone.
+INITS = ("auto", "em", *INIT_METHODS)
+# The keys a capacity may override (plus "weight_decay").
+ARCHITECTURE = ("flow", "num_layers", "hidden_dims", "count_bins")
+CAPACITY_KEYS = (*ARCHITECTURE, "weight_decay")
+
+
+def _as_2d(X, name: str = "X") -> np.ndarray:
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"expected {name} to be a numeric array of shape (N, D): {err}") from None
+    if X.ndim != 2:
+        raise ValueError(f"expected {name} of shape (N, D), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"expected a non-empty {name}, got shape {X.shape}")
+    if not np.isfinite(X).all():
+        bad = int((~np.isfinite(X)).sum())
+        raise ValueError(f"expected finite values in {name}, got {bad} NaN/inf entries")
+    return X
 
 
 def _plain(value):
@@ -41,34 +53,30 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _chain_results(first: FitResult, second: FitResult) -> FitResult:
-    """One ``FitResult`` for two consecutive ``fit`` calls (steps of the second shifted)."""
-    shift = first.num_steps
-    best_second = second.best_loss is not None and (
-        first.best_loss is None or second.best_loss <= first.best_loss
-    )
-    best = second if best_second else first
-    return FitResult(
-        losses=first.losses + second.losses,
-        val_losses=first.val_losses + second.val_losses,
-        val_steps=first.val_steps + [s + shift for s in second.val_steps],
-        best_step=(second.best_step + shift) if best_second else first.best_step,
-        best_loss=best.best_loss,
-        converged=second.converged,
-        num_steps=first.num_steps + second.num_steps,
-        time=first.time + second.time,
-        stop_reason=second.stop_reason,
-    )
+def _plain_value(value):
+    """Plain Python values for ``torch.load(weights_only=True)``: NumPy scalars unwrapped, in
+    sequences (as tuples) and dicts too."""
+    if isinstance(value, dict):
+        return {k: _plain_value(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain_value(x) for x in value)
+    return _plain(value)
 
 
 class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
     """A mixture of normalizing flows with the interface of scikit-learn's ``GaussianMixture``.
 
     Fits VMoNF (Pires & Figueiredo, 2020, arXiv:2009.00585) with this package's Pyro model,
-    guide and fit loop: data standardized per feature, components placed by an initial
-    clustering (spectral by default, so that no component starts across several clusters),
-    pre-trained on those hard assignments, then trained on the exact ELBO with held-out early
-    stopping.
+    guide and fit loop. Every component is a full affine map (any full-covariance Gaussian)
+    under flow layers that start at the identity, so the mixture contains the Gaussian mixture.
+    The fit, in stages: data standardized per feature and ``validation_fraction`` of the rows
+    held out; starts (EM's Gaussian mixture with ``n_init`` restarts, and the spectral partition
+    where clusters are apart); from every start, its Gaussian mixture as it is and the flows of
+    every capacity, trained on the exact ELBO with held-out early stopping; kept: the best on
+    the held-out rows, never worse there than the Gaussian start (a kept EM start is then
+    refitted on every row, i.e. it is ``GaussianMixture``'s fit). A large gap between training
+    and held-out log-likelihood is warned about. ``y`` follows scikit-learn's semi-supervised
+    convention (-1 = unlabelled).
 
     A scikit-learn estimator (``BaseEstimator`` with ``ClusterMixin`` and ``DensityMixin``):
     ``get_params``/``set_params``/``clone``, ``fit_predict``, ``labels_`` (the training rows'
@@ -97,12 +105,33 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
             start), components whose points are joined through dense regions of that fit are
             grouped (``pyro_mixflows.models.density_connected_groups``), and the flows are then
             fitted as a DP mixture with one component per group, started at the groups; the
-            fitted model has ``n_components_`` = the number of groups. None: one DP fit with
-            T flow components (flexible flows tend to split one cluster into several).
+            fitted model has ``n_components_`` = the number of groups. The variational
+            Dirichlet-process Gaussian mixture truncated at T (scikit-learn's
+            ``BayesianGaussianMixture``; start "em_dp", ``n_components_`` = T) is a candidate
+            too: clusters that overlap are joined by density connectivity, and there it
+            predicts the held-out rows better. None: one DP fit with T flow components
+            (flexible flows tend to split one cluster into several).
         merge_ratio: in (0, 1], the ``ratio`` of ``density_connected_groups``.
         assignment: "enumerate" (z summed out in the model; exact) or "amortized" (the paper's
             q(k | x) network, enumerated in the guide, with ``temperature_schedule``).
-        init: "spectral", "kmeans" or "random" initial assignments.
+        init: the start. "auto" (default): EM's Gaussian mixture (full covariances, or
+            diagonal ones when 5-fold cross-validation finds them clearly better), and also the
+            spectral partition when its clusters are apart (normalized cut per cluster on the
+            10-NN graph below ``_stages.CLEAN_NCUT_PER_CLUSTER``) and differ from EM's
+            (adjusted Rand index below ``_pipeline.SAME_START_ARI``); both are tried and compared
+            on the held-out rows, and when these cannot tell them apart (within two standard
+            errors) the spectral start is kept. "em": EM only. "spectral", "kmeans", "random":
+            that initial partition only (moments per cluster, then pre-training on it). With
+            labelled rows or Dirichlet-process weights, "auto" and "em" mean "spectral".
+        n_init: EM restarts for the Gaussian start (as in ``GaussianMixture``).
+        reg_covar: added to the diagonal of EM's covariances (standardized units).
+        capacities: flow capacities to try from every start, each a dict overriding any of
+            "flow", "num_layers", "hidden_dims", "count_bins", "weight_decay"; e.g.
+            ``[{"num_layers": 2, "hidden_dims": (16,)}, {"weight_decay": 1e-3}]``. None: the
+            constructor's architecture alone. Every start's Gaussian mixture (no flow layers)
+            is a candidate too; the candidate with the best held-out log-likelihood is kept,
+            never one below the best Gaussian start, and on a tie (two standard errors) the one
+            with fewer flow parameters. Each capacity costs one training per start.
         max_steps: training steps at most; init_steps: hard-assignment pre-training steps.
         batch_size: minibatch size (None: full batch).
         learning_rate: Adam step size.
@@ -132,6 +161,9 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         n_iter_: training steps taken.
         lower_bound_: the final ELBO per row on the training rows, in data units.
         validation_log_likelihood_: held-out log-likelihood per row of the fitted model.
+        start_: the kept start; capacity_: its capacity (``{"num_layers": 0}`` = the Gaussian
+            start); candidates_: start, capacity, held-out log-likelihood (standardized units)
+            and training steps of every candidate tried.
 
     Example::
 
@@ -154,7 +186,10 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         merge: str | None = "density",
         merge_ratio: float = 0.25,
         assignment: str = "enumerate",
-        init: str = "spectral",
+        init: str = "auto",
+        n_init: int = 5,
+        reg_covar: float = 1e-6,
+        capacities: Sequence[dict] | None = None,
         max_steps: int = 4000,
         init_steps: int = 300,
         batch_size: int | None = 256,
@@ -182,6 +217,9 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         self.merge_ratio = merge_ratio
         self.assignment = assignment
         self.init = init
+        self.n_init = n_init
+        self.reg_covar = reg_covar
+        self.capacities = capacities
         self.max_steps = max_steps
         self.init_steps = init_steps
         self.batch_size = batch_size
@@ -207,7 +245,7 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
             ("flow", FLOWS),
             ("weights", WEIGHTS),
             ("assignment", ASSIGNMENTS),
-            ("init", INIT_METHODS),
+            ("init", INITS),
         ):
             if getattr(self, name) not in options:
                 raise ValueError(
@@ -264,6 +302,29 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
             raise ValueError(f"expected merge in {MERGES}, got {self.merge!r}")
         if not 0 < self.merge_ratio <= 1:
             raise ValueError(f"expected merge_ratio in (0, 1], got {self.merge_ratio!r}")
+        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
+            raise ValueError(f"expected n_init to be an int >= 1, got {self.n_init!r}")
+        if not self.reg_covar >= 0:
+            raise ValueError(f"expected reg_covar >= 0, got {self.reg_covar!r}")
+        if self.capacities is not None:
+            caps = list(self.capacities)
+            if not caps or not all(isinstance(c, dict) for c in caps):
+                raise ValueError(
+                    f"expected capacities None or a non-empty list of dicts, got {caps!r}"
+                )
+            for c in caps:
+                bad = set(c) - set(CAPACITY_KEYS)
+                if bad:
+                    raise ValueError(
+                        f"expected capacity keys in {CAPACITY_KEYS}, got {sorted(bad)}"
+                    )
+                if c.get("flow", self.flow) not in FLOWS:
+                    raise ValueError(f"expected flow in {FLOWS}, got {c['flow']!r}")
+                layers = c.get("num_layers", 0)
+                if not isinstance(layers, (int, np.integer)) or layers < 0:
+                    raise ValueError(f"expected num_layers to be an int >= 0, got {layers!r}")
+                if not c.get("weight_decay", 0) >= 0:
+                    raise ValueError(f"expected weight_decay >= 0, got {c['weight_decay']!r}")
 
     def _check_y(self, y, n: int) -> np.ndarray | None:
         """The labels ``fit`` uses: None, or (N,) int64 with -1 for unlabelled rows."""
@@ -324,14 +385,20 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         x = torch.as_tensor(X, dtype=self._mean.dtype, device=self._mean.device)
         return (x - self._mean) / self._scale
 
-    def _build(self, D: int, K: int | None = None, num_layers: int | None = None) -> VMoNF:
-        components = FlowComponents(
-            self.n_components if K is None else K,
-            D,
+    def _architecture(self, capacity: dict | None = None) -> dict:
+        """The component architecture: the constructor's, with a capacity's overrides."""
+        arch = dict(
             flow=self.flow,
-            num_layers=self.num_layers if num_layers is None else num_layers,
-            hidden_dims=self.hidden_dims,
+            num_layers=self.num_layers,
+            hidden_dims=tuple(self.hidden_dims),
             count_bins=self.count_bins,
+        )
+        arch.update({k: v for k, v in (capacity or {}).items() if k in ARCHITECTURE})
+        return arch
+
+    def _build(self, D: int, K: int | None = None, capacity: dict | None = None) -> VMoNF:
+        components = FlowComponents(
+            self.n_components if K is None else K, D, affine="full", **self._architecture(capacity)
         )
         return VMoNF(
             components,
@@ -344,6 +411,13 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
 
     def fit(self, X, y=None) -> VariationalFlowMixture:
         """Fit to X (N, D); ``y`` (N,) as the class docstring says (ignored unless it has -1s).
+
+        The stages (``pyro_mixflows._pipeline``, ``pyro_mixflows._stages``): hold out
+        ``validation_fraction`` of the rows; build the starts (EM's Gaussian mixture and, where
+        it helps, a spectral partition, see ``init``); for every start, its Gaussian mixture as
+        it is, and flows on top of it (each capacity) trained on the ELBO with held-out early
+        stopping; keep the candidate with the best held-out log-likelihood, never one below the
+        Gaussian start's (``_stages.select``).
 
         Args:
             X: data, array-like (N, D) (a pandas DataFrame records ``feature_names_in_``).
@@ -366,11 +440,12 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
                 f"expected at least max(2, n_components)={max(2, K)} rows, got {N} sample(s)"
             )
         y = self._check_y(y, N)
-        if self.flow != "maf" and D < 2 and self.num_layers > 0:
-            raise ValueError(
-                f"expected D >= 2 for flow={self.flow!r}, got {D} feature(s); use flow='maf'"
-            )
-        self._fit_stages(X, y, self._seed())
+        capacities = self._capacities()
+        if D < 2 and any(
+            a["flow"] != "maf" and a["num_layers"] > 0 for a in map(self._architecture, capacities)
+        ):
+            raise ValueError(f"expected D >= 2 for flow={self.flow!r}, got D={D}; use flow='maf'")
+        self._fit_stages(X, y, self._seed(), capacities)
         with torch.no_grad():
             self.labels_ = self._proba(self._standardize(X)).argmax(-1).cpu().numpy()
         return self
@@ -379,248 +454,31 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         """``fit(X, y)``, then the training rows' components ``labels_``: (N, D) -> (N,)."""
         return self.fit(X, y).labels_
 
-    def _fit_stages(self, X: np.ndarray, y: np.ndarray | None, seed: int) -> None:
-        """The fit on checked inputs: the DP merge stage when asked, then the training run."""
+    def _fit_stages(
+        self, X: np.ndarray, y: np.ndarray | None, seed: int, capacities: list[dict]
+    ) -> None:
+        """The fit on checked inputs: the DP merge stage when asked, then the stages."""
         K = self.n_components
         self.merge_groups_ = None
+        stage_labels = None
         if (
             self.weights == "dirichlet_process"
             and self.merge == "density"
             and (y is None or not bool((y >= 0).any()))
         ):
-            stage_labels, K = self._merge_stage(X, seed)
-            self._fit(X, y, K, stage_labels, seed, self.num_layers)
-            if self.num_layers > 0:
-                # The same groups with Gaussian components; keep whichever predicts the
-                # held-out rows better (flexible flows overfit clusters that are Gaussian).
-                flows = self._fitted_state()
-                self._fit(X, y, K, stage_labels, seed, 0)
-                if not self.validation_log_likelihood_ > flows["validation_log_likelihood_"]:
-                    self.__dict__.update(flows)
-            return
-        self._fit(X, y, K, None, seed, self.num_layers)
+            stage_labels, K = _pipeline.merge_stage(self, X, seed)
+        _pipeline.run(self, X, y, K, stage_labels, seed, capacities)
 
-    _FITTED = (
-        "module_",
-        "n_components_",
-        "num_layers_",
-        "fit_result_",
-        "n_features_in_",
-        "converged_",
-        "n_iter_",
-        "lower_bound_",
-        "validation_log_likelihood_",
-        "_mean",
-        "_scale",
-    )
-
-    def _fitted_state(self) -> dict:
-        return {name: getattr(self, name) for name in self._FITTED}
-
-    def _fit(self, X, y, K: int, stage_labels, seed: int, num_layers: int):
-        """One training run of K components (the body of ``fit``)."""
-        N, D = X.shape
-        self.num_layers_ = num_layers
-        pyro.set_rng_seed(seed)
-        generator = torch.Generator().manual_seed(int(torch.randint(2**31, ()).item()))
-        pyro.clear_param_store()
-        x_all = self._tensor(X)
-        self._mean = x_all.mean(0)
-        scale = x_all.std(0) if N > 1 else torch.ones(D)
-        self._scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        xs = (x_all - self._mean) / self._scale
-
-        # Held-out rows for early stopping (unlabelled rows only).
-        perm = torch.randperm(N, generator=generator).to(xs.device)
-        labelled = torch.zeros(N, dtype=torch.bool, device=xs.device)
-        y_t = None
-        if y is not None:
-            y_t = torch.as_tensor(y, device=xs.device)
-            labelled = y_t >= 0
-        n_val = int(self.validation_fraction * N)
-        candidates = perm[~labelled[perm]]
-        n_val = min(n_val, max(0, len(candidates) - 1))
-        val_idx = candidates[:n_val]
-        train_mask = torch.ones(N, dtype=torch.bool, device=xs.device)
-        train_mask[val_idx] = False
-        x_train = xs[train_mask]
-
-        if stage_labels is not None:
-            labels = stage_labels(x_train)
-        else:
-            labels = self._initial_labels(
-                x_train, None if y_t is None else y_t[train_mask], generator
-            )
-        if self.weights == "dirichlet_process" and y_t is None:
-            # Largest initial cluster first: the stick prior expects weights to fall with index.
-            counts = torch.bincount(labels, minlength=K)
-            rank = torch.empty_like(counts)
-            rank[counts.argsort(descending=True, stable=True)] = torch.arange(
-                K, device=counts.device
-            )
-            labels = rank[labels]
-        vm = self._build(D, K, num_layers).to(xs.device)
-        loc = torch.stack([self._cluster_stat(x_train, labels, k, "mean") for k in range(K)])
-        spread = torch.stack([self._cluster_stat(x_train, labels, k, "std") for k in range(K)])
-        vm.components.set_affine(loc, spread.clamp_min(0.05))
-        if self.weights == "learned":
-            counts = torch.bincount(labels, minlength=K).to(xs.dtype) + 1.0
-            with torch.no_grad():
-                vm.weight_logits.copy_(counts.log())
-        elif self.weights == "dirichlet_process":
-            # q(v) starts at the sticks' conjugate posterior given the initial labels,
-            # Beta(1 + n_k, alpha + n_{k+1} + ... + n_K), instead of at the prior: a small alpha
-            # puts the prior's sticks so close to 1 that float32 draws and their gradients break.
-            counts = torch.bincount(labels, minlength=K).to(xs.dtype)
-            after = counts.flip(0).cumsum(0).flip(0)[1:]  # n_{k+1} + ... + n_K for k < K
-            vm.stick_a = 1.0 + counts[:-1]
-            vm.stick_b = (self.weight_concentration + after).clamp_min(1.0)
-        optim = pyro.optim.Adam({"lr": self.learning_rate, "weight_decay": self.weight_decay})
-        batch = self.batch_size if self.batch_size and self.batch_size < len(x_train) else None
-        common = dict(optim=optim, batch_size=batch, seed=None, progress_bar=self.progress_bar)
-        elbo = TraceEnum_ELBO(max_plate_nesting=1)
-        if self.init_steps > 0:
-            _fit(
-                vm.model_labelled,
-                vm.guide_labelled,
-                x_train,
-                labels,
-                loss=Trace_ELBO(),
-                num_steps=self.init_steps,
-                **{**common, "progress_bar": self.progress_bar and "pre-train on initial clusters"},
-            )
-
-        train_lab = labelled[train_mask]
-        x_unl = x_train[~train_lab]
-        extra: tuple = ()
-        if bool(train_lab.any()):
-            extra = (x_train[train_lab], y_t[train_mask][train_lab])
-        if len(x_unl) == 0:
-            raise ValueError("expected at least one unlabelled or held-out row; got only labels")
-        batch = self.batch_size if self.batch_size and self.batch_size < len(x_unl) else None
-        common["batch_size"] = batch
-        val_args = (xs[val_idx],) if n_val > 0 else None
-        result = _fit(
-            vm.model,
-            vm.guide,
-            x_unl,
-            *extra,
-            loss=elbo,
-            num_steps=self.max_steps,
-            val_args=val_args,
-            patience=self.patience,
-            eval_every=self.eval_every,
-            **{**common, "progress_bar": self.progress_bar and "train"},
-        )
-        if val_args is not None and self.plateau_lr_factor and result.converged:
-            lr = self.learning_rate * self.plateau_lr_factor
-            common["optim"] = pyro.optim.Adam({"lr": lr, "weight_decay": self.weight_decay})
-            before = {k: v.detach().clone() for k, v in vm.state_dict().items()}
-            refined = _fit(
-                vm.model,
-                vm.guide,
-                x_unl,
-                *extra,
-                loss=elbo,
-                num_steps=max(self.max_steps - result.num_steps, self.patience * self.eval_every),
-                val_args=val_args,
-                patience=self.patience,
-                eval_every=self.eval_every,
-                **{**common, "progress_bar": self.progress_bar and "refine at a lower step size"},
-            )
-            if refined.best_loss > result.best_loss:  # no evaluation improved: keep the first
-                with torch.no_grad():
-                    vm.load_state_dict(before)
-            result = _chain_results(result, refined)
-        self.module_ = vm.eval()
-        self.n_components_ = int(K)
-        self.fit_result_ = result
-        self.n_features_in_ = D
-        self.converged_ = bool(result.converged)
-        self.n_iter_ = int(result.num_steps)
-        with torch.no_grad():
-            per_point = -float(elbo.loss(vm.model, vm.guide, x_train)) / len(x_train)
-            self.lower_bound_ = per_point - float(self._scale.log().sum())
-            self.validation_log_likelihood_ = float("nan")
-            if n_val > 0:
-                held_out = vm.mixture().log_prob(xs[val_idx]).mean()
-                self.validation_log_likelihood_ = float(held_out) - float(self._scale.log().sum())
-        if self.weights != "dirichlet_process":
-            self._warn_dead_components(x_train)
-        return self
+    def _capacities(self) -> list[dict]:
+        """The flow capacities to try from every start ({} = the constructor's architecture)."""
+        if self.capacities is None:
+            return [{}]
+        return [dict(c) for c in self.capacities]
 
     @property
     def effective_n_components_(self) -> int:
         """Components with weight >= ``EFFECTIVE_WEIGHT_THRESHOLD`` (1%)."""
         return int((self.weights_ >= EFFECTIVE_WEIGHT_THRESHOLD).sum())
-
-    def _merge_stage(self, X: np.ndarray, seed: int):
-        """DP fit of Gaussian components, then their density-connected groups.
-
-        Returns a function from standardized rows to group labels, and the number of components
-        for the final fit (the number of groups, at least 2 for the truncation).
-        """
-        params = {**self.get_params(), "num_layers": 0, "merge": None, "random_state": seed}
-        stage = VariationalFlowMixture(**params).fit(X)
-        generator = torch.Generator().manual_seed(seed)
-        weights = torch.as_tensor(stage.weights_, dtype=torch.get_default_dtype())
-        groups = density_connected_groups(
-            stage.module_.components,
-            weights,
-            stage._standardize(X),
-            threshold=EFFECTIVE_WEIGHT_THRESHOLD,
-            ratio=self.merge_ratio,
-            generator=generator,
-        )
-        self.merge_groups_ = groups.cpu().numpy()
-
-        @torch.no_grad()
-        def labels(x: torch.Tensor) -> torch.Tensor:
-            comps = stage.module_.components
-            r = responsibilities(comps, weights.to(x.device), x, EFFECTIVE_WEIGHT_THRESHOLD)
-            return groups.to(x.device)[r.argmax(-1)]
-
-        return labels, max(2, int(groups.max()) + 1)
-
-    def _initial_labels(self, x, y, generator) -> torch.Tensor:
-        K = self.n_components
-        labels = initial_labels(x, K, self.init, generator=generator)
-        if y is None or not bool((y >= 0).any()):
-            return labels
-        # Match clusters to classes on the labelled rows, then let the labels override.
-        known = y >= 0
-        table = torch.zeros(K, K)
-        table.index_put_(
-            (y[known].cpu(), labels[known].cpu()), torch.ones(int(known.sum())), accumulate=True
-        )
-        from scipy.optimize import linear_sum_assignment
-
-        rows, cols = linear_sum_assignment(-table.numpy())
-        mapping = torch.empty(K, dtype=torch.long)
-        mapping[torch.as_tensor(cols)] = torch.as_tensor(rows)
-        labels = mapping.to(labels.device)[labels]
-        return torch.where(known, y, labels)
-
-    @staticmethod
-    def _cluster_stat(x, labels, k, stat):
-        members = x[labels == k]
-        if len(members) < 2:
-            return x.mean(0) if stat == "mean" else x.std(0)
-        return members.mean(0) if stat == "mean" else members.std(0)
-
-    def _warn_dead_components(self, x) -> None:
-        K = self.n_components
-        w = self.weights_
-        hits = np.bincount(
-            self.module_.mixture().responsibilities(x).argmax(-1).cpu().numpy(), minlength=K
-        )
-        dead = [k for k in range(K) if w[k] < DEAD_WEIGHT_FRACTION / K or hits[k] == 0]
-        if dead:
-            warnings.warn(
-                f"components {dead} hold no training points (weights {np.round(w[dead], 4).tolist()}); "
-                "consider fewer components or another init",
-                stacklevel=3,
-            )
 
     # --- reading the fit --------------------------------------------------------------------
     def __sklearn_is_fitted__(self) -> bool:
@@ -701,16 +559,28 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         return x.cpu().numpy(), z.cpu().numpy()
 
     def _n_parameters(self) -> int:
-        n = sum(p.numel() for p in self.module_.components.parameters())
+        comps = self.module_.components
+        n = sum(p.numel() for p in comps.parameters())
+        n -= comps.num_components * comps.dim * (comps.dim - 1) // 2  # the unused upper triangle
         return n + (self.n_components_ - 1 if self.weights != "uniform" else 0)
 
     def bic(self, X) -> float:
-        """Bayesian information criterion on X (lower is better)."""
+        """Bayesian information criterion on X (lower is better): ``-2 N score(X) + p log N``.
+
+        ``p`` counts every trainable number of the components: the full affine maps
+        (D + D(D + 1)/2 each, what a full-covariance Gaussian mixture counts), every weight of
+        every flow layer's conditioner network, and the K - 1 free mixture weights. Flow layers
+        carry thousands of such numbers, far more than their effective degrees of freedom, so
+        for flows BIC over-penalizes and prefers small K; to choose K compare held-out
+        likelihood instead (``pyro_mixflows.select_n_components``). For a fit that kept its
+        Gaussian start (``num_layers_ == 0``) it is the Gaussian mixture's BIC.
+        """
         n = len(self._check_X(X))
         return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
 
     def aic(self, X) -> float:
-        """Akaike information criterion on X (lower is better)."""
+        """Akaike information criterion on X (lower is better): ``-2 N score(X) + 2 p``, with
+        ``p`` counted as in ``bic`` (and with its caveat for flows)."""
         return -2 * self.score(X) * len(self._check_X(X)) + 2 * self._n_parameters()
 
     # --- persistence ------------------------------------------------------------------------
@@ -728,10 +598,7 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         if not isinstance(params["random_state"], (int, np.integer, type(None))):
             params["random_state"] = None  # a RandomState is not a plain value
         # Plain Python values only, so that ``load`` can read the file with weights_only=True.
-        params = {
-            k: tuple(_plain(x) for x in v) if isinstance(v, (tuple, list)) else _plain(v)
-            for k, v in params.items()
-        }
+        params = {k: _plain_value(v) for k, v in params.items()}
         state = {
             "format": _FORMAT,
             "params": params,
@@ -739,6 +606,7 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
             "feature_names": [str(c) for c in getattr(self, "feature_names_in_", [])] or None,
             "n_components": int(self.n_components_),
             "num_layers": int(self.num_layers_),
+            "capacity": {k: _plain_value(v) for k, v in self.capacity_.items()},
             "validation_log_likelihood": float(self.validation_log_likelihood_),
             "mean": self._mean.cpu(),
             "scale": self._scale.cpu(),
@@ -775,9 +643,10 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         model._mean = state["mean"].to(device)
         model._scale = state["scale"].to(device)
         model.n_components_ = int(state.get("n_components", model.n_components))
-        model.num_layers_ = int(state.get("num_layers", model.num_layers))
+        model.num_layers_ = int(state["num_layers"])
+        model.capacity_ = dict(state["capacity"])
         model.validation_log_likelihood_ = float(state.get("validation_log_likelihood", math.nan))
-        vm = model._build(model.n_features_in_, model.n_components_, model.num_layers_)
+        vm = model._build(model.n_features_in_, model.n_components_, model.capacity_)
         vm.load_state_dict(state["module"])
         model.module_ = vm.to(device).eval()
         model.converged_ = state["converged"]

@@ -593,3 +593,22 @@ def test_fit_progress_bars_name_the_stages(moons, tmp_path, capsys):
     assert "fit: pre-train on initial clusters" in bars and "fit: train" in bars
     assert "loss/row=" in bars and "stop=" in bars
     assert "held-out log-likelihood" in captured.out
+
+
+def test_capacity_options(moons, tmp_path, capsys):
+    data, out = moons[0], tmp_path / "cap"
+    fails(["fit", data, "--capacity", "2:8:-1"], capsys, "expected L[:W,W][:WD]")
+    fails(["fit", data, "--capacity", "two"], capsys, "expected L[:W,W][:WD]")
+    fails(["fit", data, "--weight-decay", "-1"], capsys, "expected a number >= 0")
+    fails(["fit", data, "--restarts", "0"], capsys, "expected --restarts >= 1")
+    args = [*TINY, "--init", "em", "--capacity", "0", "--capacity", "1:8:1e-3"]
+    args += ["--weight-decay", "1e-4", "--restarts", "2"]
+    assert main(["fit", data, *args, "--out", str(out)]) == 0
+    with open(out / "summary.json") as f:
+        selection = json.load(f)["selection"]
+    assert selection["start"] == "em"
+    assert selection["capacity"] in (
+        {"num_layers": 0},
+        {"num_layers": 1, "hidden_dims": [8], "weight_decay": 1e-3},
+    )
+    assert main(["fit", data, *TINY, "--layers", "0", "--out", str(tmp_path / "g")]) == 0

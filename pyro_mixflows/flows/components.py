@@ -21,9 +21,12 @@ from .layers import (
     MaskedAutoregressive,
     Permute,
     SplineCoupling,
+    TriangularAffine,
 )
 
 FLOWS = ("affine_coupling", "maf", "spline_coupling")
+# The data-side affine map of every component: per-axis scales or a full lower-triangular matrix.
+AFFINES = ("diagonal", "full")
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # component_log_probs evaluates (component, point) rows in chunks of about this many
 CHUNK_ROWS = 8192
@@ -38,12 +41,16 @@ class FlowComponents(Components):
     """K independent normalizing flows over R^D, evaluated in one batched pass.
 
     Component k maps a standard normal draw u through its own layers,
-    ``x = A_k(T_{k,L}(... T_{k,1}(u)))``, with A_k a per-component elementwise affine map, so
+    ``x = A_k(T_{k,L}(... T_{k,1}(u)))``, with A_k a per-component affine map (elementwise, or
+    full: ``A_k(v) = loc_k + L_k v`` with L_k lower-triangular), so
 
     .. math:: \\log p_k(x) = \\log \\mathcal{N}(f_k^{-1}(x); 0, I) + \\log |\\det \\partial f_k^{-1}(x) / \\partial x|.
 
     Every parameter carries a leading K axis and all K flows run as batched matmuls
-    (``torch.baddbmm``), never a Python loop over components.
+    (``torch.baddbmm``), never a Python loop over components. The flow layers start at the
+    identity (their conditioners' last layer is zero), so with ``affine="full"`` a fresh
+    instance placed by ``set_gaussian`` is exactly a full-covariance Gaussian per component,
+    and training refines it from there.
 
     Args:
         num_components: K >= 1.
@@ -56,6 +63,9 @@ class FlowComponents(Components):
         count_bins: spline bins ("spline_coupling").
         bound: the spline acts on [-bound, bound]; identity tails outside.
         activation: conditioner activation, one of "relu", "elu", "silu", "tanh", "gelu".
+        affine: the data-side map A_k: "diagonal" (loc + scale * v, 2D parameters) or "full"
+            (loc + L v with L lower-triangular, D + D(D+1)/2 parameters: every component can be
+            any full-covariance Gaussian).
 
     Example::
 
@@ -75,6 +85,7 @@ class FlowComponents(Components):
         count_bins: int = 8,
         bound: float = 5.0,
         activation: str = "relu",
+        affine: str = "diagonal",
     ) -> None:
         super().__init__()
         for name, value in (("num_components", num_components), ("dim", dim)):
@@ -83,6 +94,8 @@ class FlowComponents(Components):
         num_components, dim = int(num_components), int(dim)  # NumPy integers welcome
         if flow not in FLOWS:
             raise ValueError(f"expected flow in {FLOWS}, got {flow!r}")
+        if affine not in AFFINES:
+            raise ValueError(f"expected affine in {AFFINES}, got {affine!r}")
         if not isinstance(num_layers, numbers.Integral) or num_layers < 0:
             raise ValueError(f"expected num_layers to be an int >= 0, got {num_layers!r}")
         num_layers = int(num_layers)
@@ -101,6 +114,7 @@ class FlowComponents(Components):
             count_bins=count_bins,
             bound=bound,
             activation=activation,
+            affine=affine,
         )
         K, D = num_components, dim
         layers: list[BatchedLayer] = []
@@ -131,7 +145,8 @@ class FlowComponents(Components):
         if flow != "maf" and D < 2 and num_layers > 0:
             raise ValueError(f"expected dim >= 2 for flow={flow!r}, got {dim}; use flow='maf'")
         self.layers = nn.ModuleList(layers)
-        self.affine = ElementwiseAffine(K, D)  # the data-side end of every component
+        # the data-side end of every component
+        self.affine = TriangularAffine(K, D) if affine == "full" else ElementwiseAffine(K, D)
 
     # --- the two directions, in the internal (K, M, D) layout --------------------------------
     def _to_data(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,16 +229,32 @@ class FlowComponents(Components):
     def set_affine(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
         """Place component k at ``loc[k]`` with per-axis ``scale[k]``, both (K, D) (e.g. from k-means)."""
         K, D = self.num_components, self.dim
-        loc = torch.as_tensor(loc, dtype=self.affine.loc.dtype, device=self.affine.loc.device)
-        scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
+        loc, scale = self._as_param(loc), self._as_param(scale)
         if loc.shape != (K, D) or scale.shape != (K, D):
             raise ValueError(
                 f"expected loc and scale of shape ({K}, {D}), got {tuple(loc.shape)} and {tuple(scale.shape)}"
             )
         if not bool((scale > 0).all()):
             raise ValueError("expected a positive scale")
+        if isinstance(self.affine, TriangularAffine):
+            self.affine.set(loc, torch.diag_embed(scale))
+            return
         self.affine.loc.copy_(loc.unsqueeze(1))
         self.affine.log_scale.copy_(scale.log().unsqueeze(1))
+
+    @torch.no_grad()
+    def set_gaussian(self, loc: torch.Tensor, scale_tril: torch.Tensor) -> None:
+        """Set the full affine maps (``affine="full"``): component k's affine map sends N(0, I)
+        to N(loc[k], L_k L_k^T), L_k = ``scale_tril[k]`` (K, D, D), e.g. the Cholesky factors
+        of a Gaussian mixture's covariances; loc is (K, D). With the flow layers at the identity
+        the components are then exactly those Gaussians."""
+        if not isinstance(self.affine, TriangularAffine):
+            raise ValueError("expected FlowComponents(..., affine='full') for set_gaussian")
+        self.affine.set(self._as_param(loc), self._as_param(scale_tril))
+
+    def _as_param(self, t) -> torch.Tensor:
+        p = self.affine.params
+        return torch.as_tensor(t, dtype=p.dtype, device=p.device)
 
     def extra_repr(self) -> str:
         return f"num_components={self.num_components}, dim={self.dim}, flow={self.flow!r}"

@@ -66,6 +66,64 @@ class ElementwiseAffine(BatchedLayer):
         return u, -self.log_scale.sum(-1).expand(x.shape[:-1])
 
 
+class TriangularAffine(BatchedLayer):
+    """Per-component full affine map ``x = loc + L u``, L lower-triangular with positive diagonal.
+
+    With u ~ N(0, I), x ~ N(loc, L L^T): any full-covariance Gaussian, L its Cholesky factor.
+    ``log|det dx/du| = sum_i log L_ii``. The data-to-base direction is one batched triangular
+    solve over the K components.
+
+    Parameters live in one tensor ``params`` of shape (K, D + 1, D): row 0 is ``loc``, rows 1..D
+    hold L with its diagonal stored as ``log L_ii`` (the strictly upper part is unused, zero).
+    All zeros is the identity map.
+    """
+
+    def __init__(self, num_components: int, dim: int) -> None:
+        super().__init__()
+        self.params = nn.Parameter(torch.zeros(num_components, dim + 1, dim))
+        self.register_buffer("_lower", torch.ones(dim, dim).tril(-1))
+
+    @property
+    def loc(self) -> torch.Tensor:
+        """(K, 1, D), a view of ``params``."""
+        return self.params[:, :1]
+
+    @property
+    def log_diagonal(self) -> torch.Tensor:
+        """log L_ii, (K, D)."""
+        return self.params[:, 1:].diagonal(dim1=-2, dim2=-1)
+
+    @property
+    def scale_tril(self) -> torch.Tensor:
+        """L, (K, D, D) lower-triangular with positive diagonal."""
+        raw = self.params[:, 1:]
+        return raw * self._lower + torch.diag_embed(self.log_diagonal.exp())
+
+    def to_data(self, u):
+        x = torch.baddbmm(self.loc, u, self.scale_tril.mT)
+        return x, self.log_diagonal.sum(-1, keepdim=True).expand(u.shape[:-1])
+
+    def to_base(self, x):
+        # u L^T = x - loc, solved from the right with the upper-triangular L^T
+        u = torch.linalg.solve_triangular(self.scale_tril.mT, x - self.loc, upper=True, left=False)
+        return u, -self.log_diagonal.sum(-1, keepdim=True).expand(x.shape[:-1])
+
+    @torch.no_grad()
+    def set(self, loc: torch.Tensor, scale_tril: torch.Tensor) -> None:
+        """Set ``loc`` (K, D) and L (K, D, D), lower-triangular with a positive diagonal."""
+        K, _, D = self.params.shape
+        if loc.shape != (K, D) or scale_tril.shape != (K, D, D):
+            raise ValueError(
+                f"expected loc ({K}, {D}) and scale_tril ({K}, {D}, {D}), "
+                f"got {tuple(loc.shape)} and {tuple(scale_tril.shape)}"
+            )
+        diag = scale_tril.diagonal(dim1=-2, dim2=-1)
+        if not bool((diag > 0).all()):
+            raise ValueError("expected scale_tril with a positive diagonal")
+        self.params[:, :1].copy_(loc.unsqueeze(1))
+        self.params[:, 1:].copy_(scale_tril.tril(-1) + torch.diag_embed(diag.log()))
+
+
 class Permute(BatchedLayer):
     """A fixed permutation of the D coordinates, shared by all components (log|det| = 0)."""
 

@@ -10,6 +10,7 @@ from torch.distributions import Transform
 
 from pyro_mixflows import DistributionComponents, FlowComponents, FlowMixture
 from pyro_mixflows.flows import FLOWS, RescaledComponents
+from pyro_mixflows.flows.components import AFFINES
 
 from ..conftest import perturb
 
@@ -22,6 +23,11 @@ CASES = {
     "spline_coupling": lambda K, D: FlowComponents(
         K, D, flow="spline_coupling", num_layers=3, hidden_dims=(8, 8), count_bins=6, bound=3.0
     ),
+    # the full affine map (any full-covariance Gaussian) under flow layers, and alone
+    "spline_coupling_full": lambda K, D: FlowComponents(
+        K, D, flow="spline_coupling", num_layers=2, hidden_dims=(8,), count_bins=6, affine="full"
+    ),
+    "gaussian_full": lambda K, D: FlowComponents(K, D, flow="maf", num_layers=0, affine="full"),
 }
 
 
@@ -32,7 +38,9 @@ def make(name, K, D):
 
 
 def test_registry_covers_every_family():
-    assert set(CASES) == set(FLOWS)
+    built = [CASES[name](2, 2) for name in CASES]
+    assert {c.flow for c in built} == set(FLOWS)
+    assert {c.config["affine"] for c in built} == set(AFFINES)
 
 
 @pytest.mark.parametrize("name", CASES)
