@@ -444,7 +444,9 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         if D < 2 and any(
             a["flow"] != "maf" and a["num_layers"] > 0 for a in map(self._architecture, capacities)
         ):
-            raise ValueError(f"expected D >= 2 for flow={self.flow!r}, got D={D}; use flow='maf'")
+            raise ValueError(
+                f"expected D >= 2 for flow={self.flow!r}, got {D} feature(s); use flow='maf'"
+            )
         self._fit_stages(X, y, self._seed(), capacities)
         with torch.no_grad():
             self.labels_ = self._proba(self._standardize(X)).argmax(-1).cpu().numpy()
