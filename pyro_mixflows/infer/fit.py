@@ -25,7 +25,7 @@ from pyro.optim import PyroOptim
 from torch import nn
 
 from .._validation import check_finite
-from . import _distributed
+from . import _compile, _distributed
 from ._checkpoint import (
     load_checkpoint,
     rng_state,
@@ -57,6 +57,8 @@ class FitResult:
         num_steps: the number of updates done (counting those before a resume).
         time: wall-clock seconds spent training (counting those before a resume).
         stop_reason: ``"num_steps"`` or ``"patience"``.
+        compile_time: wall-clock seconds of the first compiled step, compile included (None when
+            nothing was compiled in this call; see ``compile``).
     """
 
     losses: list[float] = field(default_factory=list)
@@ -68,6 +70,7 @@ class FitResult:
     num_steps: int = 0
     time: float = 0.0
     stop_reason: str = "num_steps"
+    compile_time: float | None = None
 
 
 class _BatchSampler:
@@ -205,6 +208,7 @@ def fit(
     checkpoint_every: int | None = None,
     resume: bool = False,
     distributed: bool = False,
+    compile: bool | str = False,
     **kwargs: Any,
 ) -> FitResult:
     """Fit the parameters of a model/guide pair by stochastic variational inference.
@@ -261,6 +265,10 @@ def fit(
             every rank passes its own shard of the data; gradients are averaged by
             ``DistributedDataParallel`` and the data plate of each rank is scaled by the world size
             so the averaged loss is an unbiased estimate of the full-data ELBO.
+        compile: ``torch.compile`` the ``component_log_probs`` of the ``FlowComponents`` behind
+            model and guide for the training steps: False (eager), True, or "auto" (compile only
+            when the planned steps pay for the compile time); see
+            :mod:`pyro_mixflows.infer._compile`. Held-out evaluations stay eager.
         **kwargs: keyword arguments of model and guide.
 
     Returns:
@@ -287,6 +295,9 @@ def fit(
         raise ValueError("expected a checkpoint path with resume or checkpoint_every, got None")
     if seed is not None:
         _check_int("seed", seed, 0)
+    _compile.check_compile_option(compile)
+    if distributed and compile is True:
+        raise ValueError("expected compile 'auto' or False with distributed=True, got True")
     loss = TraceEnum_ELBO(max_plate_nesting=1) if loss is None else loss
     if not isinstance(loss, ELBO):
         raise TypeError(f"expected loss to be a pyro.infer ELBO, got {type(loss).__name__}")
@@ -329,7 +340,7 @@ def fit(
         return _fit(
             model, guide, args, kwargs, loss, optim, num_steps, batch_size, n, val_args, patience,
             eval_every, seed, device, progress_bar, checkpoint, checkpoint_every or eval_every,
-            resume, distributed, differentiable,
+            resume, distributed, differentiable, compile,
         )  # fmt: skip
     finally:
         if created_group:
@@ -339,7 +350,7 @@ def fit(
 def _fit(
     model, guide, args, kwargs, loss, optim, num_steps, batch_size, n, val_args, patience,
     eval_every, seed, device, progress_bar, checkpoint, checkpoint_every, resume, distributed,
-    differentiable,
+    differentiable, compile=False,
 ) -> FitResult:  # fmt: skip
     rank, world = (0, 1)
     if distributed:
@@ -436,14 +447,17 @@ def _fit(
 
         bar = tqdm(total=num_steps, initial=start, desc="fit", unit="step")
     monitor = val_args is not None or patience is not None
+    hot = _compile.HotPath(
+        compile if not distributed else False, _modules(model, guide), num_steps - start, device
+    )
     t0 = time.perf_counter() - elapsed
     step, last_eval = start, (history.val_steps[-1] if history.val_steps else 0)
     try:
         while step < num_steps:
             idx = None if sampler is None else sampler.next()
             try:
-                value = _step(objective, loss, run_model, run_guide, optim, args,
-                              batch_kwargs(idx), distributed)  # fmt: skip
+                value = hot.step(step - start, _step, objective, loss, run_model, run_guide,
+                                 optim, args, batch_kwargs(idx), distributed)  # fmt: skip
             except FloatingPointError as err:
                 history.num_steps, history.time = step, time.perf_counter() - t0
                 err.args = (f"at step {step} (after {step} good updates): {err.args[0]}",)
@@ -479,6 +493,8 @@ def _fit(
             if stop:
                 break
     finally:
+        hot.close()
+        history.compile_time = hot.compile_time
         if bar is not None:
             bar.close()
     if best is not None:
