@@ -18,6 +18,7 @@ from .flows import FLOWS, FlowComponents
 from .infer import FitResult
 from .infer import fit as _fit
 from .infer._checkpoint import atomic_save
+from .infer._compile import check_compile_option
 from .models.dp import density_connected_groups, responsibilities
 from .models.vmonf import ASSIGNMENTS, WEIGHTS, VMoNF, paper_temperature
 
@@ -113,6 +114,9 @@ class VariationalFlowMixture:
         random_state: seed; the same seed gives the same fit.
         device: torch device for training and scoring.
         progress_bar: show a tqdm bar while training.
+        compile: ``torch.compile`` the flow pass of the training steps: "auto" (default: only
+            when the planned steps pay for the compile time, see
+            ``pyro_mixflows.infer._compile``; the demo-sized fits stay eager), True or False.
 
     Example::
 
@@ -150,6 +154,7 @@ class VariationalFlowMixture:
         random_state: int | None = None,
         device: str | torch.device | None = None,
         progress_bar: bool = False,
+        compile: bool | str = "auto",
     ) -> None:
         self.n_components = n_components
         self.flow = flow
@@ -176,6 +181,7 @@ class VariationalFlowMixture:
         self.random_state = random_state
         self.device = device
         self.progress_bar = progress_bar
+        self.compile = compile
 
     # --- configuration ----------------------------------------------------------------------
     def get_params(self, deep: bool = True) -> dict:
@@ -234,6 +240,7 @@ class VariationalFlowMixture:
             raise ValueError(f"expected merge in {MERGES}, got {self.merge!r}")
         if not 0 < self.merge_ratio <= 1:
             raise ValueError(f"expected merge_ratio in (0, 1], got {self.merge_ratio!r}")
+        check_compile_option(self.compile)
 
     def _check_y(self, y, n: int) -> np.ndarray | None:
         if y is None:
@@ -392,6 +399,7 @@ class VariationalFlowMixture:
         optim = pyro.optim.Adam({"lr": self.learning_rate, "weight_decay": self.weight_decay})
         batch = self.batch_size if self.batch_size and self.batch_size < len(x_train) else None
         common = dict(optim=optim, batch_size=batch, seed=None, progress_bar=self.progress_bar)
+        common["compile"] = self.compile
         elbo = TraceEnum_ELBO(max_plate_nesting=1)
         if self.init_steps > 0:
             _fit(

@@ -185,3 +185,21 @@ def test_fit_compiled_tracks_the_eager_fit():
     torch.testing.assert_close(
         torch.tensor(compiled.losses), torch.tensor(eager.losses), rtol=1e-4, atol=1e-4
     )
+
+
+def test_estimator_checks_its_compile_option_and_passes_it_to_fit(monkeypatch):
+    from pyro_mixflows import VariationalFlowMixture
+
+    X = make_data(60).numpy()
+    with pytest.raises(ValueError, match="expected compile to be 'auto', True or False"):
+        VariationalFlowMixture(2, compile="sometimes").fit(X)
+    fake = CountingCompiler()
+    monkeypatch.setattr(torch, "compile", fake)
+    est = VariationalFlowMixture(
+        2, flow="affine_coupling", num_layers=1, hidden_dims=(8,), max_steps=3, init_steps=2,
+        batch_size=16, compile=True, random_state=0,
+    )  # fmt: skip
+    est.fit(X)
+    # one compiled pass, shared by the pre-training and the training fits (same batch shape)
+    assert fake.calls == 1 and set(fake.shapes) == {(16, D)}
+    assert est.fit_result_.compile_time is None  # compiled during pre-training, reused here
