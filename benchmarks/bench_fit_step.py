@@ -19,6 +19,8 @@ per-round ratios, and the first-call (compile) time of the compiled variants.
 
     python -m benchmarks.bench_fit_step            # 60 rounds
     python -m benchmarks.bench_fit_step --rounds 200 --threads 1
+    # an older checkout's eager step, side by side with this one's (two processes at once):
+    PYTHONPATH=OLD python benchmarks/bench_fit_step.py --variants eager plain
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import os
 import statistics
 import time
+from functools import partial
 
 import pyro
 import torch
@@ -34,7 +37,6 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_mixflows import VariationalFlowMixture
 from pyro_mixflows.datasets import make_two_moons
-from pyro_mixflows.infer import _compile
 from pyro_mixflows.infer.fit import _step
 
 BATCH = 256
@@ -46,14 +48,17 @@ def setup_fit_step(x: torch.Tensor, compiled: bool, validate: bool = True):
     elbo = TraceEnum_ELBO(max_plate_nesting=1)
     optim = pyro.optim.Adam({"lr": est.learning_rate})
     objective = elbo(vm.model, vm.guide)
-    hot = _compile.HotPath(compiled, [vm], 10**9, None)
+    run = _step
+    if compiled:  # imported here, so that the eager variants also run on older checkouts
+        from pyro_mixflows.infer import _compile
+
+        run = partial(_compile.HotPath(True, [vm], 10**9, None).step, 1, _step)
     generator = torch.Generator().manual_seed(0)
 
     def step():
         idx = torch.randperm(len(x), generator=generator)[:BATCH]
         with pyro.validation_enabled(validate):
-            return hot.step(1, _step, objective, elbo, vm.model, vm.guide, optim, (x,),
-                            {"subsample": idx}, False)  # fmt: skip
+            return run(objective, elbo, vm.model, vm.guide, optim, (x,), {"subsample": idx}, False)
 
     return step
 

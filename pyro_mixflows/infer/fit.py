@@ -265,10 +265,11 @@ def fit(
             every rank passes its own shard of the data; gradients are averaged by
             ``DistributedDataParallel`` and the data plate of each rank is scaled by the world size
             so the averaged loss is an unbiased estimate of the full-data ELBO.
-        compile: ``torch.compile`` the ``component_log_probs`` of the ``FlowComponents`` behind
-            model and guide for the training steps: False (eager), True, or "auto" (compile only
-            when the planned steps pay for the compile time); see
-            :mod:`pyro_mixflows.infer._compile`. Held-out evaluations stay eager.
+        compile: ``torch.compile`` the ``component_log_probs`` of the ``FlowComponents`` inside
+            an ``nn.Module`` model/guide (or a bound method's module) for the training steps:
+            False (eager), True, or "auto" (compile only when the planned steps pay for the
+            compile time); see :mod:`pyro_mixflows.infer._compile`. Held-out evaluations stay
+            eager; with ``distributed=True`` only False and "auto" (which stays eager) are taken.
         **kwargs: keyword arguments of model and guide.
 
     Returns:
