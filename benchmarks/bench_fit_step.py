@@ -14,20 +14,26 @@ they share the machine's load:
   ``torch.optim.Adam``, eager;
 - ``plain_comp``: ``plain`` with the whole loss under ``torch.compile``.
 
-Reported: median ms per step, the ratios eager/compiled, compiled/plain_comp as medians of the
-per-round ratios, and the first-call (compile) time of the compiled variants.
+- ``before`` (with ``--baseline DIR``): the eager step of an older copy of the package.
+
+Every variant has its own module and parameter names, so none shares the param store. Reported:
+median ms per step, ratios as medians of the per-round ratios, and the first-call (compile) time
+of the compiled variants.
 
     python -m benchmarks.bench_fit_step            # 60 rounds
     python -m benchmarks.bench_fit_step --rounds 200 --threads 1
-    # an older checkout's eager step, side by side with this one's (two processes at once):
-    PYTHONPATH=OLD python benchmarks/bench_fit_step.py --variants eager plain
+    # an older copy of the package (e.g. from `git archive`), its eager step as variant "before":
+    python -m benchmarks.bench_fit_step --baseline /tmp/old/pyro_mixflows
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import statistics
+import sys
 import time
 from functools import partial
 
@@ -42,17 +48,37 @@ from pyro_mixflows.infer.fit import _step
 BATCH = 256
 
 
-def setup_fit_step(x: torch.Tensor, compiled: bool, validate: bool = True):
-    est = VariationalFlowMixture(2)
+def load_baseline(path: str):
+    """Import the ``pyro_mixflows`` package directory ``path`` (an older copy) as another name."""
+    init = os.path.join(path, "__init__.py")
+    if not os.path.isfile(init):
+        raise SystemExit(f"expected a pyro_mixflows package directory, got {path!r}")
+    spec = importlib.util.spec_from_file_location(
+        "pyro_mixflows_before", init, submodule_search_locations=[path]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pyro_mixflows_before"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def setup_fit_step(
+    x: torch.Tensor, compiled: bool, validate: bool = True, name: str = "", package=None
+):
+    if package is None:
+        est, run = VariationalFlowMixture(2), _step
+    else:  # the baseline copy's estimator and fit step
+        est = package.VariationalFlowMixture(2)
+        run = importlib.import_module(package.__name__ + ".infer.fit")._step
     vm = est._build(x.shape[1])
+    vm._pyro_name = name  # its own parameter names: variants never share the param store
     elbo = TraceEnum_ELBO(max_plate_nesting=1)
     optim = pyro.optim.Adam({"lr": est.learning_rate})
     objective = elbo(vm.model, vm.guide)
-    run = _step
     if compiled:  # imported here, so that the eager variants also run on older checkouts
         from pyro_mixflows.infer import _compile
 
-        run = partial(_compile.HotPath(True, [vm], 10**9, None).step, 1, _step)
+        run = partial(_compile.HotPath(True, [vm], 10**9, None).step, 1, run)
     generator = torch.Generator().manual_seed(0)
 
     def step():
@@ -88,10 +114,10 @@ def setup_plain(x: torch.Tensor, compiled: bool):
 
 
 VARIANTS = {
-    "eager": lambda x: setup_fit_step(x, False),
-    "compiled": lambda x: setup_fit_step(x, True),
-    "eager_nv": lambda x: setup_fit_step(x, False, validate=False),
-    "compiled_nv": lambda x: setup_fit_step(x, True, validate=False),
+    "eager": lambda x: setup_fit_step(x, False, name="eager"),
+    "compiled": lambda x: setup_fit_step(x, True, name="compiled"),
+    "eager_nv": lambda x: setup_fit_step(x, False, validate=False, name="eager_nv"),
+    "compiled_nv": lambda x: setup_fit_step(x, True, validate=False, name="compiled_nv"),
     "plain": lambda x: setup_plain(x, False),
     "plain_comp": lambda x: setup_plain(x, True),
 }
@@ -102,6 +128,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="an older copy of the pyro_mixflows package directory: its eager estimator step "
+        "is timed as variant 'before', interleaved with the others",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(0)
@@ -112,7 +144,11 @@ def main() -> None:
         f"torch {torch.__version__}, pyro {pyro.__version__}, threads={torch.get_num_threads()}, "
         f"load average at start {os.getloadavg()[0]:.1f}"
     )
-    steps = {name: VARIANTS[name](x) for name in args.variants}
+    steps = {}
+    if args.baseline:
+        package = load_baseline(os.path.abspath(args.baseline))
+        steps["before"] = setup_fit_step(x, False, name="before", package=package)
+    steps.update({name: VARIANTS[name](x) for name in args.variants})
     first = {}
     for name, step in steps.items():
         t0 = time.perf_counter()
@@ -131,6 +167,8 @@ def main() -> None:
     for name, t in times.items():
         print(f"{name:>11} {1e3 * statistics.median(t):>10.2f} {first[name]:>13.1f}")
     for num, den in (
+        ("before", "eager"),
+        ("before", "compiled"),
         ("eager", "compiled"),
         ("eager", "eager_nv"),
         ("compiled", "compiled_nv"),
