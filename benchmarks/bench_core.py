@@ -44,6 +44,7 @@ matmul reference is a 4096 x 4096 float32 matmul on the GPU, and the peak memory
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -314,18 +315,18 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def memory_child(N: int, K: int, D: int, flow: str) -> None:
-    """Print the peak resident-memory increase (bytes) over two SVI steps of ``a`` in this process.
+def memory_child(N: int, K: int, D: int, flow: str, method: str = "a") -> None:
+    """Print the peak resident-memory increase (bytes) over two SVI steps of ``method`` here.
 
     The peak (VmHWM) is reset after set-up by writing 5 to /proc/self/clear_refs, so import and
-    set-up peaks do not hide the step's own; the increase is VmHWM after the steps minus VmRSS
-    before them.
+    set-up peaks (and, for ``a_comp``, the compile) do not hide the step's own; the increase is
+    VmHWM after the steps minus VmRSS before them.
     """
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x = torch.randn(N, D)
-    step = setup_a(x, K, D, flow)
-    step()  # Adam state and param store exist from here on
+    step = METHODS[method](x, K, D, flow)
+    step()  # Adam state and param store exist from here on (and the compiled code)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _status_kib("VmRSS")
@@ -335,7 +336,7 @@ def memory_child(N: int, K: int, D: int, flow: str) -> None:
     print((after - before) * 1024)
 
 
-def memory_table(flow: str, D: int, points) -> None:
+def memory_table(flow: str, D: int, points, method: str = "a") -> None:
     rows = []
     for N, K in points:
         out = subprocess.run(
@@ -348,6 +349,7 @@ def memory_table(flow: str, D: int, points) -> None:
                 str(K),
                 str(D),
                 flow,
+                method,
             ],
             capture_output=True,
             text=True,
@@ -366,7 +368,7 @@ def memory_table(flow: str, D: int, points) -> None:
     )
     icpt = my - slope * mx
     print(
-        f"\nPeak memory of one step of (a), {flow}, D={D}: increase of peak RSS (VmHWM) in a fresh process"
+        f"\nPeak memory of one step of ({method}), {flow}, D={D}: increase of peak RSS (VmHWM) in a fresh process"
     )
     print(f"{'N':>6} {'K':>4} {'N*K':>8} {'peak MiB':>9} {'line MiB':>9} {'bytes/(N*K)':>12}")
     for (N, K, b), xv in zip(rows, xs, strict=True):
@@ -401,13 +403,21 @@ def main() -> None:
     parser.add_argument("--Ks", nargs="+", type=int, help="components (default 1 4 10 32)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory table")
     parser.add_argument(
-        "--memory-child", nargs=4, metavar=("N", "K", "D", "FLOW"), help=argparse.SUPPRESS
+        "--memory-child", nargs=5, metavar=("N", "K", "D", "FLOW", "M"), help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--memory-methods",
+        nargs="+",
+        default=["a"],
+        choices=["a", "a_comp"],
+        help="variants whose peak memory per step is tabulated (default a)",
     )
     args = parser.parse_args()
     if args.memory_child:
-        N, K, D, flow = args.memory_child
-        memory_child(int(N), int(K), int(D), flow)
+        N, K, D, flow, method = args.memory_child
+        memory_child(int(N), int(K), int(D), flow, method)
         return
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -445,27 +455,26 @@ def main() -> None:
         if device.type == "cuda":
             head += f" {'a peak MiB':>10} {'B/(N*K)':>8}"
         print(head)
-        for D in Ds:
-            for N in Ns:
-                for K in Ks:
-                    r = bench_config(flow, D, N, K, budget, methods, device)
-                    gf = matmul_flops_per_step(K, N, D, flow) / r[floor]
-                    line = f"{D:>3} {N:>6} {K:>3} {r['reps']:>4}"
-                    line += "".join(f" {1e3 * r[m]:>9.1f}" for m in methods)
-                    line += "".join(f" {r[f'{a}/{b}']:>9.2f}" for a, b in ratios)
-                    line += f" {gf / 1e9:>11.2f} {gf / peak:>9.3f}"
-                    line += "".join(f" {r['compile_s'][m]:>12.1f}" for m in comp)
-                    if "peak_bytes" in r:
-                        pb = r["peak_bytes"]
-                        line += f" {pb / 2**20:>10.1f} {pb / (N * K):>8.0f}"
-                    print(line, flush=True)
+        for D, N, K in [] if args.memory_only else itertools.product(Ds, Ns, Ks):
+            r = bench_config(flow, D, N, K, budget, methods, device)
+            gf = matmul_flops_per_step(K, N, D, flow) / r[floor]
+            line = f"{D:>3} {N:>6} {K:>3} {r['reps']:>4}"
+            line += "".join(f" {1e3 * r[m]:>9.1f}" for m in methods)
+            line += "".join(f" {r[f'{a}/{b}']:>9.2f}" for a, b in ratios)
+            line += f" {gf / 1e9:>11.2f} {gf / peak:>9.3f}"
+            line += "".join(f" {r['compile_s'][m]:>12.1f}" for m in comp)
+            if "peak_bytes" in r:
+                pb = r["peak_bytes"]
+                line += f" {pb / 2**20:>10.1f} {pb / (N * K):>8.0f}"
+            print(line, flush=True)
         if not args.no_memory and device.type == "cpu":
             points = (
                 [(512, 4), (4096, 1)]
                 if args.quick
                 else [(512, 10), (4096, 1), (4096, 4), (4096, 10), (4096, 32)]
             )
-            memory_table(flow, 16, points)
+            for method in args.memory_methods:
+                memory_table(flow, 16, points, method)
     print(
         f"\nmatmul rate at end: {matmul_rate(device) / 1e9:.1f} GFLOP/s; "
         f"load average at end {os.getloadavg()[0]:.1f}; wall {time.perf_counter() - t_start:.0f} s"
