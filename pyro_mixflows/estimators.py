@@ -69,6 +69,7 @@ def _chain_results(first: FitResult, second: FitResult) -> FitResult:
         num_steps=first.num_steps + second.num_steps,
         time=first.time + second.time,
         stop_reason=second.stop_reason,
+        compile_time=first.compile_time if first.compile_time is not None else second.compile_time,
     )
 
 
@@ -117,6 +118,7 @@ class VariationalFlowMixture:
         compile: ``torch.compile`` the flow pass of the training steps: "auto" (default: only
             when the planned steps pay for the compile time, see
             ``pyro_mixflows.infer._compile``; the demo-sized fits stay eager), True or False.
+            The first compiled step's wall time is ``fit_result_.compile_time``.
 
     Example::
 
@@ -401,8 +403,9 @@ class VariationalFlowMixture:
         common = dict(optim=optim, batch_size=batch, seed=None, progress_bar=self.progress_bar)
         common["compile"] = self.compile
         elbo = TraceEnum_ELBO(max_plate_nesting=1)
+        pre = FitResult()
         if self.init_steps > 0:
-            _fit(
+            pre = _fit(
                 vm.model_labelled,
                 vm.guide_labelled,
                 x_train,
@@ -456,6 +459,8 @@ class VariationalFlowMixture:
             result = _chain_results(result, refined)
         self.module_ = vm.eval()
         self.n_components_ = int(K)
+        if result.compile_time is None:  # compiled during pre-training: reported here
+            result.compile_time = pre.compile_time
         self.fit_result_ = result
         self.n_features_in_ = D
         self.converged_ = bool(result.converged)
