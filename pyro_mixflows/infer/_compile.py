@@ -88,13 +88,12 @@ class CompiledPass:
     """
 
     def __init__(self, components: nn.Module) -> None:
+        # The module is held weakly and passed in at each call (not closed over), so that the
+        # module cache below does not keep dropped modules alive.
+        self._components = weakref.ref(components)
         method = type(components).component_log_probs
-        self._eager = method.__get__(components)
-
-        def component_pass(x: torch.Tensor) -> torch.Tensor:
-            return method(components, x)
-
-        self._compiled = torch.compile(component_pass, fullgraph=True, dynamic=False)
+        self._method = method
+        self._compiled = torch.compile(method, fullgraph=True, dynamic=False)
         self.key: tuple | None = None
         self.compiled_keys: set[tuple] = set()  # shapes whose compiled step went through
         self.new_key = False  # the current key has not been compiled yet
@@ -103,14 +102,15 @@ class CompiledPass:
         self.key, self.new_key = None, False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        components = self._components()
         if not torch.is_grad_enabled():
-            return self._eager(x)
+            return self._method(components, x)
         key = (tuple(x.shape), x.dtype, x.device)
         if self.key is None:
             self.key, self.new_key = key, key not in self.compiled_keys
         if key != self.key:
-            return self._eager(x)
-        return self._compiled(x)
+            return self._method(components, x)
+        return self._compiled(components, x)
 
     def confirm(self) -> bool:
         """Mark the current key as compiled; True if it was compiled during this fit call."""

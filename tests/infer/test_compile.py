@@ -58,9 +58,9 @@ class CountingCompiler:
         assert options == {"fullgraph": True, "dynamic": False}
         self.calls += 1
 
-        def compiled(x):
+        def compiled(components, x):
             self.shapes.append(tuple(x.shape))
-            return fn(x)
+            return fn(components, x)
 
         return compiled
 
@@ -126,7 +126,7 @@ def test_auto_compiles_after_the_probe_when_it_pays(monkeypatch):
 
 def test_a_failing_compile_warns_and_trains_eagerly(monkeypatch):
     def broken(fn, **options):
-        def compiled(x):
+        def compiled(components, x):
             raise RuntimeError("no compiler here")
 
         return compiled
@@ -143,6 +143,20 @@ def test_a_failing_compile_warns_and_trains_eagerly(monkeypatch):
     # no second attempt on this module
     again = run_fit(vm, x, num_steps=1, compile=True)
     assert again.compile_time is None
+
+
+def test_the_compiled_pass_cache_does_not_keep_modules_alive(monkeypatch):
+    import gc
+    import weakref
+
+    monkeypatch.setattr(torch, "compile", CountingCompiler())
+    vm = make_vm()
+    run_fit(vm, make_data(), num_steps=2, compile=True)
+    assert vm.components in _compile._CACHE
+    ref = weakref.ref(vm.components)
+    del vm
+    gc.collect()
+    assert ref() is None
 
 
 def test_fit_without_flow_components_ignores_compile(monkeypatch):
