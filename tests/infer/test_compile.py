@@ -9,6 +9,7 @@ import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.infer.util import is_validation_enabled
 
 from pyro_mixflows import FlowComponents
 from pyro_mixflows.infer import _compile, fit
@@ -53,6 +54,7 @@ class CountingCompiler:
     def __init__(self):
         self.calls = 0
         self.shapes = []
+        self.validating = []  # Pyro validation state at each compiled call
 
     def __call__(self, fn, **options):
         assert options == {"fullgraph": True, "dynamic": False}
@@ -60,6 +62,7 @@ class CountingCompiler:
 
         def compiled(components, x):
             self.shapes.append(tuple(x.shape))
+            self.validating.append(is_validation_enabled())
             return fn(components, x)
 
         return compiled
@@ -90,6 +93,8 @@ def test_compile_true_routes_training_batches_only_and_restores_the_method(monke
     # evaluations (10 rows, no gradients) did not
     assert fake.shapes == [(16, D)] * 6
     assert result.compile_time is not None and result.compile_time > 0
+    # validation once: the first compiled step validated, the hot loop not; restored after
+    assert fake.validating == [True] + [False] * 5 and is_validation_enabled()
     assert "component_log_probs" not in vm.components.__dict__  # eager again after fit
     # a second fit on the same module reuses the compiled pass: nothing compiled, no time
     again = run_fit(vm, x, num_steps=2, compile=True)
