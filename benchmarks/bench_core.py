@@ -16,7 +16,8 @@ configuration share the same machine load, one optimization step (loss + backwar
   with ``torch.optim.Adam`` -- the eager floor;
 - ``a_comp``: ``a`` with the component pass compiled the way ``fit(compile=True)`` does it
   (``pyro_mixflows.infer._compile.CompiledPass``: ``torch.compile`` of ``component_log_probs``,
-  forward and backward, for the batch shape), the rest of the Pyro step eager;
+  forward and backward, for the batch shape), the rest of the Pyro step eager (Pyro validation
+  stays on here, while fit's compiled loop turns it off after its first step);
 - ``c_comp``: ``c`` with the whole loss (component pass + log-sum-exp) under ``torch.compile``.
 
 The compiled variants are compiled during the warm-up (their first-call time, compile included,
