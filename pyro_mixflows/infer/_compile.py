@@ -20,7 +20,7 @@ Policy (the ``compile`` option of ``fit``):
 - ``"auto"``: time ``AUTO_PROBE_STEPS`` eager steps, then compile only when the planned
   remaining steps pay for it, ``remaining * t_step * (1 - 1 / EXPECTED_SPEEDUP) >
   COMPILE_COST_S[device]`` (0 when this module was compiled before). A cold first compile took
-  66-291 s on a loaded 2-core CPU (9-47 s idle; 4-21 s with a warm on-disk inductor cache), so on
+  ~30-400 s on a loaded 2-core CPU (9-47 s idle; 4-21 s with a warm on-disk inductor cache), so on
   CPU ``"auto"`` compiles only fits of many thousands of steps; the demo fit stays eager.
 
 Validation once: the first compiled step runs with Pyro's validation as configured; the later
@@ -54,7 +54,7 @@ AUTO_PROBE_STEPS = 10
 # the whole Pyro step gains less because Pyro's own per-step work is not compiled)
 EXPECTED_SPEEDUP = 1.5
 # "auto": the assumed cost of the first compile, seconds (a cold cache on a loaded 2-core CPU
-# took 66-291 s; the GPU figure is a guess, not measured here)
+# took ~30-400 s; the GPU figure is a guess, not measured here)
 COMPILE_COST_S = {"cpu": 120.0, "cuda": 60.0}
 
 # components -> {shape key -> compiled pass}; weak, so a dropped module frees its compiled code
