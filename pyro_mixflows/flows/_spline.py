@@ -17,8 +17,8 @@ DERIVATIVE_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
 def _softmax(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension, (..., B) -> (..., B), written as exp / sum.
 
-    For the few bins of a spline (B ~ 8) this is about 3x faster on a CPU than ``torch.softmax``,
-    whose kernel vectorizes along the short softmax dimension. The shift by the max keeps exp
+    For the few bins of a spline (B ~ 8) this is several times faster on a CPU than
+    ``torch.softmax``, whose kernel vectorizes along the short softmax dimension. The shift by the max keeps exp
     finite; it carries no gradient, since softmax does not depend on it.
     """
     e = (x - x.detach().amax(-1, keepdim=True)).exp()
