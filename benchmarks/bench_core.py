@@ -13,7 +13,15 @@ configuration share the same machine load, one optimization step (loss + backwar
   with the same architecture (layers, hidden sizes, bins), ``logsumexp`` over a loop of their
   ``log_prob`` in a ``pyro.factor``, run by the same ``SVI`` + ``TraceEnum_ELBO``;
 - ``c``: the batched model as a plain PyTorch loss (no Pyro): ``-logsumexp(log w + comps.component_log_probs(x))``
-  with ``torch.optim.Adam`` -- the floor.
+  with ``torch.optim.Adam`` -- the eager floor;
+- ``a_comp``: ``a`` with the component pass compiled the way ``fit(compile=True)`` does it
+  (``pyro_mixflows.infer._compile.CompiledPass``: ``torch.compile`` of ``component_log_probs``,
+  forward and backward, for the batch shape), the rest of the Pyro step eager (Pyro validation
+  stays on here, while fit's compiled loop turns it off after its first step);
+- ``c_comp``: ``c`` with the whole loss (component pass + log-sum-exp) under ``torch.compile``.
+
+The compiled variants are compiled during the warm-up (their first-call time, compile included,
+is printed as "compile s"), so the timed rounds are steady state.
 
 Reported: medians in milliseconds; the ratios a/c, a_mod/c and b/a as medians of the per-round
 ratios (the steps of one round run back to back, so slow drifts of the machine's load cancel); the FLOP rate of ``c`` at
@@ -25,13 +33,19 @@ leave the resident set at once, fitted by a line in N*K.
 
     python -m benchmarks.bench_core             # the full table (~10-15 min on a loaded machine)
     python -m benchmarks.bench_core --quick     # a smoke run (~1 min)
+    python -m benchmarks.bench_core --methods a c a_comp c_comp --Ds 2 --Ns 512 --Ks 2 4
+    python -m benchmarks.bench_core --device cuda --Ds 16 --Ns 65536 --Ks 32   # on a GPU
 
-One thread (``torch.set_num_threads(1)``) unless ``--threads`` says otherwise; float32.
+One thread (``torch.set_num_threads(1)``) unless ``--threads`` says otherwise; float32. With
+``--device cuda`` every variant runs on the GPU, each timed step ends with a synchronize, the
+matmul reference is a 4096 x 4096 float32 matmul on the GPU, and the peak memory is
+``torch.cuda.max_memory_allocated`` over a step of ``a`` (minus what was allocated before).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -47,6 +61,7 @@ from pyro.infer import SVI, TraceEnum_ELBO
 from pyro.nn import DenseNN, PyroModule
 
 from pyro_mixflows import FlowComponents
+from pyro_mixflows.infer._compile import CompiledPass
 
 NUM_LAYERS = 4
 HIDDEN = (64, 64)
@@ -54,19 +69,25 @@ BINS = 8
 BOUND = 5.0
 
 
-def make_components(K: int, D: int, flow: str) -> FlowComponents:
-    return FlowComponents(
+def make_components(
+    K: int, D: int, flow: str, device: torch.device | None = None
+) -> FlowComponents:
+    comps = FlowComponents(
         K, D, flow=flow, num_layers=NUM_LAYERS, hidden_dims=HIDDEN, count_bins=BINS, bound=BOUND
     )
+    return comps if device is None else comps.to(device)
 
 
 # --- (a) the batched mixture in SVI ---------------------------------------------------------
-def setup_a(x: torch.Tensor, K: int, D: int, flow: str):
-    comps = make_components(K, D, flow)
+def setup_a(x: torch.Tensor, K: int, D: int, flow: str, compiled: bool = False):
+    comps = make_components(K, D, flow, x.device)
+    if compiled:  # what fit(compile=True) installs for its training steps
+        comps.component_log_probs = CompiledPass(comps)
+    name = "a_comp" if compiled else "a"
 
     def model(x):
-        pyro.module("a_comps", comps)
-        logits = pyro.param("a_logits", torch.zeros(K))
+        pyro.module(f"{name}_comps", comps)
+        logits = pyro.param(f"{name}_logits", torch.zeros(K, device=x.device))
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
             pyro.sample("x", comps.component(z), obs=x)
@@ -78,11 +99,17 @@ def setup_a(x: torch.Tensor, K: int, D: int, flow: str):
     return lambda: svi.step(x)
 
 
+def setup_a_comp(x: torch.Tensor, K: int, D: int, flow: str):
+    return setup_a(x, K, D, flow, compiled=True)
+
+
 class _MixtureModel(PyroModule):
     def __init__(self, comps: FlowComponents) -> None:
         super().__init__()
         self.comps = comps  # a plain nn.Module: its parameters are the module's parameters
-        self.logits = torch.nn.Parameter(torch.zeros(comps.num_components))
+        self.logits = torch.nn.Parameter(
+            torch.zeros(comps.num_components, device=comps.affine.loc.device)
+        )
 
     def forward(self, x):
         with pyro.plate("data", x.shape[0]):
@@ -98,7 +125,7 @@ class _EmptyGuide(PyroModule):
 
 
 def setup_a_mod(x: torch.Tensor, K: int, D: int, flow: str):
-    model = _MixtureModel(make_components(K, D, flow))
+    model = _MixtureModel(make_components(K, D, flow, x.device))
     loss_fn = TraceEnum_ELBO(max_plate_nesting=1)(model, _EmptyGuide())
     optim = torch.optim.Adam(loss_fn.parameters(), lr=1e-3)
 
@@ -141,10 +168,17 @@ def pyro_flow(D: int, flow: str) -> list:
 def setup_b(x: torch.Tensor, K: int, D: int, flow: str):
     flows = [pyro_flow(D, flow) for _ in range(K)]
     modules = [torch.nn.ModuleList(t for t in f if isinstance(t, torch.nn.Module)) for f in flows]
-    base = dist.Normal(torch.zeros(D), torch.ones(D)).to_event(1)
+    for m in modules:
+        m.to(x.device)
+    for f in flows:  # Permute keeps its index tensor outside any module
+        for t in f:
+            if isinstance(t, T.Permute):
+                t.permutation = t.permutation.to(x.device)
+    zeros = torch.zeros(D, device=x.device)
+    base = dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
     def model(x):
-        logits = pyro.param("b_logits", torch.zeros(K))
+        logits = pyro.param("b_logits", torch.zeros(K, device=x.device))
         lps = []
         for k, f in enumerate(flows):
             pyro.module(f"b_flow{k}", modules[k])
@@ -162,15 +196,21 @@ def setup_b(x: torch.Tensor, K: int, D: int, flow: str):
 
 
 # --- (c) plain PyTorch ----------------------------------------------------------------------
-def setup_c(x: torch.Tensor, K: int, D: int, flow: str):
-    comps = make_components(K, D, flow)
-    logits = torch.nn.Parameter(torch.zeros(K))
+def setup_c(x: torch.Tensor, K: int, D: int, flow: str, compiled: bool = False):
+    comps = make_components(K, D, flow, x.device)
+    logits = torch.nn.Parameter(torch.zeros(K, device=x.device))
     optim = torch.optim.Adam([logits, *comps.parameters()], lr=1e-3)
+
+    def loss_fn(x):
+        lp = comps.component_log_probs(x) + torch.log_softmax(logits, -1)  # (N, K)
+        return -torch.logsumexp(lp, -1).sum()
+
+    if compiled:
+        loss_fn = torch.compile(loss_fn, fullgraph=True, dynamic=False)
 
     def step():
         optim.zero_grad()
-        lp = comps.component_log_probs(x) + torch.log_softmax(logits, -1)  # (N, K)
-        loss = -torch.logsumexp(lp, -1).sum()
+        loss = loss_fn(x)
         loss.backward()
         optim.step()
         return loss.item()
@@ -178,7 +218,19 @@ def setup_c(x: torch.Tensor, K: int, D: int, flow: str):
     return step
 
 
-METHODS = {"a": setup_a, "a_mod": setup_a_mod, "b": setup_b, "c": setup_c}
+def setup_c_comp(x: torch.Tensor, K: int, D: int, flow: str):
+    return setup_c(x, K, D, flow, compiled=True)
+
+
+METHODS = {
+    "a": setup_a,
+    "a_mod": setup_a_mod,
+    "b": setup_b,
+    "c": setup_c,
+    "a_comp": setup_a_comp,
+    "c_comp": setup_c_comp,
+}
+RATIOS = (("a", "c"), ("a_mod", "c"), ("b", "a"), ("a", "a_comp"), ("c", "c_comp"), ("b", "a_comp"))
 
 
 def matmul_flops_per_step(K: int, N: int, D: int, flow: str) -> float:
@@ -191,39 +243,64 @@ def matmul_flops_per_step(K: int, N: int, D: int, flow: str) -> float:
     return 3 * 2 * N * K * NUM_LAYERS * macs
 
 
-def matmul_rate(n: int = 1024, reps: int = 5) -> float:
-    """Median FLOP/s of an (n, n) @ (n, n) float32 matmul on this thread budget."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device = torch.device("cpu"), reps: int = 5) -> float:
+    """Median FLOP/s of an (n, n) @ (n, n) float32 matmul (n = 1024 on CPU, 4096 on a GPU)."""
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
+    _sync(device)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         a @ b
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times)
 
 
-def bench_config(flow: str, D: int, N: int, K: int, budget_s: float, methods) -> dict:
+def bench_config(
+    flow: str, D: int, N: int, K: int, budget_s: float, methods, device=torch.device("cpu")
+) -> dict:
     pyro.clear_param_store()
     torch.manual_seed(0)
-    x = torch.randn(N, D)
+    x = torch.randn(N, D, device=device)
     steps = {m: METHODS[m](x, K, D, flow) for m in methods}
-    first = {}
-    for m, step in steps.items():  # warm-up (param store, Adam state, allocator); timed once
+    first, second = {}, {}
+    for m, step in steps.items():  # warm-up (param store, Adam state, allocator, compile)
         t0 = time.perf_counter()
         step()
+        _sync(device)
         first[m] = time.perf_counter() - t0
-    per_round = sum(first.values())
+    for m, step in steps.items():  # a second warm-up round: the steady-state cost of a round
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        second[m] = time.perf_counter() - t0
+    per_round = sum(second.values())
     reps = int(min(15, max(3, budget_s / max(per_round, 1e-9))))
     times = {m: [] for m in steps}
     for _ in range(reps):
         for m, step in steps.items():
             t0 = time.perf_counter()
             step()
+            _sync(device)
             times[m].append(time.perf_counter() - t0)
     out = {"reps": reps, **{m: statistics.median(t) for m, t in times.items()}}
+    out["compile_s"] = {m: first[m] for m in steps if m.endswith("_comp")}
+    if device.type == "cuda" and "a" in steps:  # peak memory of one step of (a)
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        steps["a"]()
+        _sync(device)
+        out["peak_bytes"] = torch.cuda.max_memory_allocated(device) - before
     # ratios as medians of per-round ratios: the two steps of a round ran back to back
-    for num, den in (("a", "c"), ("a_mod", "c"), ("b", "a")):
+    for num, den in RATIOS:
         if num in times and den in times:
             out[f"{num}/{den}"] = statistics.median(
                 p / q for p, q in zip(times[num], times[den], strict=True)
@@ -239,18 +316,18 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def memory_child(N: int, K: int, D: int, flow: str) -> None:
-    """Print the peak resident-memory increase (bytes) over two SVI steps of ``a`` in this process.
+def memory_child(N: int, K: int, D: int, flow: str, method: str = "a") -> None:
+    """Print the peak resident-memory increase (bytes) over two SVI steps of ``method`` here.
 
     The peak (VmHWM) is reset after set-up by writing 5 to /proc/self/clear_refs, so import and
-    set-up peaks do not hide the step's own; the increase is VmHWM after the steps minus VmRSS
-    before them.
+    set-up peaks (and, for ``a_comp``, the compile) do not hide the step's own; the increase is
+    VmHWM after the steps minus VmRSS before them.
     """
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x = torch.randn(N, D)
-    step = setup_a(x, K, D, flow)
-    step()  # Adam state and param store exist from here on
+    step = METHODS[method](x, K, D, flow)
+    step()  # Adam state and param store exist from here on (and the compiled code)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _status_kib("VmRSS")
@@ -260,7 +337,7 @@ def memory_child(N: int, K: int, D: int, flow: str) -> None:
     print((after - before) * 1024)
 
 
-def memory_table(flow: str, D: int, points) -> None:
+def memory_table(flow: str, D: int, points, method: str = "a") -> None:
     rows = []
     for N, K in points:
         out = subprocess.run(
@@ -273,6 +350,7 @@ def memory_table(flow: str, D: int, points) -> None:
                 str(K),
                 str(D),
                 flow,
+                method,
             ],
             capture_output=True,
             text=True,
@@ -291,7 +369,7 @@ def memory_table(flow: str, D: int, points) -> None:
     )
     icpt = my - slope * mx
     print(
-        f"\nPeak memory of one step of (a), {flow}, D={D}: increase of peak RSS (VmHWM) in a fresh process"
+        f"\nPeak memory of one step of ({method}), {flow}, D={D}: increase of peak RSS (VmHWM) in a fresh process"
     )
     print(f"{'N':>6} {'K':>4} {'N*K':>8} {'peak MiB':>9} {'line MiB':>9} {'bytes/(N*K)':>12}")
     for (N, K, b), xv in zip(rows, xs, strict=True):
@@ -318,62 +396,88 @@ def main() -> None:
         default=None,
         help="seconds of timed rounds per configuration (default 12, quick 2)",
     )
-    parser.add_argument("--no-memory", action="store_true")
     parser.add_argument(
-        "--memory-child", nargs=4, metavar=("N", "K", "D", "FLOW"), help=argparse.SUPPRESS
+        "--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="M"
+    )
+    parser.add_argument("--Ds", nargs="+", type=int, help="dimensions (default 2 16)")
+    parser.add_argument("--Ns", nargs="+", type=int, help="rows (default 512 4096)")
+    parser.add_argument("--Ks", nargs="+", type=int, help="components (default 1 4 10 32)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory table")
+    parser.add_argument(
+        "--memory-child", nargs=5, metavar=("N", "K", "D", "FLOW", "M"), help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--memory-methods",
+        nargs="+",
+        default=["a"],
+        choices=["a", "a_comp"],
+        help="variants whose peak memory per step is tabulated (default a)",
     )
     args = parser.parse_args()
     if args.memory_child:
-        N, K, D, flow = args.memory_child
-        memory_child(int(N), int(K), int(D), flow)
+        N, K, D, flow, method = args.memory_child
+        memory_child(int(N), int(K), int(D), flow, method)
         return
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("expected a CUDA device for --device cuda, got none")
     torch.set_num_threads(args.threads)
     # (b) has no enumerated site; TraceEnum_ELBO says so every step
     warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
     budget = args.budget if args.budget is not None else (2.0 if args.quick else 12.0)
-    Ks = (1, 10) if args.quick else (1, 4, 10, 32)
-    Ns = (512,) if args.quick else (512, 4096)
-    Ds = (2, 16)
-    methods = list(METHODS)
+    Ks = args.Ks or ((1, 10) if args.quick else (1, 4, 10, 32))
+    Ns = args.Ns or ((512,) if args.quick else (512, 4096))
+    Ds = args.Ds or (2, 16)
+    methods = args.methods
     print(
-        f"torch {torch.__version__}, pyro {pyro.__version__}, threads={torch.get_num_threads()}, "
-        f"float32, validation={'on' if dist.is_validation_enabled() else 'off'}, "
+        f"torch {torch.__version__}, pyro {pyro.__version__}, device {device}, "
+        f"threads={torch.get_num_threads()}, float32, "
+        f"validation={'on' if dist.is_validation_enabled() else 'off'}, "
         f"load average at start {os.getloadavg()[0]:.1f}"
     )
+    if device.type == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(device)}")
     print(f"architecture: {NUM_LAYERS} layers, hidden {HIDDEN}, {BINS} bins, bound {BOUND}")
-    peak = matmul_rate()
-    print(
-        f"float32 1024x1024 matmul: {peak / 1e9:.1f} GFLOP/s (this run, {args.threads} thread(s))"
-    )
+    peak = matmul_rate(device)
+    n_mm = 4096 if device.type == "cuda" else 1024
+    print(f"float32 {n_mm}x{n_mm} matmul: {peak / 1e9:.1f} GFLOP/s (this run, {device})")
+    ratios = [(a, b) for a, b in RATIOS if a in methods and b in methods]
+    floor = next((m for m in ("c_comp", "c", "a_comp", "a") if m in methods), methods[0])
     t_start = time.perf_counter()
     for flow in args.flows:
         print(f"\n{flow}: median ms per SVI step (loss + backward + Adam)")
-        head = (
-            f"{'D':>3} {'N':>5} {'K':>3} {'reps':>4} {'a':>9} {'a_mod':>9} {'b':>9} {'c':>9}"
-            f" {'a/c':>5} {'amod/c':>6} {'b/a':>6} {'c GF/s':>7} {'c/mm':>5}"
-        )
+        head = f"{'D':>3} {'N':>6} {'K':>3} {'reps':>4}" + "".join(f" {m:>9}" for m in methods)
+        head += "".join(f" {a + '/' + b:>9}" for a, b in ratios)
+        head += f" {floor + ' GF/s':>11} {floor + '/mm':>9}"
+        comp = [m for m in methods if m.endswith("_comp")]
+        head += "".join(f" {m + ' 1st s':>12}" for m in comp)
+        if device.type == "cuda":
+            head += f" {'a peak MiB':>10} {'B/(N*K)':>8}"
         print(head)
-        for D in Ds:
-            for N in Ns:
-                for K in Ks:
-                    r = bench_config(flow, D, N, K, budget, methods)
-                    gf = matmul_flops_per_step(K, N, D, flow) / r["c"]
-                    print(
-                        f"{D:>3} {N:>5} {K:>3} {r['reps']:>4}"
-                        + "".join(f" {1e3 * r[m]:>9.1f}" for m in methods)
-                        + f" {r['a/c']:>5.2f} {r['a_mod/c']:>6.2f}"
-                        + f" {r['b/a']:>6.2f} {gf / 1e9:>7.2f} {gf / peak:>5.2f}",
-                        flush=True,
-                    )
-        if not args.no_memory:
+        for D, N, K in [] if args.memory_only else itertools.product(Ds, Ns, Ks):
+            r = bench_config(flow, D, N, K, budget, methods, device)
+            gf = matmul_flops_per_step(K, N, D, flow) / r[floor]
+            line = f"{D:>3} {N:>6} {K:>3} {r['reps']:>4}"
+            line += "".join(f" {1e3 * r[m]:>9.1f}" for m in methods)
+            line += "".join(f" {r[f'{a}/{b}']:>9.2f}" for a, b in ratios)
+            line += f" {gf / 1e9:>11.2f} {gf / peak:>9.3f}"
+            line += "".join(f" {r['compile_s'][m]:>12.1f}" for m in comp)
+            if "peak_bytes" in r:
+                pb = r["peak_bytes"]
+                line += f" {pb / 2**20:>10.1f} {pb / (N * K):>8.0f}"
+            print(line, flush=True)
+        if not args.no_memory and device.type == "cpu":
             points = (
                 [(512, 4), (4096, 1)]
                 if args.quick
                 else [(512, 10), (4096, 1), (4096, 4), (4096, 10), (4096, 32)]
             )
-            memory_table(flow, 16, points)
+            for method in args.memory_methods:
+                memory_table(flow, 16, points, method)
     print(
-        f"\nmatmul rate at end: {matmul_rate() / 1e9:.1f} GFLOP/s; "
+        f"\nmatmul rate at end: {matmul_rate(device) / 1e9:.1f} GFLOP/s; "
         f"load average at end {os.getloadavg()[0]:.1f}; wall {time.perf_counter() - t_start:.0f} s"
     )
 

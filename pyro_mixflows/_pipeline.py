@@ -63,6 +63,7 @@ def run(est, X: np.ndarray, y, K: int, stage_labels, seed: int, capacities: list
         eval_every=est.eval_every,
         plateau_lr_factor=est.plateau_lr_factor,
         progress_bar=est.progress_bar,
+        compile=est.compile,
     )
     # The Gaussian start is a candidate as it is, unless something besides the components
     # needs training: sticks or Dirichlet weights, the amortized classifier, labelled rows.
@@ -182,9 +183,12 @@ def candidate(
     if schedule is not None:
         if "weight_decay" in capacity:
             schedule = dataclasses.replace(schedule, weight_decay=capacity["weight_decay"])
+        pre = None
         if start.name != "em":
-            _stages.pretrain(vm, data.x_train, start.labels, schedule)
+            pre = _stages.pretrain(vm, data.x_train, start.labels, schedule)
         result = _stages.train(vm, data, schedule, floor)
+        if result.compile_time is None and pre is not None:  # compiled while pre-training
+            result.compile_time = pre.compile_time
     vm.eval()
     lp = _stages.held_out_log_probs(vm, data.x_val)
     return _stages.Candidate(start.name, capacity, vm, result, lp)

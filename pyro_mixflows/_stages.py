@@ -284,6 +284,7 @@ class Schedule:
     eval_every: int
     plateau_lr_factor: float | None
     progress_bar: bool = False
+    compile: bool | str = False
 
     def optim(self, factor: float = 1.0):
         return pyro.optim.Adam(
@@ -294,11 +295,11 @@ class Schedule:
         return self.batch_size if self.batch_size and self.batch_size < n else None
 
 
-def pretrain(vm, x: torch.Tensor, labels: torch.Tensor, schedule: Schedule) -> None:
+def pretrain(vm, x: torch.Tensor, labels: torch.Tensor, schedule: Schedule) -> FitResult | None:
     """Maximum likelihood of each component on its hard-labelled rows (``init_steps`` steps)."""
     if schedule.init_steps < 1:
-        return
-    _fit(
+        return None
+    return _fit(
         vm.model_labelled,
         vm.guide_labelled,
         x,
@@ -309,6 +310,7 @@ def pretrain(vm, x: torch.Tensor, labels: torch.Tensor, schedule: Schedule) -> N
         batch_size=schedule.batch(len(x)),
         seed=None,
         progress_bar=schedule.progress_bar and "pre-train on initial clusters",
+        compile=schedule.compile,
     )
 
 
@@ -345,6 +347,7 @@ def train(vm, data: Split, schedule: Schedule, floor: float | None = None) -> Fi
             batch_size=schedule.batch(len(x_unl)),
             seed=None,
             progress_bar=schedule.progress_bar and stage,
+            compile=schedule.compile,
         )
 
     result = run(schedule.max_steps, 1.0, "train")
@@ -377,6 +380,7 @@ def chain_results(first: FitResult, second: FitResult) -> FitResult:
         num_steps=first.num_steps + second.num_steps,
         time=first.time + second.time,
         stop_reason=second.stop_reason,
+        compile_time=first.compile_time if first.compile_time is not None else second.compile_time,
     )
 
 

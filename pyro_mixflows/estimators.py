@@ -18,6 +18,7 @@ from ._pipeline import EFFECTIVE_WEIGHT_THRESHOLD
 from .distributions import FlowMixture
 from .flows import FLOWS, FlowComponents, RescaledComponents
 from .infer._checkpoint import atomic_save
+from .infer._compile import check_compile_option
 from .models.vmonf import ASSIGNMENTS, WEIGHTS, VMoNF, paper_temperature
 
 # /2: full affine maps per component (files of /1 hold elementwise ones and are refused)
@@ -148,6 +149,10 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
             same fit (a ``RandomState`` gives one seed per ``fit``, drawn from it).
         device: torch device for training and scoring.
         progress_bar: show a tqdm bar while training.
+        compile: ``torch.compile`` the flow pass of the training steps: "auto" (default: only
+            when the planned steps pay for the compile time, see
+            ``pyro_mixflows.infer._compile``; the demo-sized fits stay eager), True or False.
+            The first compiled step's wall time is ``fit_result_.compile_time``.
 
     Attributes:
         labels_: (N,) component of every training row (``predict`` on the training data).
@@ -205,6 +210,7 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         random_state: int | np.random.RandomState | None = None,
         device: str | torch.device | None = None,
         progress_bar: bool = False,
+        compile: bool | str = "auto",
     ) -> None:
         self.n_components = n_components
         self.flow = flow
@@ -235,6 +241,7 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.progress_bar = progress_bar
+        self.compile = compile
 
     # --- configuration ----------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -325,6 +332,7 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
                     raise ValueError(f"expected num_layers to be an int >= 0, got {layers!r}")
                 if not c.get("weight_decay", 0) >= 0:
                     raise ValueError(f"expected weight_decay >= 0, got {c['weight_decay']!r}")
+        check_compile_option(self.compile)
 
     def _check_y(self, y, n: int) -> np.ndarray | None:
         """The labels ``fit`` uses: None, or (N,) int64 with -1 for unlabelled rows."""

@@ -14,6 +14,32 @@ MIN_DERIVATIVE = 1e-3
 DERIVATIVE_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
 
 
+def _softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, (..., B) -> (..., B), written as exp / sum.
+
+    For the few bins of a spline (B ~ 8) this is several times faster on a CPU than
+    ``torch.softmax``, whose kernel vectorizes along the short softmax dimension. The shift by the max keeps exp
+    finite; it carries no gradient, since softmax does not depend on it.
+    """
+    e = (x - x.detach().amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+_TRIANGLES: dict = {}
+
+
+def _triangle(num_bins: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The (B, B - 1) 0/1 upper triangle whose matmul gives cumulative sums; built once per key."""
+    if torch.compiler.is_compiling():  # a constant of the compiled graph: no cache needed
+        return torch.ones(num_bins, num_bins - 1, dtype=dtype, device=device).triu()
+    key = (num_bins, dtype, device)
+    triangle = _TRIANGLES.get(key)
+    if triangle is None:
+        triangle = torch.ones(num_bins, num_bins - 1, dtype=dtype, device=device).triu()
+        _TRIANGLES[key] = triangle
+    return triangle
+
+
 def rational_quadratic_spline(
     inputs: torch.Tensor,
     unnormalized_widths: torch.Tensor,
@@ -69,12 +95,12 @@ def packed_rational_quadratic_spline(
         inverse: evaluate the inverse map instead.
     """
     num_bins = unnormalized_sizes.shape[-1]
-    sizes = MIN_BIN_WIDTH + (1.0 - MIN_BIN_WIDTH * num_bins) * torch.softmax(
-        unnormalized_sizes, dim=-1
+    sizes = MIN_BIN_WIDTH + (1.0 - MIN_BIN_WIDTH * num_bins) * _softmax(
+        unnormalized_sizes
     )  # (..., 2, B)
     # cumulative sums of the first B - 1 sizes as a small matmul with a 0/1 triangle: its
     # backward is a matmul too (cumsum's backward flips and copies)
-    triangle = torch.ones(num_bins, num_bins - 1, dtype=sizes.dtype, device=sizes.device).triu()
+    triangle = _triangle(num_bins, sizes.dtype, sizes.device)
     interior = (sizes @ triangle) * (2 * bound) - bound  # (..., 2, B - 1)
     # End knots pinned exactly, so that the spline meets the identity tails.
     end = interior.new_tensor(bound).expand(*interior.shape[:-1], 1)

@@ -124,10 +124,12 @@ class VMoNF(PyroModule):
 
     def _model_logits(self) -> torch.Tensor:
         """log w for the model; samples the "weights" site under a Dirichlet prior."""
-        K = self.components.num_components
-        dtype, device = self._dtype_device()
         if self.weights == "learned":
             return self.weight_logits.log_softmax(-1)
+        # (read self.components only where needed: each read of a PyroModule's plain nn.Module
+        # attribute re-registers all its parameters, a per-step cost)
+        K = self.components.num_components
+        dtype, device = self._dtype_device()
         if self.weights == "uniform":
             return torch.full((K,), -math.log(K), dtype=dtype, device=device)
         alpha = torch.full((K,), self.concentration, dtype=dtype, device=device)
@@ -170,7 +172,8 @@ class VMoNF(PyroModule):
 
     # --- model and guide ------------------------------------------------------------------
     def _check(self, x, x_labelled, y_labelled):
-        D, K = self.components.dim, self.components.num_components
+        components = self.components  # one read: each read re-registers its parameters
+        D, K = components.dim, components.num_components
         check_event(x, D, "x")
         if x.dim() != 2:
             raise ValueError(f"expected x of shape (N, {D}), got {tuple(x.shape)}")

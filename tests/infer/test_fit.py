@@ -320,6 +320,7 @@ def test_progress_bar_says_a_non_finite_loss_stopped_it(float64, capsys):
     err = capsys.readouterr().err.replace("\r", "\n")
     assert "stop=non-finite loss or gradient at step 2" in err
 
+
 # --- schedulers, a custom loss, a per-step callback -------------------------------------------
 def _adam_lrs(optim):
     """The learning rate of every per-parameter torch optimizer behind a Pyro scheduler."""

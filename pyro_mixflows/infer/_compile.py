@@ -1,0 +1,244 @@
+"""The compiled hot path of :func:`~pyro_mixflows.infer.fit`: ``torch.compile`` of the flow pass.
+
+Every training step of a flow mixture spends most of its time in ``FlowComponents.component_log_probs``
+and its backward: dozens of small elementwise spline operations per layer, each a separate
+kernel launch and autograd node in eager mode. ``torch.compile`` (inductor) fuses them into a few
+kernels, forward and backward, and gives the same values and gradients up to float rounding.
+
+What is compiled: the ``component_log_probs`` of every ``FlowComponents`` found among the
+``nn.Module``s behind the model and guide, for ONE input shape: the training batch (fit's batches
+all have the same size: the tail of an epoch is dropped). Calls with another shape (held-out
+evaluations, scoring) or without gradients run eagerly, so nothing is recompiled during training.
+The compiled function is installed for the duration of the training loop only and is kept per
+module, so a second ``fit`` on the same module (pre-training, then training, then refinement)
+reuses it instead of compiling again.
+
+Policy (the ``compile`` option of ``fit``):
+
+- ``False`` (fit's default): eager.
+- ``True``: compile from the first step.
+- ``"auto"``: time ``AUTO_PROBE_STEPS`` eager steps, then compile only when the planned
+  remaining steps pay for it, ``remaining * t_step * (1 - 1 / EXPECTED_SPEEDUP) >
+  COMPILE_COST_S[device]`` (0 when this module was compiled before). A cold first compile took
+  ~30-400 s on a loaded 2-core CPU (#18 reports 9-47 s idle; 4-21 s with a warm on-disk
+  inductor cache), so on CPU ``"auto"`` compiles only fits of many thousands of steps; the demo
+  fit stays eager.
+
+Validation once: the first compiled step runs with Pyro's validation as configured; the later
+compiled steps run with it off (``pyro.validation_enabled(False)``): same model, same batch shape,
+data checked finite by ``fit`` (it cost about 6 % of a compiled step at the demo's scale). The
+non-finite loss/gradient guard of ``fit`` stays on.
+
+Failure: if compiling or the first compiled step raises, a ``RuntimeWarning`` names the error,
+the gradients of that step are discarded, and training goes on eagerly (the step is redone).
+The wall time of the first compiled step (compile included) is reported as
+``FitResult.compile_time``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pyro
+import torch
+from torch import nn
+
+COMPILE_OPTIONS = ("auto", True, False)
+# "auto": eager steps timed before deciding
+AUTO_PROBE_STEPS = 10
+# "auto": the step speed-up assumed for the decision (the Pyro step measured 1.44-1.94x faster
+# compiled on CPU: Pyro's own per-step work is not compiled)
+EXPECTED_SPEEDUP = 1.5
+# "auto": the assumed cost of the first compile, seconds. A cold cache on a loaded 2-core CPU
+# took ~30-400 s. The cost is fixed while the measured eager step grows with the machine's load,
+# so load tilts the decision towards compiling; 300 s keeps the demo (<= 4000 steps) eager up to
+# ~200 ms a step. The GPU figure is a guess, not measured here.
+COMPILE_COST_S = {"cpu": 300.0, "cuda": 60.0}
+
+# components -> {shape key -> compiled pass}; weak, so a dropped module frees its compiled code
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# components whose compile failed once: eager from then on, without a second attempt
+_FAILED: weakref.WeakSet = weakref.WeakSet()
+
+
+def check_compile_option(value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is "auto", True or False."""
+    if not (value is True or value is False or value == "auto"):
+        raise ValueError(f"expected compile to be 'auto', True or False, got {value!r}")
+
+
+def flow_components(modules: Iterable[nn.Module]) -> list[nn.Module]:
+    """The ``FlowComponents`` among ``modules`` and their submodules, each once."""
+    from ..flows.components import FlowComponents
+
+    found: dict[int, nn.Module] = {}
+    for module in modules:
+        for sub in module.modules():
+            if isinstance(sub, FlowComponents):
+                found.setdefault(id(sub), sub)
+    return list(found.values())
+
+
+class CompiledPass:
+    """``component_log_probs`` of one ``FlowComponents``, compiled for the training batch shape.
+
+    Calls with gradients enabled and the input's (shape, dtype, device) equal to ``key`` go
+    through ``torch.compile(fullgraph=True, dynamic=False)``; anything else runs the eager method,
+    so the compiled code is never re-traced within a fit. ``key`` is the first such call's after
+    each ``reset()`` (one per fit call); shapes compiled before stay compiled.
+
+    Args:
+        components: a ``FlowComponents``.
+    """
+
+    def __init__(self, components: nn.Module) -> None:
+        # The module is held weakly and passed in at each call (not closed over), so that the
+        # module cache below does not keep dropped modules alive.
+        self._components = weakref.ref(components)
+        method = type(components).component_log_probs
+        self._method = method
+        self._compiled = torch.compile(method, fullgraph=True, dynamic=False)
+        self.key: tuple | None = None
+        self.compiled_keys: set[tuple] = set()  # shapes whose compiled step went through
+        self.new_key = False  # the current key has not been compiled yet
+
+    def reset(self) -> None:
+        self.key, self.new_key = None, False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        components = self._components()
+        if not torch.is_grad_enabled():
+            return self._method(components, x)
+        key = (tuple(x.shape), x.dtype, x.device)
+        if self.key is None:
+            self.key, self.new_key = key, key not in self.compiled_keys
+        if key != self.key:
+            return self._method(components, x)
+        return self._compiled(components, x)
+
+    def confirm(self) -> bool:
+        """Mark the current key as compiled; True if it was compiled during this fit call."""
+        was_new = self.new_key
+        if self.key is not None:
+            self.compiled_keys.add(self.key)
+        self.new_key = False
+        return was_new
+
+
+class HotPath:
+    """The compiled training step of one ``fit`` call (see the module docstring).
+
+    Args:
+        option: "auto", True or False.
+        modules: the ``nn.Module``s behind model and guide.
+        num_steps: steps this fit call will run at most.
+        device: the training device (None: where the parameters are).
+    """
+
+    def __init__(
+        self,
+        option: bool | str,
+        modules: Iterable[nn.Module],
+        num_steps: int,
+        device: torch.device | None,
+    ) -> None:
+        check_compile_option(option)
+        self.option = option
+        modules = list(modules)
+        self.modules = modules
+        found = flow_components(modules) if option is not False else []
+        self.components = [comps for comps in found if comps not in _FAILED]
+        self.num_steps = num_steps
+        self.device_type = device.type if device is not None else self._param_device_type()
+        self.installed: list[nn.Module] = []
+        self.decided = option != "auto" or not self.components
+        self.step_times: list[float] = []
+        self.compile_time: float | None = None
+        self.pending_first = False
+        if option is True and self.components:
+            self._install()
+
+    def _param_device_type(self) -> str:
+        for comps in self.components:
+            for p in comps.parameters():
+                return p.device.type
+        return "cpu"
+
+    def _install(self) -> None:
+        for comps in self.components:
+            compiled = _CACHE.get(comps)
+            if compiled is None:
+                compiled = _CACHE[comps] = CompiledPass(comps)
+            compiled.reset()
+            comps.component_log_probs = compiled  # an instance attribute shadows the method
+            self.installed.append(comps)
+        self.pending_first = True
+
+    def _uninstall(self) -> None:
+        for comps in self.installed:
+            comps.__dict__.pop("component_log_probs", None)
+        self.installed = []
+
+    def _already_compiled(self) -> bool:
+        return all(comps in _CACHE and _CACHE[comps].compiled_keys for comps in self.components)
+
+    def _decide(self, done: int) -> None:
+        """The "auto" decision after the probe steps."""
+        self.decided = True
+        t_step = statistics.median(self.step_times)
+        remaining = self.num_steps - done
+        saving = remaining * t_step * (1.0 - 1.0 / EXPECTED_SPEEDUP)
+        cost = 0.0 if self._already_compiled() else COMPILE_COST_S.get(self.device_type, 300.0)
+        if saving > cost:
+            self._install()
+
+    def step(self, done: int, run: Callable[..., float], *args: Any) -> float:
+        """``run(*args)``, one training step (fit's ``_step``); ``done`` steps of this call so far."""
+        if not self.installed:
+            t0 = time.perf_counter()
+            value = run(*args)
+            if not self.decided:
+                self.step_times.append(time.perf_counter() - t0)
+                if len(self.step_times) >= AUTO_PROBE_STEPS:
+                    self._decide(done + 1)
+            return value
+        if not self.pending_first:
+            # validation done once: the first compiled step ran with Pyro's checks as configured;
+            # the same model, shapes and data follow, so the hot loop skips them
+            with pyro.validation_enabled(False):
+                return run(*args)
+        t0 = time.perf_counter()
+        try:
+            value = run(*args)
+        except FloatingPointError:
+            raise
+        except Exception as err:  # compiling failed: eager from here on
+            warnings.warn(
+                f"torch.compile of the flow components failed ({type(err).__name__}: {err}); "
+                "training continues eagerly",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            for comps in self.installed:
+                _CACHE.pop(comps, None)
+                _FAILED.add(comps)
+            for module in self.modules:  # the failed step's partial gradients
+                for p in module.parameters():
+                    p.grad = None
+            self._uninstall()
+            self.decided = True
+            return run(*args)
+        elapsed = time.perf_counter() - t0
+        if any([_CACHE[comps].confirm() for comps in self.installed]):
+            self.compile_time = elapsed
+        self.pending_first = False
+        return value
+
+    def close(self) -> None:
+        """Restore the eager methods (the compiled code stays cached for the next fit)."""
+        self._uninstall()

@@ -1,0 +1,227 @@
+"""fit's compiled hot path: option checks, the "auto" policy, shape routing and the eager fallback.
+
+The fast tests replace ``torch.compile`` by stand-ins (an identity "compiler", a failing one) so
+that they test the policy and plumbing without compiling; the slow ones compile for real and
+compare values and gradients with eager.
+"""
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.infer.util import is_validation_enabled
+
+from pyro_mixflows import FlowComponents
+from pyro_mixflows.infer import _compile, fit
+from pyro_mixflows.models import VMoNF
+from tests.conftest import perturb
+
+K, D = 2, 2
+
+
+def make_data(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[-2.0, 0.0], [2.0, 0.5]])
+    z = torch.arange(n) % K
+    return centers[z] + 0.5 * torch.randn(n, D, generator=g)  # (N, D)
+
+
+def make_vm(flow="affine_coupling"):
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        comps = FlowComponents(K, D, flow=flow, num_layers=2, hidden_dims=(8,))
+    perturb(comps, 0.05)
+    return VMoNF(comps, assignment="enumerate")
+
+
+def run_fit(vm, x, **options):
+    pyro.clear_param_store()
+    return fit(
+        vm.model,
+        vm.guide,
+        x,
+        loss=TraceEnum_ELBO(max_plate_nesting=1),
+        optim={"lr": 0.01},
+        batch_size=16,
+        seed=0,
+        **options,
+    )
+
+
+class CountingCompiler:
+    """A stand-in for ``torch.compile`` that records its calls and returns the function itself."""
+
+    def __init__(self):
+        self.calls = 0
+        self.shapes = []
+        self.validating = []  # Pyro validation state at each compiled call
+
+    def __call__(self, fn, **options):
+        assert options == {"fullgraph": True, "dynamic": False}
+        self.calls += 1
+
+        def compiled(components, x):
+            self.shapes.append(tuple(x.shape))
+            self.validating.append(is_validation_enabled())
+            return fn(components, x)
+
+        return compiled
+
+
+@pytest.mark.parametrize("bad", ["yes", None, 1, "True"])
+def test_fit_rejects_a_bad_compile_option_before_work(bad):
+    vm = make_vm()
+    with pytest.raises(ValueError, match="expected compile to be 'auto', True or False"):
+        run_fit(vm, make_data(), num_steps=1, compile=bad)
+    assert len(pyro.get_param_store()) == 0  # nothing ran
+
+
+def test_fit_refuses_compile_true_with_distributed():
+    vm = make_vm()
+    with pytest.raises(ValueError, match="compile 'auto' or False with distributed=True"):
+        run_fit(vm, make_data(), num_steps=1, compile=True, distributed=True)
+
+
+def test_compile_true_routes_training_batches_only_and_restores_the_method(monkeypatch):
+    fake = CountingCompiler()
+    monkeypatch.setattr(torch, "compile", fake)
+    vm = make_vm()
+    x = make_data()
+    result = run_fit(vm, x, num_steps=6, compile=True, val_args=(x[:10],), eval_every=3)
+    assert fake.calls == 1
+    # every training step (batch of 16) went through the compiled function; the held-out
+    # evaluations (10 rows, no gradients) did not
+    assert fake.shapes == [(16, D)] * 6
+    assert result.compile_time is not None and result.compile_time > 0
+    # validation once: the first compiled step validated, the hot loop not; restored after
+    assert fake.validating == [True] + [False] * 5 and is_validation_enabled()
+    assert "component_log_probs" not in vm.components.__dict__  # eager again after fit
+    # a second fit on the same module reuses the compiled pass: nothing compiled, no time
+    again = run_fit(vm, x, num_steps=2, compile=True)
+    assert fake.calls == 1 and again.compile_time is None
+
+
+def test_compile_stand_in_gives_the_eager_fit(monkeypatch):
+    x = make_data()
+    eager = run_fit(make_vm(), x, num_steps=5, compile=False)
+    monkeypatch.setattr(torch, "compile", CountingCompiler())
+    through = run_fit(make_vm(), x, num_steps=5, compile=True)
+    assert through.losses == eager.losses  # the identity "compiler": the same arithmetic
+
+
+def test_auto_stays_eager_when_compiling_does_not_pay(monkeypatch):
+    fake = CountingCompiler()
+    monkeypatch.setattr(torch, "compile", fake)
+    result = run_fit(
+        make_vm(), make_data(), num_steps=_compile.AUTO_PROBE_STEPS + 5, compile="auto"
+    )
+    assert fake.calls == 0 and result.compile_time is None
+
+
+def test_auto_compiles_after_the_probe_when_it_pays(monkeypatch):
+    fake = CountingCompiler()
+    monkeypatch.setattr(torch, "compile", fake)
+    monkeypatch.setattr(_compile, "COMPILE_COST_S", {"cpu": 0.0, "cuda": 0.0})
+    n = _compile.AUTO_PROBE_STEPS + 5
+    result = run_fit(make_vm(), make_data(), num_steps=n, compile="auto")
+    assert fake.calls == 1
+    assert fake.shapes == [(16, D)] * 5  # the steps after the probe
+    assert result.compile_time is not None
+
+
+def test_a_failing_compile_warns_and_trains_eagerly(monkeypatch):
+    def broken(fn, **options):
+        def compiled(components, x):
+            raise RuntimeError("no compiler here")
+
+        return compiled
+
+    x = make_data()
+    eager = run_fit(make_vm(), x, num_steps=4, compile=False)
+    monkeypatch.setattr(torch, "compile", broken)
+    vm = make_vm()
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        result = run_fit(vm, x, num_steps=4, compile=True)
+    assert result.losses == eager.losses  # the failed step was redone eagerly
+    assert result.compile_time is None
+    assert "component_log_probs" not in vm.components.__dict__
+    # no second attempt on this module
+    again = run_fit(vm, x, num_steps=1, compile=True)
+    assert again.compile_time is None
+
+
+def test_the_compiled_pass_cache_does_not_keep_modules_alive(monkeypatch):
+    import gc
+    import weakref
+
+    monkeypatch.setattr(torch, "compile", CountingCompiler())
+    vm = make_vm()
+    run_fit(vm, make_data(), num_steps=2, compile=True)
+    assert vm.components in _compile._CACHE
+    ref = weakref.ref(vm.components)
+    del vm
+    gc.collect()
+    assert ref() is None
+
+
+def test_fit_without_flow_components_ignores_compile(monkeypatch):
+    fake = CountingCompiler()
+    monkeypatch.setattr(torch, "compile", fake)
+
+    def model(x, subsample=None):
+        loc = pyro.param("loc", torch.zeros(D))
+        with pyro.plate("data", x.shape[0], subsample=subsample):
+            pyro.sample("x", pyro.distributions.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(x, subsample=None):
+        pass
+
+    result = fit(model, guide, make_data(), loss=Trace_ELBO(), num_steps=3, compile=True)
+    assert fake.calls == 0 and result.compile_time is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flow", ["spline_coupling", "affine_coupling"])
+def test_compiled_component_pass_equals_eager(flow, float64):
+    # float64, so that float32 rounding near a spline's bin edges (relative gradient differences
+    # up to ~1e-3 in one element of thousands) does not hide a real mismatch
+    comps = perturb(FlowComponents(3, 4, flow=flow, num_layers=2, hidden_dims=(16,)), 0.1)
+    x = 2.0 * torch.randn(32, 4)
+    compiled = _compile.CompiledPass(comps)
+    lp_c = compiled(x)
+    grads_c = torch.autograd.grad(lp_c.logsumexp(-1).sum(), list(comps.parameters()))
+    lp_e = comps.component_log_probs(x)
+    grads_e = torch.autograd.grad(lp_e.logsumexp(-1).sum(), list(comps.parameters()))
+    torch.testing.assert_close(lp_c, lp_e, rtol=1e-10, atol=1e-10)
+    for gc, ge in zip(grads_c, grads_e, strict=True):
+        torch.testing.assert_close(gc, ge, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_fit_compiled_tracks_the_eager_fit():
+    x = make_data()
+    eager = run_fit(make_vm("spline_coupling"), x, num_steps=5, compile=False)
+    compiled = run_fit(make_vm("spline_coupling"), x, num_steps=5, compile=True)
+    assert compiled.compile_time is not None and compiled.compile_time > 0
+    torch.testing.assert_close(
+        torch.tensor(compiled.losses), torch.tensor(eager.losses), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_estimator_checks_its_compile_option_and_passes_it_to_fit(monkeypatch):
+    from pyro_mixflows import VariationalFlowMixture
+
+    X = make_data(60).numpy()
+    with pytest.raises(ValueError, match="expected compile to be 'auto', True or False"):
+        VariationalFlowMixture(2, compile="sometimes").fit(X)
+    fake = CountingCompiler()
+    monkeypatch.setattr(torch, "compile", fake)
+    est = VariationalFlowMixture(
+        2, flow="affine_coupling", num_layers=1, hidden_dims=(8,), max_steps=3, init_steps=2,
+        batch_size=16, compile=True, random_state=0,
+    )  # fmt: skip
+    est.fit(X)
+    # one compiled pass, shared by the pre-training and the training fits (same batch shape)
+    assert fake.calls == 1 and set(fake.shapes) == {(16, D)}
+    # compiled during pre-training, reported in the estimator's result
+    assert est.fit_result_.compile_time is not None and est.fit_result_.compile_time > 0
