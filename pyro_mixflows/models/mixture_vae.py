@@ -70,10 +70,11 @@ class MixtureVAE(PyroModule):
     E_q[KL(q(c | z, x) ‖ p(c | z))]: it pays for every point whose posterior component does not
     match the prior component that explains its code, which is what makes r(x) the cluster
     posterior's approximation and the index mean the cluster. On the synthetic clusters of
-    ``benchmarks/vae_clusters.py`` (median of 3 seeds) its :meth:`predict` reaches ARI 0.889
-    on binarized data (k-means 0.882) and 0.965 on continuous data (k-means 0.987), against
-    0.654 / 0.665 for the untied objective, with a test log-likelihood above the untied one's
-    on 5 of 6 runs.
+    ``benchmarks/vae_clusters.py`` (median of 3 seeds, 3000 steps) its :meth:`predict` reaches
+    ARI 0.889 on binarized data (k-means 0.882) and 0.965 on continuous data (k-means 0.987),
+    against 0.654 / 0.665 for the untied objective, with a test log-likelihood above the untied
+    one's on 5 of 6 runs. Trained for 6000 steps with :meth:`refit_prior` after 2000 of them it
+    reaches 0.894 and 0.989, both at least k-means'.
 
     Local sticks tie the posterior responsibilities to the prior weights: r(x) can only move
     away from the mean weights E[π(v)] by paying KL(q(v | x) ‖ p(v)), which a Kumaraswamy
@@ -106,7 +107,9 @@ class MixtureVAE(PyroModule):
     (:meth:`cluster_log_probs`) averaged over draws of q(z | x) with importance weights, and
     :meth:`predict` its argmax. Use these to cluster, with either objective. Gradient steps can
     leave the prior in a local optimum (one component over two clusters); :meth:`refit_prior`
-    refits it by EM to the codes after a warm-up, keeping the guide's indices.
+    refits it by EM to the codes after a warm-up, keeping the guide's indices. Train to
+    convergence: on the continuous benchmark the test log-likelihood and the clusters both
+    still improve between 3000 and 6000 steps (seed 0: 15.518 → 17.491, ARI 0.965 → 0.992).
 
     Sites: "v" (sticks, DP only; outside the data plate when global), "c" (tied: the cluster,
     in the model and enumerated in the guide) or "k" (untied: guide-only, enumerated,
