@@ -7,7 +7,8 @@ import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from pyro_mixflows.models import MixtureVAE
-from pyro_mixflows.models.mixture_vae import _ComponentDraw, stick_breaking_log_weights
+from pyro_mixflows.models._vae_guide import _ComponentDraw
+from pyro_mixflows.models.mixture_vae import stick_breaking_log_weights
 from tests.conftest import perturb
 
 # --- the plain Gaussian VAE, sharing the mixture VAE's networks ------------------------------
@@ -480,7 +481,7 @@ def test_non_finite_data_gets_one_clear_error_at_every_entry_point(entry, bad):
 
 
 def test_em_refit_recovers_a_known_diagonal_mixture_and_matches_indices(float64):
-    from pyro_mixflows.models.mixture_vae import _best_matching, _fit_diagonal_mixture
+    from pyro_mixflows.models._vae_clusters import _best_matching, _fit_diagonal_mixture
 
     g = torch.Generator().manual_seed(0)
     loc = torch.tensor([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]])
