@@ -166,9 +166,10 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         n_iter_: training steps taken.
         lower_bound_: the final ELBO per row on the training rows, in data units.
         validation_log_likelihood_: held-out log-likelihood per row of the fitted model.
-        start_: the kept start; capacity_: its capacity (``{"num_layers": 0}`` = the Gaussian
-            start); candidates_: start, capacity, held-out log-likelihood (standardized units)
-            and training steps of every candidate tried.
+        start_: the kept start ("em", "spectral", ...).
+        capacity_: the kept capacity (``{"num_layers": 0}`` = the Gaussian start itself).
+        candidates_: start, capacity, held-out log-likelihood (standardized units) and training
+            steps of every candidate tried.
 
     Example::
 
