@@ -33,7 +33,7 @@ extensions = [
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "README_proposed.md"]
+exclude_patterns = ["_build"]
 root_doc = "index"
 
 # Google-style docstrings only; "Args:" sections become parameter lists.
