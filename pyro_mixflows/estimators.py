@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from collections.abc import Callable, Sequence
 
@@ -12,26 +11,16 @@ import torch
 from sklearn.base import BaseEstimator, ClusterMixin, DensityMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import _pipeline
-from ._init import INIT_METHODS
+from . import _estimator_params, _pipeline
+from ._estimator_params import ARCHITECTURE
 from ._pipeline import EFFECTIVE_WEIGHT_THRESHOLD
 from .distributions import FlowMixture
-from .flows import FLOWS, FlowComponents, RescaledComponents
+from .flows import FlowComponents, RescaledComponents
 from .infer._checkpoint import atomic_save
-from .infer._compile import check_compile_option
-from .models.vmonf import ASSIGNMENTS, WEIGHTS, VMoNF, paper_temperature
+from .models.vmonf import VMoNF, paper_temperature
 
 # /2: full affine maps per component (files of /1 hold elementwise ones and are refused)
 _FORMAT = "pyro_mixflows.VariationalFlowMixture/2"
-# Dirichlet-process fits: how over-split components are merged before the final fit.
-MERGES = ("density", None)
-# How ``fit`` reads ``y`` (see the class docstring).
-SEMI_SUPERVISED = ("auto", True, False)
-# Starts: "auto" tries EM and the spectral partition; "em" is EM's Gaussian mixture alone.
-INITS = ("auto", "em", *INIT_METHODS)
-# The keys a capacity may override (plus "weight_decay").
-ARCHITECTURE = ("flow", "num_layers", "hidden_dims", "count_bins")
-CAPACITY_KEYS = (*ARCHITECTURE, "weight_decay")
 
 
 def _as_2d(X, name: str = "X") -> np.ndarray:
@@ -246,124 +235,10 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
 
     # --- configuration ----------------------------------------------------------------------
     def _check_params(self) -> None:
-        K = self.n_components
-        if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 1:
-            raise ValueError(f"expected n_components to be an int >= 1, got {K!r}")
-        for name, options in (
-            ("flow", FLOWS),
-            ("weights", WEIGHTS),
-            ("assignment", ASSIGNMENTS),
-            ("init", INITS),
-        ):
-            if getattr(self, name) not in options:
-                raise ValueError(
-                    f"expected {name} in {tuple(options)}, got {getattr(self, name)!r}"
-                )
-        for name in ("max_steps", "eval_every", "patience"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"expected {name} to be an int >= 1, got {value!r}")
-        if not isinstance(self.num_layers, (int, np.integer)) or self.num_layers < 0:
-            raise ValueError(f"expected num_layers to be an int >= 0, got {self.num_layers!r}")
-        dims = self.hidden_dims
-        if (
-            isinstance(dims, (str, bytes))
-            or not isinstance(dims, Sequence)
-            or not all(isinstance(h, numbers.Integral) and h >= 1 for h in dims)
-        ):
-            raise ValueError(
-                f"expected hidden_dims to be a sequence of ints >= 1 such as (32, 32), got {dims!r}"
-            )
-        if self.semi_supervised not in SEMI_SUPERVISED or not isinstance(
-            self.semi_supervised, (str, bool)
-        ):
-            raise ValueError(
-                f"expected semi_supervised in {SEMI_SUPERVISED}, got {self.semi_supervised!r}"
-            )
-        rs = self.random_state
-        if not (
-            rs is None
-            or (isinstance(rs, numbers.Integral) and not isinstance(rs, bool) and rs >= 0)
-            or isinstance(rs, np.random.RandomState)
-        ):
-            raise ValueError(
-                f"expected random_state None, an int >= 0 or a numpy.random.RandomState, got {rs!r}"
-            )
-        if not isinstance(self.init_steps, (int, np.integer)) or self.init_steps < 0:
-            raise ValueError(f"expected init_steps to be an int >= 0, got {self.init_steps!r}")
-        if self.batch_size is not None and (
-            not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1
-        ):
-            raise ValueError(f"expected batch_size None or an int >= 1, got {self.batch_size!r}")
-        if not 0 <= self.validation_fraction < 1:
-            raise ValueError(
-                f"expected validation_fraction in [0, 1), got {self.validation_fraction!r}"
-            )
-        if not self.learning_rate > 0:
-            raise ValueError(f"expected learning_rate > 0, got {self.learning_rate!r}")
-        factor = self.plateau_lr_factor
-        if factor is not None and not 0 < factor < 1:
-            raise ValueError(f"expected plateau_lr_factor None or in (0, 1), got {factor!r}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"expected weight_decay >= 0, got {self.weight_decay!r}")
-        if self.merge not in MERGES:
-            raise ValueError(f"expected merge in {MERGES}, got {self.merge!r}")
-        if not 0 < self.merge_ratio <= 1:
-            raise ValueError(f"expected merge_ratio in (0, 1], got {self.merge_ratio!r}")
-        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
-            raise ValueError(f"expected n_init to be an int >= 1, got {self.n_init!r}")
-        if not self.reg_covar >= 0:
-            raise ValueError(f"expected reg_covar >= 0, got {self.reg_covar!r}")
-        if self.capacities is not None:
-            caps = list(self.capacities)
-            if not caps or not all(isinstance(c, dict) for c in caps):
-                raise ValueError(
-                    f"expected capacities None or a non-empty list of dicts, got {caps!r}"
-                )
-            for c in caps:
-                bad = set(c) - set(CAPACITY_KEYS)
-                if bad:
-                    raise ValueError(
-                        f"expected capacity keys in {CAPACITY_KEYS}, got {sorted(bad)}"
-                    )
-                if c.get("flow", self.flow) not in FLOWS:
-                    raise ValueError(f"expected flow in {FLOWS}, got {c['flow']!r}")
-                layers = c.get("num_layers", 0)
-                if not isinstance(layers, (int, np.integer)) or layers < 0:
-                    raise ValueError(f"expected num_layers to be an int >= 0, got {layers!r}")
-                if not c.get("weight_decay", 0) >= 0:
-                    raise ValueError(f"expected weight_decay >= 0, got {c['weight_decay']!r}")
-        check_compile_option(self.compile)
+        _estimator_params.check_params(self)
 
     def _check_y(self, y, n: int) -> np.ndarray | None:
-        """The labels ``fit`` uses: None, or (N,) int64 with -1 for unlabelled rows."""
-        if y is None or self.semi_supervised is False:
-            if self.semi_supervised is True:
-                raise ValueError("expected y (-1 = unlabelled) with semi_supervised=True, got None")
-            return None
-        y = np.asarray(y)
-        if y.shape != (n,):
-            raise ValueError(f"expected y of shape ({n},) (one label per row), got {y.shape}")
-        if self.semi_supervised == "auto" and not (y.dtype.kind in "iuf" and np.any(y == -1)):
-            return None  # no row marked unlabelled: a labelled y from a meta-estimator, ignored
-        if y.dtype.kind not in "iu":
-            if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-                y = y.astype(np.int64)
-            else:
-                raise ValueError(f"expected integer labels in y (-1 = unlabelled), got {y.dtype}")
-        bad = (y < -1) | (y >= self.n_components)
-        if bad.any():
-            raise ValueError(
-                f"expected labels in [0, n_components={self.n_components}) or -1 for unlabelled, "
-                f"got {np.unique(y[bad]).tolist()}"
-            )
-        if not (y == -1).any():
-            raise ValueError(
-                "expected some unlabelled rows (y == -1) with semi_supervised=True, got only "
-                "labels; semi-supervised fitting needs both (semi_supervised='auto' ignores a "
-                "fully labelled y)"
-            )
-        return y.astype(np.int64)
+        return _estimator_params.check_y(self, y, n)
 
     def _seed(self) -> int:
         """One int seed for this fit, so that every stage sees the same validation rows."""
