@@ -15,15 +15,7 @@ from pyro_mixflows import FlowComponents
 from pyro_mixflows.infer import _compile, fit
 from pyro_mixflows.models import VMoNF
 from tests.conftest import perturb
-
-K, D = 2, 2
-
-
-def make_data(n=48, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.tensor([[-2.0, 0.0], [2.0, 0.5]])
-    z = torch.arange(n) % K
-    return centers[z] + 0.5 * torch.randn(n, D, generator=g)  # (N, D)
+from tests.infer.test_fit import D, K, make_data
 
 
 def make_vm(flow="affine_coupling"):
