@@ -23,21 +23,6 @@ from .models.vmonf import VMoNF, paper_temperature
 _FORMAT = "pyro_mixflows.VariationalFlowMixture/2"
 
 
-def _as_2d(X, name: str = "X") -> np.ndarray:
-    try:
-        X = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"expected {name} to be a numeric array of shape (N, D): {err}") from None
-    if X.ndim != 2:
-        raise ValueError(f"expected {name} of shape (N, D), got shape {X.shape}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"expected a non-empty {name}, got shape {X.shape}")
-    if not np.isfinite(X).all():
-        bad = int((~np.isfinite(X)).sum())
-        raise ValueError(f"expected finite values in {name}, got {bad} NaN/inf entries")
-    return X
-
-
 def _plain(value):
     """A NumPy scalar as the Python number it holds; anything else unchanged."""
     return value.item() if isinstance(value, np.generic) else value

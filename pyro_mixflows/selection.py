@@ -7,6 +7,21 @@ from collections.abc import Iterable
 import numpy as np
 
 
+def _as_2d(X, name: str = "X") -> np.ndarray:
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"expected {name} to be a numeric array of shape (N, D): {err}") from None
+    if X.ndim != 2:
+        raise ValueError(f"expected {name} of shape (N, D), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"expected a non-empty {name}, got shape {X.shape}")
+    if not np.isfinite(X).all():
+        bad = int((~np.isfinite(X)).sum())
+        raise ValueError(f"expected finite values in {name}, got {bad} NaN/inf entries")
+    return X
+
+
 def select_n_components(
     X,
     n_components: Iterable[int] = range(1, 7),
@@ -48,7 +63,7 @@ def select_n_components(
     """
     from sklearn.model_selection import KFold
 
-    from .estimators import VariationalFlowMixture, _as_2d
+    from .estimators import VariationalFlowMixture
 
     X = _as_2d(X)
     ks = list(n_components)
