@@ -18,7 +18,15 @@ configuration share the same machine load, one optimization step (loss + backwar
   (``pyro_mixflows.infer._compile.CompiledPass``: ``torch.compile`` of ``component_log_probs``,
   forward and backward, for the batch shape), the rest of the Pyro step eager (Pyro validation
   stays on here, while fit's compiled loop turns it off after its first step);
-- ``c_comp``: ``c`` with the whole loss (component pass + log-sum-exp) under ``torch.compile``.
+- ``c_comp``: ``c`` with the whole loss (component pass + log-sum-exp) under ``torch.compile``;
+- ``a_marg``: the mixture written with its marginal, ``pyro.sample("x", FlowMixture(comps,
+  logits), obs=x)`` in the data plate (no discrete site), ``SVI`` + ``Trace_ELBO``: the way to
+  write a flow mixture in Pyro when z is not needed;
+- ``a_exact``: ``VMoNF(comps, assignment="enumerate")`` trained by ``SVI`` with its closed-form
+  loss ``vm.exact_loss`` (the value and gradients of ``TraceEnum_ELBO``, plain PyTorch inside;
+  what the estimator trains with);
+- ``a_exact_comp``: ``a_exact`` with the loss kernel compiled whole, as ``fit(compile=True)``
+  does it for that loss.
 
 The compiled variants are compiled during the warm-up (their first-call time, compile included,
 is printed as "compile s"), so the timed rounds are steady state.
@@ -57,11 +65,11 @@ import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
-from pyro.infer import SVI, TraceEnum_ELBO
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.nn import DenseNN, PyroModule
 
-from pyro_mixflows import FlowComponents
-from pyro_mixflows.infer._compile import CompiledPass
+from pyro_mixflows import FlowComponents, FlowMixture, VMoNF
+from pyro_mixflows.infer._compile import CompiledKernel, CompiledPass
 
 NUM_LAYERS = 4
 HIDDEN = (64, 64)
@@ -137,6 +145,37 @@ def setup_a_mod(x: torch.Tensor, K: int, D: int, flow: str):
         return loss.item()
 
     return step
+
+
+# --- (a_marg) the marginal FlowMixture as the observed site, no discrete latent -------------
+def setup_a_marg(x: torch.Tensor, K: int, D: int, flow: str):
+    comps = make_components(K, D, flow, x.device)
+
+    def model(x):
+        pyro.module("a_marg_comps", comps)
+        logits = pyro.param("a_marg_logits", torch.zeros(K, device=x.device))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", FlowMixture(comps, logits=logits), obs=x)
+
+    def guide(x):
+        pass
+
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    return lambda: svi.step(x)
+
+
+# --- (a_exact) VMoNF's closed-form loss, the estimator's training loss -----------------------
+def setup_a_exact(x: torch.Tensor, K: int, D: int, flow: str, compiled: bool = False):
+    vm = VMoNF(make_components(K, D, flow, x.device), assignment="enumerate").to(x.device)
+    vm._pyro_name = "a_exact_comp" if compiled else "a_exact"  # its own param-store names
+    if compiled:  # what fit(compile=True) installs for VMoNF.exact_loss: the whole kernel
+        vm.__dict__["_loss_kernel"] = CompiledKernel(VMoNF._loss_kernel)
+    svi = SVI(vm.model, vm.guide, pyro.optim.Adam({"lr": 1e-3}), vm.exact_loss)
+    return lambda: svi.step(x)
+
+
+def setup_a_exact_comp(x: torch.Tensor, K: int, D: int, flow: str):
+    return setup_a_exact(x, K, D, flow, compiled=True)
 
 
 # --- (b) the naive model: a Python list of K Pyro flows -------------------------------------
@@ -229,8 +268,25 @@ METHODS = {
     "c": setup_c,
     "a_comp": setup_a_comp,
     "c_comp": setup_c_comp,
+    "a_marg": setup_a_marg,
+    "a_exact": setup_a_exact,
+    "a_exact_comp": setup_a_exact_comp,
 }
-RATIOS = (("a", "c"), ("a_mod", "c"), ("b", "a"), ("a", "a_comp"), ("c", "c_comp"), ("b", "a_comp"))
+RATIOS = (
+    ("a", "c"),
+    ("a_mod", "c"),
+    ("b", "a"),
+    ("a", "a_comp"),
+    ("c", "c_comp"),
+    ("b", "a_comp"),
+    ("a_marg", "c"),
+    ("a_exact", "c"),
+    ("a", "a_exact"),
+    ("b", "a_exact"),
+    ("a", "a_exact_comp"),
+    ("a_exact_comp", "c_comp"),
+    ("b", "a_exact_comp"),
+)
 
 
 def matmul_flops_per_step(K: int, N: int, D: int, flow: str) -> float:
@@ -448,8 +504,11 @@ def main() -> None:
     t_start = time.perf_counter()
     for flow in args.flows:
         print(f"\n{flow}: median ms per SVI step (loss + backward + Adam)")
-        head = f"{'D':>3} {'N':>6} {'K':>3} {'reps':>4}" + "".join(f" {m:>9}" for m in methods)
-        head += "".join(f" {a + '/' + b:>9}" for a, b in ratios)
+        width = {m: max(9, len(m)) for m in methods}
+        width.update({f"{a}/{b}": max(9, len(a) + 1 + len(b)) for a, b in ratios})
+        head = f"{'D':>3} {'N':>6} {'K':>3} {'reps':>4}"
+        head += "".join(f" {m:>{width[m]}}" for m in methods)
+        head += "".join(f" {a + '/' + b:>{width[a + '/' + b]}}" for a, b in ratios)
         head += f" {floor + ' GF/s':>11} {floor + '/mm':>9}"
         comp = [m for m in methods if m.endswith("_comp")]
         head += "".join(f" {m + ' 1st s':>12}" for m in comp)
@@ -460,8 +519,8 @@ def main() -> None:
             r = bench_config(flow, D, N, K, budget, methods, device)
             gf = matmul_flops_per_step(K, N, D, flow) / r[floor]
             line = f"{D:>3} {N:>6} {K:>3} {r['reps']:>4}"
-            line += "".join(f" {1e3 * r[m]:>9.1f}" for m in methods)
-            line += "".join(f" {r[f'{a}/{b}']:>9.2f}" for a, b in ratios)
+            line += "".join(f" {1e3 * r[m]:>{width[m]}.1f}" for m in methods)
+            line += "".join(f" {r[f'{a}/{b}']:>{width[f'{a}/{b}']}.2f}" for a, b in ratios)
             line += f" {gf / 1e9:>11.2f} {gf / peak:>9.3f}"
             line += "".join(f" {r['compile_s'][m]:>12.1f}" for m in comp)
             if "peak_bytes" in r:

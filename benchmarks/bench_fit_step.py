@@ -10,6 +10,9 @@ they share the machine's load:
 - ``eager``: today's step (``fit(compile=False)``), Pyro validation on (Pyro's default);
 - ``compiled``: the same step with the component pass compiled as ``fit(compile=True)`` does it;
 - ``eager_nv``, ``compiled_nv``: the same two with Pyro validation off (what validation costs);
+- ``exact``, ``exact_comp``: the step the estimator takes now, with the closed-form loss
+  ``VMoNF.exact_loss`` (same values and gradients as the ELBO, no Pyro tracing or enumeration),
+  eager and with the whole loss compiled as ``fit(compile=True)`` does it;
 - ``plain``: the floor without Pyro: ``-logsumexp(log w + component_log_probs(x))`` and one
   ``torch.optim.Adam``, eager;
 - ``plain_comp``: ``plain`` with the whole loss under ``torch.compile``.
@@ -63,7 +66,12 @@ def load_baseline(path: str):
 
 
 def setup_fit_step(
-    x: torch.Tensor, compiled: bool, validate: bool = True, name: str = "", package=None
+    x: torch.Tensor,
+    compiled: bool,
+    validate: bool = True,
+    name: str = "",
+    package=None,
+    exact: bool = False,
 ):
     if package is None:
         est, run = VariationalFlowMixture(2), _step
@@ -73,12 +81,17 @@ def setup_fit_step(
     vm = est._build(x.shape[1])
     vm._pyro_name = name  # its own parameter names: variants never share the param store
     elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    if exact:  # the closed-form loss the estimator trains with, as fit wraps a callable loss
+        from pyro_mixflows.infer._fit_parts import _CallableLoss
+
+        elbo = _CallableLoss(vm.exact_loss)
     optim = pyro.optim.Adam({"lr": est.learning_rate})
     objective = elbo(vm.model, vm.guide)
     if compiled:  # imported here, so that the eager variants also run on older checkouts
         from pyro_mixflows.infer import _compile
 
-        run = partial(_compile.HotPath(True, [vm], 10**9, None).step, 1, run)
+        hot = _compile.HotPath(True, [vm], 10**9, None, loss=elbo if exact else None)
+        run = partial(hot.step, 1, run)
     generator = torch.Generator().manual_seed(0)
 
     def step():
@@ -118,6 +131,8 @@ VARIANTS = {
     "compiled": lambda x: setup_fit_step(x, True, name="compiled"),
     "eager_nv": lambda x: setup_fit_step(x, False, validate=False, name="eager_nv"),
     "compiled_nv": lambda x: setup_fit_step(x, True, validate=False, name="compiled_nv"),
+    "exact": lambda x: setup_fit_step(x, False, name="exact", exact=True),
+    "exact_comp": lambda x: setup_fit_step(x, True, name="exact_comp", exact=True),
     "plain": lambda x: setup_plain(x, False),
     "plain_comp": lambda x: setup_plain(x, True),
 }
@@ -173,6 +188,13 @@ def main() -> None:
         ("eager", "eager_nv"),
         ("compiled", "compiled_nv"),
         ("eager", "compiled_nv"),
+        ("eager", "exact"),
+        ("eager", "exact_comp"),
+        ("exact", "exact_comp"),
+        ("exact", "plain"),
+        ("exact_comp", "plain_comp"),
+        ("before", "exact"),
+        ("before", "exact_comp"),
         ("eager", "plain"),
         ("compiled", "plain_comp"),
         ("plain", "plain_comp"),

@@ -12,7 +12,9 @@ Each stage is a small function on standardized tensors; ``_pipeline`` strings th
 - ``place``: a model's affine maps and weights set from a start. With the flow layers at the
   identity the model then *is* the start's Gaussian mixture.
 - ``pretrain`` / ``train``: hard-label pre-training (label starts only), then the ELBO with
-  held-out early stopping and the low-step-size plateau pass.
+  held-out early stopping and the low-step-size plateau pass. With "learned" or "uniform"
+  weights the ELBO is taken in closed form (``VMoNF.exact_loss``: the values and gradients of
+  ``Trace_ELBO`` / ``TraceEnum_ELBO`` without Pyro's per-step tracing).
 - ``select``: the candidate with the best held-out log-likelihood, never below the Gaussian
   start's; ties broken by a fixed preference (see ``select``).
 """
@@ -304,7 +306,7 @@ def pretrain(vm, x: torch.Tensor, labels: torch.Tensor, schedule: Schedule) -> F
         vm.guide_labelled,
         x,
         labels,
-        loss=Trace_ELBO(),
+        loss=vm.exact_loss if vm.exact_loss_applies() else Trace_ELBO(),
         num_steps=schedule.init_steps,
         optim=schedule.optim(),
         batch_size=schedule.batch(len(x)),
@@ -330,7 +332,9 @@ def train(vm, data: Split, schedule: Schedule, floor: float | None = None) -> Fi
     if bool(train_lab.any()):
         extra = (x_train[train_lab], data.y_train[train_lab])
     val_args = (data.x_val,) if len(data.val_idx) > 0 else None
-    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    # the ELBO in closed form where it has one (same value and gradients, without Pyro's
+    # per-step tracing and enumeration); Dirichlet / DP weights keep the Monte Carlo ELBO
+    elbo = vm.exact_loss if vm.exact_loss_applies() else TraceEnum_ELBO(max_plate_nesting=1)
 
     def run(num_steps, factor, stage):
         return _fit(

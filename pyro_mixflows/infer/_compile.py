@@ -13,13 +13,21 @@ The compiled function is installed for the duration of the training loop only an
 module, so a second ``fit`` on the same module (pre-training, then training, then refinement)
 reuses it instead of compiling again.
 
+Whole-loss kernels: when the loss is a custom callable that names a kernel (a bound method of
+an ``nn.Module`` whose function has a ``compiled_kernel`` attribute naming a static method of the
+module, e.g. ``VMoNF.exact_loss`` and its ``_loss_kernel``: the component pass plus the
+log-sum-exp and the other terms), that static method is compiled instead of the component pass,
+by the same rules (training batch shapes only, eager otherwise, kept per module).
+
 Policy (the ``compile`` option of ``fit``):
 
 - ``False`` (fit's default): eager.
 - ``True``: compile from the first step.
 - ``"auto"``: time ``AUTO_PROBE_STEPS`` eager steps, then compile only when the planned
-  remaining steps pay for it, ``remaining * t_step * (1 - 1 / EXPECTED_SPEEDUP) >
-  COMPILE_COST_S[device]`` (0 when this module was compiled before). A cold first compile took
+  remaining steps pay for it, ``remaining * t_step * (1 - 1 / speed-up) >
+  COMPILE_COST_S[device]`` (0 when this module was compiled before), the speed-up being
+  ``EXPECTED_SPEEDUP`` for the component pass and ``EXPECTED_SPEEDUP_KERNEL`` for a whole-loss
+  kernel. A cold first compile took
   ~30-400 s on a loaded 2-core CPU (#18 reports 9-47 s idle; 4-21 s with a warm on-disk
   inductor cache), so on CPU ``"auto"`` compiles only fits of many thousands of steps; the demo
   fit stays eager.
@@ -54,16 +62,23 @@ AUTO_PROBE_STEPS = 10
 # "auto": the step speed-up assumed for the decision (the Pyro step measured 1.44-1.94x faster
 # compiled on CPU: Pyro's own per-step work is not compiled)
 EXPECTED_SPEEDUP = 1.5
+# "auto": the same for a whole-loss kernel (the estimator's exact-loss step measured
+# 2.2-2.6x faster compiled, see docs/benchmarks.md)
+EXPECTED_SPEEDUP_KERNEL = 2.2
 # "auto": the assumed cost of the first compile, seconds. A cold cache on a loaded 2-core CPU
 # took ~30-400 s. The cost is fixed while the measured eager step grows with the machine's load,
 # so load tilts the decision towards compiling; 300 s keeps the demo (<= 4000 steps) eager up to
 # ~200 ms a step. The GPU figure is a guess, not measured here.
 COMPILE_COST_S = {"cpu": 300.0, "cuda": 60.0}
 
-# components -> {shape key -> compiled pass}; weak, so a dropped module frees its compiled code
+# module -> {method name -> compiled callable}; weak, so a dropped module frees its compiled code
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# components whose compile failed once: eager from then on, without a second attempt
-_FAILED: weakref.WeakSet = weakref.WeakSet()
+# module -> names of methods whose compile failed once: eager from then on, no second attempt
+_FAILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _failed() -> set[tuple[nn.Module, str]]:
+    return {(module, name) for module, names in _FAILED.items() for name in names}
 
 
 def check_compile_option(value: Any) -> None:
@@ -130,6 +145,56 @@ class CompiledPass:
         return was_new
 
 
+def loss_kernel(loss: Any) -> tuple[nn.Module, str] | None:
+    """(module, name) of the whole-loss kernel a custom loss names, or None (see the module
+    docstring): ``loss`` is fit's wrapped callable (its ``fn``) or the callable itself."""
+    fn = getattr(loss, "fn", loss)
+    owner = getattr(fn, "__self__", None)
+    name = getattr(fn, "compiled_kernel", None)
+    if isinstance(owner, nn.Module) and isinstance(name, str) and callable(getattr(owner, name)):
+        return owner, name
+    return None
+
+
+class CompiledKernel:
+    """A static method of a module (a whole-loss kernel), compiled for the training shapes.
+
+    Like ``CompiledPass``: calls with gradients enabled whose tensor arguments have the
+    (shape, dtype, device) of the first such call after ``reset()`` go through
+    ``torch.compile(fullgraph=True, dynamic=False)``; others run the eager function.
+
+    Args:
+        function: the plain function (the static method unwrapped).
+    """
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self._method = function
+        self._compiled = torch.compile(function, fullgraph=True, dynamic=False)
+        self.key: tuple | None = None
+        self.compiled_keys: set[tuple] = set()
+        self.new_key = False
+
+    reset = CompiledPass.reset
+    confirm = CompiledPass.confirm
+
+    @staticmethod
+    def _key(args: tuple) -> tuple:
+        return tuple(
+            (tuple(a.shape), a.dtype, a.device) if torch.is_tensor(a) else type(a).__name__
+            for a in args
+        )
+
+    def __call__(self, *args: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return self._method(*args)
+        key = self._key(args)
+        if self.key is None:
+            self.key, self.new_key = key, key not in self.compiled_keys
+        if key != self.key:
+            return self._method(*args)
+        return self._compiled(*args)
+
+
 class HotPath:
     """The compiled training step of one ``fit`` call (see the module docstring).
 
@@ -138,6 +203,8 @@ class HotPath:
         modules: the ``nn.Module``s behind model and guide.
         num_steps: steps this fit call will run at most.
         device: the training device (None: where the parameters are).
+        loss: fit's loss; a custom loss that names a whole-loss kernel (``loss_kernel``) has
+            that kernel compiled instead of the component passes.
     """
 
     def __init__(
@@ -146,53 +213,78 @@ class HotPath:
         modules: Iterable[nn.Module],
         num_steps: int,
         device: torch.device | None,
+        loss: Any = None,
     ) -> None:
         check_compile_option(option)
         self.option = option
         modules = list(modules)
         self.modules = modules
-        found = flow_components(modules) if option is not False else []
-        self.components = [comps for comps in found if comps not in _FAILED]
+        # targets: (module, attribute to shadow, factory of the compiled callable)
+        self.targets: list[tuple[nn.Module, str, Callable[[], Any]]] = []
+        self.speedup = EXPECTED_SPEEDUP
+        kernel = loss_kernel(loss) if option is not False else None
+        if kernel is not None:
+            owner, name = kernel
+            function = getattr(type(owner), name)
+            self.targets.append((owner, name, lambda: CompiledKernel(function)))
+            self.speedup = EXPECTED_SPEEDUP_KERNEL
+        elif option is not False:
+            for comps in flow_components(modules):
+                self.targets.append(
+                    (comps, "component_log_probs", lambda comps=comps: CompiledPass(comps))
+                )
+        self.targets = [t for t in self.targets if (t[0], t[1]) not in _failed()]
         self.num_steps = num_steps
         self.device_type = device.type if device is not None else self._param_device_type()
-        self.installed: list[nn.Module] = []
-        self.decided = option != "auto" or not self.components
+        self.installed: list[tuple[nn.Module, str]] = []
+        self.decided = option != "auto" or not self.targets
         self.step_times: list[float] = []
         self.compile_time: float | None = None
         self.pending_first = False
-        if option is True and self.components:
+        if option is True and self.targets:
             self._install()
 
+    @property
+    def components(self) -> list[nn.Module]:
+        """The modules whose methods are compiled (the ``FlowComponents``, or the loss's owner)."""
+        return [module for module, _, _ in self.targets]
+
     def _param_device_type(self) -> str:
-        for comps in self.components:
-            for p in comps.parameters():
+        for module, _, _ in self.targets:
+            for p in module.parameters():
                 return p.device.type
         return "cpu"
 
     def _install(self) -> None:
-        for comps in self.components:
-            compiled = _CACHE.get(comps)
+        for module, name, factory in self.targets:
+            cache = _CACHE.setdefault(module, {})
+            compiled = cache.get(name)
             if compiled is None:
-                compiled = _CACHE[comps] = CompiledPass(comps)
+                compiled = cache[name] = factory()
             compiled.reset()
-            comps.component_log_probs = compiled  # an instance attribute shadows the method
-            self.installed.append(comps)
+            module.__dict__[name] = compiled  # an instance attribute shadows the method
+            self.installed.append((module, name))
         self.pending_first = True
 
     def _uninstall(self) -> None:
-        for comps in self.installed:
-            comps.__dict__.pop("component_log_probs", None)
+        for module, name in self.installed:
+            module.__dict__.pop(name, None)
         self.installed = []
 
+    def _compiled(self, module: nn.Module, name: str):
+        return _CACHE.get(module, {}).get(name)
+
     def _already_compiled(self) -> bool:
-        return all(comps in _CACHE and _CACHE[comps].compiled_keys for comps in self.components)
+        return all(
+            (c := self._compiled(m, n)) is not None and c.compiled_keys for m, n, _ in self.targets
+        )
 
     def _decide(self, done: int) -> None:
         """The "auto" decision after the probe steps."""
         self.decided = True
         t_step = statistics.median(self.step_times)
         remaining = self.num_steps - done
-        saving = remaining * t_step * (1.0 - 1.0 / EXPECTED_SPEEDUP)
+        saving = remaining * t_step * (1.0 - 1.0 / self.speedup)
         cost = 0.0 if self._already_compiled() else COMPILE_COST_S.get(self.device_type, 300.0)
         if saving > cost:
             self._install()
@@ -219,14 +311,14 @@ class HotPath:
             raise
         except Exception as err:  # compiling failed: eager from here on
             warnings.warn(
-                f"torch.compile of the flow components failed ({type(err).__name__}: {err}); "
+                f"torch.compile of the training step failed ({type(err).__name__}: {err}); "
                 "training continues eagerly",
                 RuntimeWarning,
                 stacklevel=3,
             )
-            for comps in self.installed:
-                _CACHE.pop(comps, None)
-                _FAILED.add(comps)
+            for module, name in self.installed:
+                _CACHE.get(module, {}).pop(name, None)
+                _FAILED.setdefault(module, set()).add(name)
             for module in self.modules:  # the failed step's partial gradients
                 for p in module.parameters():
                     p.grad = None
@@ -234,7 +326,7 @@ class HotPath:
             self.decided = True
             return run(*args)
         elapsed = time.perf_counter() - t0
-        if any([_CACHE[comps].confirm() for comps in self.installed]):
+        if any([self._compiled(m, n).confirm() for m, n in self.installed]):
             self.compile_time = elapsed
         self.pending_first = False
         return value

@@ -194,7 +194,9 @@ def fit(
         compile: ``torch.compile`` the ``component_log_probs`` of the ``FlowComponents`` inside
             an ``nn.Module`` model/guide (or a bound method's module) for the training steps:
             False (eager), True, or "auto" (compile only when the planned steps pay for the
-            compile time); see :mod:`pyro_mixflows.infer._compile`. Held-out evaluations stay
+            compile time); see :mod:`pyro_mixflows.infer._compile`. A custom loss that names a
+            whole-loss kernel (``VMoNF.exact_loss``) has that kernel compiled instead: the
+            component pass and the rest of the loss in one graph. Held-out evaluations stay
             eager; with ``distributed=True`` only False and "auto" (which stays eager) are taken.
         **kwargs: keyword arguments of model and guide.
 
@@ -393,7 +395,11 @@ def _fit(
     monitor = val_args is not None or patience is not None
     scheduler = optim if isinstance(optim, PyroLRScheduler) else None
     hot = _compile.HotPath(
-        compile if not distributed else False, _modules(model, guide), num_steps - start, device
+        compile if not distributed else False,
+        _modules(model, guide),
+        num_steps - start,
+        device,
+        loss=loss,
     )
     t0 = time.perf_counter() - elapsed
     step, last_eval = start, (history.val_steps[-1] if history.val_steps else 0)

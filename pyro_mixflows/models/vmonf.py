@@ -241,6 +241,125 @@ class VMoNF(PyroModule):
             logits = self.classifier_logits(xb) / T
             pyro.sample("z", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
 
+    # --- the same losses in closed form -------------------------------------------------
+    def exact_loss_applies(self) -> bool:
+        """Whether ``exact_loss`` gives the ELBO of ``model`` and ``model_labelled``: weights
+        "learned" or "uniform" (no global latent to sample), either assignment."""
+        return self.weights in ("learned", "uniform")
+
+    def exact_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        r"""The negative ELBO of ``model``/``guide`` in closed form, as plain PyTorch.
+
+        A loss for :func:`~pyro_mixflows.infer.fit` (``fit(vm.model, vm.guide, x,
+        loss=vm.exact_loss)``, or ``vm.model_labelled``/``vm.guide_labelled``): the value and
+        gradients of ``TraceEnum_ELBO`` (``Trace_ELBO`` for ``model_labelled``) on the same
+        parameters and batch, without tracing the model, enumerating z or contracting factors.
+        With B of the N rows in the batch (``subsample``) and log w the log weights:
+
+        - enumerate: :math:`-\frac{N}{B}\sum_b \log\sum_k w_k p_k(x_b)`;
+        - amortized: :math:`-\frac{N}{B}\sum_b \sum_k q_{bk}(\log w_k + \log p_k(x_b)
+          - \log q_{bk})`, q = softmax(NN(x_b) / T) (each training call advances the
+          temperature's step, as the guide does);
+        - labelled rows: :math:`-\sum_l [\log w_{y_l} + \log p_{y_l}(x_l)]`, and (amortized)
+          :math:`-s \sum_l \log q(y_l | x_l)` at T = 1, s = ``supervised_scale``;
+        - ``model_labelled``: :math:`-\frac{N}{B}\sum_b [\log w_{y_b} + \log p_{y_b}(x_b)]`
+          (amortized: :math:`+ \log q(y_b | x_b)` inside the sum).
+
+        The arithmetic after the weights is one function of (components, log w, tensors),
+        ``_loss_kernel``, which ``fit(compile=...)`` compiles whole at the training batch shape.
+
+        Args:
+            model: ``self.model`` or ``self.model_labelled`` (bound to this module).
+            guide: its guide (unused: it holds no site of these weights).
+            *args, **kwargs: the model's arguments.
+
+        Raises:
+            ValueError: Dirichlet or Dirichlet-process weights (their ELBO is a Monte Carlo
+                estimate: use ``TraceEnum_ELBO``), or a model other than these two.
+        """
+        if not self.exact_loss_applies():
+            raise ValueError(
+                f"expected weights 'learned' or 'uniform' for exact_loss, got {self.weights!r} "
+                "(use TraceEnum_ELBO)"
+            )
+        owner, func = getattr(model, "__self__", None), getattr(model, "__func__", None)
+        if owner is not self or func not in (VMoNF.model, VMoNF.model_labelled):
+            raise ValueError(
+                f"expected this module's model or model_labelled for exact_loss, got {model!r}"
+            )
+        if func is VMoNF.model_labelled:
+            return self._labelled_loss(*args, **kwargs)
+        return self._marginal_loss(*args, **kwargs)
+
+    # fit(compile=...) compiles this static method whole (see pyro_mixflows.infer._compile)
+    exact_loss.compiled_kernel = "_loss_kernel"
+
+    @pyro_method
+    def _marginal_loss(self, x, x_labelled=None, y_labelled=None, *, subsample=None):
+        self._check(x, x_labelled, y_labelled)
+        log_w = self._model_logits()  # inside a pyro_method: the parameters are registered
+        components = self.components
+        xb = x if subsample is None else x[subsample]
+        scale = x.new_tensor(x.shape[0] / xb.shape[0])
+        T = None
+        if self.assignment == "amortized":
+            if self.training and torch.is_grad_enabled():
+                self.step += 1
+            T = x.new_tensor(self.temperature)  # a tensor: a compiled kernel is not re-traced
+            classifier = self.classifier
+        else:
+            classifier = None
+        return self._loss_kernel(
+            components, classifier, log_w, scale, xb, x_labelled, y_labelled,
+            T, self.supervised_scale,
+        )  # fmt: skip
+
+    @pyro_method
+    def _labelled_loss(self, x, y, *, subsample=None):
+        self._check(x, x, y)
+        log_w = self._model_logits()
+        components = self.components
+        xb, yb = (x, y) if subsample is None else (x[subsample], y[subsample])
+        scale = x.new_tensor(x.shape[0] / xb.shape[0])
+        classifier = self.classifier if self.assignment == "amortized" else None
+        return self._loss_kernel(
+            components, classifier, log_w, scale, None, xb, yb, None, 1.0, scale
+        )
+
+    @staticmethod
+    def _loss_kernel(
+        components, classifier, log_w, scale, x, x_labelled, y_labelled, T, supervised_scale,
+        labelled_scale=None,
+    ):  # fmt: skip
+        """The arithmetic of ``exact_loss``: one component pass over every row, then the terms.
+
+        x (B, D) unlabelled rows or None, weighted by ``scale``; ``x_labelled`` (L, D) with
+        ``y_labelled`` (L,) or None, weighted by ``labelled_scale`` (1 when None); ``classifier``
+        the amortized q network or None; T its temperature on x (a 0-d tensor). Returns a
+        scalar.
+        """
+        rows = [t for t in (x, x_labelled) if t is not None]
+        lp = components.component_log_probs(rows[0] if len(rows) == 1 else torch.cat(rows))
+        lp = lp + log_w  # (B + L, K): log w_k + log p_k(x)
+        loss = lp.new_zeros(())
+        if x is not None:
+            B = x.shape[0]
+            joint = lp[:B]
+            if classifier is None:
+                loss = loss - scale * torch.logsumexp(joint, -1).sum()
+            else:
+                log_q = (classifier(x) / T).log_softmax(-1)
+                loss = loss - scale * (log_q.exp() * (joint - log_q)).sum()
+            lp = lp[B:]
+        if x_labelled is not None:
+            y = y_labelled.unsqueeze(-1)
+            term = lp.gather(-1, y).sum()
+            if classifier is not None and supervised_scale > 0:
+                log_q = classifier(x_labelled).log_softmax(-1)
+                term = term + supervised_scale * log_q.gather(-1, y).sum()
+            loss = loss - (term if labelled_scale is None else labelled_scale * term)
+        return loss
+
     # --- reading the fit ------------------------------------------------------------------
     def mixture(self) -> FlowMixture:
         """The fitted density as a ``FlowMixture`` (weights at their point estimate)."""

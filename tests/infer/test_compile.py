@@ -13,6 +13,7 @@ from pyro.infer.util import is_validation_enabled
 
 from pyro_mixflows import FlowComponents
 from pyro_mixflows.infer import _compile, fit
+from pyro_mixflows.infer._fit_parts import _CallableLoss
 from pyro_mixflows.models import VMoNF
 from tests.conftest import perturb
 from tests.infer.test_fit import D, K, make_data
@@ -47,15 +48,20 @@ class CountingCompiler:
         self.calls = 0
         self.shapes = []
         self.validating = []  # Pyro validation state at each compiled call
+        self.arities = []  # number of arguments of each compiled call
 
     def __call__(self, fn, **options):
         assert options == {"fullgraph": True, "dynamic": False}
         self.calls += 1
 
-        def compiled(components, x):
-            self.shapes.append(tuple(x.shape))
+        def compiled(*args):
+            # the rows: x of the component pass, the batch of a whole-loss kernel
+            self.shapes.append(
+                next(tuple(a.shape) for a in args if torch.is_tensor(a) and a.dim() == 2)
+            )
             self.validating.append(is_validation_enabled())
-            return fn(components, x)
+            self.arities.append(len(args))
+            return fn(*args)
 
         return compiled
 
@@ -213,7 +219,91 @@ def test_estimator_checks_its_compile_option_and_passes_it_to_fit(monkeypatch):
         batch_size=16, compile=True, random_state=0,
     )  # fmt: skip
     est.fit(X)
-    # one compiled pass, shared by the pre-training and the training fits (same batch shape)
+    # one compiled loss kernel (the exact loss), shared by the pre-training and the training
+    # fits (same batch shape); the component pass is not compiled on its own
     assert fake.calls == 1 and set(fake.shapes) == {(16, D)}
+    # VMoNF._loss_kernel's arguments (9 training, 10 pre-training), not (components, x)
+    assert fake.arities and set(fake.arities) <= {9, 10}
     # compiled during pre-training, reported in the estimator's result
     assert est.fit_result_.compile_time is not None and est.fit_result_.compile_time > 0
+
+
+def run_exact_fit(vm, x, **options):
+    pyro.clear_param_store()
+    return fit(
+        vm.model, vm.guide, x, loss=vm.exact_loss, optim={"lr": 0.01}, batch_size=16, seed=0,
+        **options,
+    )  # fmt: skip
+
+
+def test_an_exact_loss_has_its_whole_kernel_compiled(monkeypatch):
+    fake = CountingCompiler()
+    monkeypatch.setattr(torch, "compile", fake)
+    vm = make_vm()
+    x = make_data()
+    eager = run_exact_fit(make_vm(), x, num_steps=6, compile=False)
+    result = run_exact_fit(vm, x, num_steps=6, compile=True, val_args=(x[:10],), eval_every=3)
+    # the loss kernel, once; training batches only (held-out rows ran eagerly)
+    assert fake.calls == 1 and fake.shapes == [(16, D)] * 6
+    assert fake.validating == [True] + [False] * 5
+    assert result.losses == eager.losses and result.compile_time is not None
+    assert "_loss_kernel" not in vm.__dict__ and "component_log_probs" not in vm.components.__dict__
+    assert vm.components not in _compile._CACHE  # the component pass was not compiled apart
+
+
+def test_a_failing_kernel_compile_trains_eagerly(monkeypatch):
+    def broken(fn, **options):
+        def compiled(*args):
+            raise RuntimeError("no compiler here")
+
+        return compiled
+
+    x = make_data()
+    eager = run_exact_fit(make_vm(), x, num_steps=3, compile=False)
+    monkeypatch.setattr(torch, "compile", broken)
+    vm = make_vm()
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        result = run_exact_fit(vm, x, num_steps=3, compile=True)
+    assert result.losses == eager.losses and result.compile_time is None
+    assert "_loss_kernel" not in vm.__dict__
+    assert run_exact_fit(vm, x, num_steps=1, compile=True).compile_time is None  # no retry
+
+
+def test_auto_uses_the_kernel_speedup(monkeypatch):
+    monkeypatch.setattr(torch, "compile", CountingCompiler())
+    vm = make_vm()
+    hot = _compile.HotPath("auto", [vm], 100, None, loss=_CallableLoss(vm.exact_loss))
+    assert hot.speedup == _compile.EXPECTED_SPEEDUP_KERNEL and hot.components == [vm]
+    hot = _compile.HotPath("auto", [vm], 100, None, loss=TraceEnum_ELBO())
+    assert hot.speedup == _compile.EXPECTED_SPEEDUP and hot.components == [vm.components]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("assignment", ["enumerate", "amortized"])
+def test_compiled_loss_kernel_equals_eager(float64, assignment):
+    vm = make_vm("spline_coupling")
+    vm = VMoNF(vm.components, assignment=assignment, hidden_dims=(8,))
+    x = make_data(64).double()
+    idx = torch.arange(16)
+    kernel = _compile.CompiledKernel(VMoNF._loss_kernel)
+    params = list(vm.parameters())
+
+    def value_and_grads(install):
+        if install:
+            vm.__dict__["_loss_kernel"] = kernel
+        try:
+            loss = vm.exact_loss(
+                vm.model, vm.guide, x, x[:5], torch.tensor([0, 1, 0, 1, 1]), subsample=idx
+            )
+        finally:
+            vm.__dict__.pop("_loss_kernel", None)
+        return loss, torch.autograd.grad(loss, params, allow_unused=True)
+
+    vm.train(False)  # the temperature step stays put between the two calls
+    loss_c, grads_c = value_and_grads(True)
+    loss_e, grads_e = value_and_grads(False)
+    assert kernel.confirm()  # it went through the compiled function
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-10, atol=1e-10)
+    for gc, ge in zip(grads_c, grads_e, strict=True):
+        if ge is not None:
+            torch.testing.assert_close(gc, ge, rtol=1e-8, atol=1e-10)
