@@ -11,8 +11,8 @@ they share the machine's load:
 - ``compiled``: the same step with the component pass compiled as ``fit(compile=True)`` does it;
 - ``eager_nv``, ``compiled_nv``: the same two with Pyro validation off (what validation costs);
 - ``exact``, ``exact_comp``: the step the estimator takes now, with the closed-form loss
-  ``VMoNF.exact_loss`` (same values and gradients as the ELBO, no Pyro tracing or enumeration),
-  eager and with the whole loss compiled as ``fit(compile=True)`` does it;
+  ``VMoNF.exact_loss`` (same values and gradients as the ELBO, no Pyro tracing or enumeration)
+  and its fused Adam, eager and with the whole loss compiled as ``fit(compile=True)`` does it;
 - ``plain``: the floor without Pyro: ``-logsumexp(log w + component_log_probs(x))`` and one
   ``torch.optim.Adam``, eager;
 - ``plain_comp``: ``plain`` with the whole loss under ``torch.compile``.
@@ -20,8 +20,10 @@ they share the machine's load:
 - ``before`` (with ``--baseline DIR``): the eager step of an older copy of the package.
 
 Every variant has its own module and parameter names, so none shares the param store. Reported:
-median ms per step, ratios as medians of the per-round ratios, and the first-call (compile) time
-of the compiled variants.
+median and 10th-percentile ms per step, ratios as medians of the per-round ratios and as ratios of
+the 10th percentiles, and the first-call (compile) time of the compiled variants. On a shared
+machine a step that loses its core to another process takes about twice as long, so the step
+times are bimodal there; the 10th percentile estimates the step on a core of its own.
 
     python -m benchmarks.bench_fit_step            # 60 rounds
     python -m benchmarks.bench_fit_step --rounds 200 --threads 1
@@ -85,7 +87,10 @@ def setup_fit_step(
         from pyro_mixflows.infer._fit_parts import _CallableLoss
 
         elbo = _CallableLoss(vm.exact_loss)
-    optim = pyro.optim.Adam({"lr": est.learning_rate})
+    options = {"lr": est.learning_rate}
+    if exact:  # the estimator's optimizer now: Adam with torch's fused kernel
+        options["fused"] = True
+    optim = pyro.optim.Adam(options)
     objective = elbo(vm.model, vm.guide)
     if compiled:  # imported here, so that the eager variants also run on older checkouts
         from pyro_mixflows.infer import _compile
@@ -178,9 +183,14 @@ def main() -> None:
             t0 = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - t0)
-    print(f"{'variant':>11} {'median ms':>10} {'first call s':>13}")
+    p10 = {name: statistics.quantiles(t, n=10)[0] for name, t in times.items()}
+    print(f"{'variant':>11} {'median ms':>10} {'p10 ms':>7} {'first call s':>13}")
     for name, t in times.items():
-        print(f"{name:>11} {1e3 * statistics.median(t):>10.2f} {first[name]:>13.1f}")
+        print(
+            f"{name:>11} {1e3 * statistics.median(t):>10.2f} {1e3 * p10[name]:>7.2f} "
+            f"{first[name]:>13.1f}"
+        )
+    print("ratios: median of per-round ratios, and ratio of the 10th percentiles")
     for num, den in (
         ("before", "eager"),
         ("before", "compiled"),
@@ -201,7 +211,7 @@ def main() -> None:
     ):
         if num in times and den in times:
             ratio = statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
-            print(f"{num}/{den}: {ratio:.2f}")
+            print(f"{num}/{den}: {ratio:.2f}  (p10: {p10[num] / p10[den]:.2f})")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 

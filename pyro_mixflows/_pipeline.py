@@ -64,6 +64,7 @@ def run(est, X: np.ndarray, y, K: int, stage_labels, seed: int, capacities: list
         plateau_lr_factor=est.plateau_lr_factor,
         progress_bar=est.progress_bar,
         compile=est.compile,
+        device_type=data.xs.device.type,
     )
     # The Gaussian start is a candidate as it is, unless something besides the components
     # needs training: sticks or Dirichlet weights, the amortized classifier, labelled rows.
