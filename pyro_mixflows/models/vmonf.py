@@ -271,7 +271,8 @@ class VMoNF(PyroModule):
         Args:
             model: ``self.model`` or ``self.model_labelled`` (bound to this module).
             guide: its guide (unused: it holds no site of these weights).
-            *args, **kwargs: the model's arguments.
+            *args: the model's positional arguments.
+            **kwargs: its keyword arguments (``subsample``).
 
         Raises:
             ValueError: Dirichlet or Dirichlet-process weights (their ELBO is a Monte Carlo
