@@ -62,8 +62,8 @@ AUTO_PROBE_STEPS = 10
 # "auto": the step speed-up assumed for the decision (the Pyro step measured 1.44-1.94x faster
 # compiled on CPU: Pyro's own per-step work is not compiled)
 EXPECTED_SPEEDUP = 1.5
-# "auto": the same for a whole-loss kernel (the estimator's exact-loss step measured
-# 2.2-2.6x faster compiled, see docs/benchmarks.md)
+# "auto": the same for a whole-loss kernel (the estimator's exact-loss step measured 2.1-2.4x
+# faster compiled at the demo's scale, medians of per-round ratios; see docs/benchmarks.md)
 EXPECTED_SPEEDUP_KERNEL = 2.2
 # "auto": the assumed cost of the first compile, seconds. A cold cache on a loaded 2-core CPU
 # took ~30-400 s. The cost is fixed while the measured eager step grows with the machine's load,
