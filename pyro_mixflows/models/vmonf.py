@@ -270,7 +270,7 @@ class VMoNF(PyroModule):
 
         Args:
             model: ``self.model`` or ``self.model_labelled`` (bound to this module).
-            guide: its guide (unused: it holds no site of these weights).
+            guide: its guide (not called: the amortized q(k | x) is computed here).
             *args: the model's positional arguments.
             **kwargs: its keyword arguments (``subsample``).
 
