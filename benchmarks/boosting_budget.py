@@ -1,26 +1,34 @@
 """Does boosting pay for its steps? Boosted C=4 against one flow given the same total steps.
 
 Four 2-D sets that the README's boosting table does not use (``curved_arms``, ``crescents``,
-``spiral_band``, ``nested_outlines``, generated here) and the README's four (``--sets readme``).
-Per set and run r = 0, 1, 2: 3000 training, 1000 validation and 5000 test points, independent
-draws seeded by r; package defaults for the flows (2-layer spline couplings, hidden (32, 32),
-Adam at lr 5e-3, batch 256, held-out evaluation every 50 steps with the best state kept).
+``spiral_band``, ``nested_outlines``, generated here), the README's four (``--sets readme``) and two
+further sets that neither list has (``--sets extra``: ``pinwheel``, ``two_moons``). Per set and run
+r = 0, 1, 2: 3000 training, 1000 validation and 5000 test points, independent draws seeded by r;
+package defaults for the flows (2-layer spline couplings, hidden (32, 32), Adam at lr 5e-3 on a
+cosine schedule per round, batch 256, held-out evaluation every 50 steps with the best state kept).
 
-Rows (``--variants``; held-out mean log-likelihood on the test set):
+Rows (held-out mean log-likelihood on the test set):
 
 - ``single``: one flow trained alone for ``4 S`` steps (S = 500 by default), the standing control
-  (``BoostedFlowMixture(2, num_steps=4 * S).fit(x, 1)``: the first boosting round alone);
-- ``default``: ``BoostedFlowMixture(2, num_steps=S).fit(x, 4)``, the package defaults (each new
-  flow a copy of the previous one trained further on the likelihood, the exact rho search);
-- further variants named by their options (see ``VARIANTS``: ``mixture`` is the greedy mixture
-  objective, ``weighted`` the paper's 1/G-weighted one, the default before), each with the same
-  4 S steps in all.
+  (``BoostedFlowMixture(2, num_steps=4 * S).fit(x, 1)``: the first boosting round alone, with
+  the package's learning-rate schedule);
+- ``single const``: the same with a constant learning rate (``lr_schedule="constant"``), the
+  control of the previous default (fitted with ``--const`` or when a variant needs it);
+- ``default``: ``BoostedFlowMixture(2, num_steps=S).fit(x, 4)``, the package defaults (the
+  first flow 0.8 of the 4 S steps, three rounds from the best Gaussian to add on the greedy
+  mixture objective, exact weights);
+- further variants named by their options (``--variants``, see ``VARIANTS``: ``previous`` is the
+  previous default, warm-started copies on the plain likelihood with a constant learning rate and
+  equal rounds; ``mixture``, ``weighted`` and the ``+ft`` variants are on that previous
+  setting), each with the same 4 S steps in all.
 
-The summary gives, per set, the median over runs of each row and of its difference to ``single``,
-and the number of sets where the median difference is positive. Run::
+The summary gives, per set, the median over runs of each row and of its difference to ``single``
+(``previous`` and the previous variants: to ``single const``), and the number of sets where the
+median difference is positive. Run::
 
     python -m benchmarks.boosting_budget                      # new sets, 3 runs
     python -m benchmarks.boosting_budget --sets readme        # the README's sets
+    python -m benchmarks.boosting_budget --sets extra         # two further sets
     python -m benchmarks.boosting_budget --quick              # a smoke run
 
 Uses one torch thread (``torch.set_num_threads(1)``).
@@ -105,22 +113,23 @@ NEW_SETS = {
     "nested_outlines": make_nested_outlines,
 }
 README_SETS = ("eight_gaussians", "checkerboard", "two_spirals", "rings")
+EXTRA_SETS = ("pinwheel", "two_moons")
 
 # name -> (BoostedFlowMixture options, fit options); "+ft": 4 rounds of 0.8 S steps, then 0.8 S
 # steps of joint fine-tuning (4 S in all)
+PREVIOUS = {"init": "previous", "objective": "likelihood", "refit_weights": False,
+            "train_rho": "learned", "lr_schedule": "constant", "first_share": None}  # fmt: skip
 VARIANTS = {
     "default": ({}, {}),
-    "mixture": ({"objective": "mixture"}, {}),  # the greedy mixture log-likelihood
-    "weighted": ({"objective": "weighted"}, {}),  # the paper's 1/G-weighted step
-    "default+ft": ({}, {"finetune": True}),
-    "mixture+ft": ({"objective": "mixture"}, {"finetune": True}),
-    "weighted+ft": ({"objective": "weighted"}, {"finetune": True}),
-    "refit_weights": ({"refit_weights": True}, {}),
-    "greedy": (
-        {"init": "greedy", "objective": "mixture", "refit_weights": True, "train_rho": "fixed"},
-        {},
-    ),
+    "previous": (PREVIOUS, {}),  # the default before: warm-started copies, plain likelihood
+    "mixture": ({**PREVIOUS, "objective": "mixture"}, {}),  # the greedy mixture log-likelihood
+    "weighted": ({**PREVIOUS, "objective": "weighted"}, {}),  # the paper's 1/G-weighted step
+    "previous+ft": (PREVIOUS, {"finetune": True}),
+    "mixture+ft": ({**PREVIOUS, "objective": "mixture"}, {"finetune": True}),
+    "weighted+ft": ({**PREVIOUS, "objective": "weighted"}, {"finetune": True}),
+    "equal rounds": ({"first_share": None}, {}),  # the default with 4 rounds of S steps
 }
+CONTROL = {"default": "single", "equal rounds": "single"}  # the others: "single const"
 
 
 def draw(name: str, n: int, seed: int) -> torch.Tensor:
@@ -139,6 +148,11 @@ def run(name: str, r: int, args) -> dict[str, float]:
     single = BoostedFlowMixture(2, num_steps=4 * S, seed=r).fit(x, 1, x_val=x_val)
     out["single"] = single.score(x_test)
     out["single s"] = time.perf_counter() - start
+    if "single const" in args.controls:
+        start = time.perf_counter()
+        const = BoostedFlowMixture(2, num_steps=4 * S, seed=r, lr_schedule="constant")
+        out["single const"] = const.fit(x, 1, x_val=x_val).score(x_test)
+        out["single const s"] = time.perf_counter() - start
     for variant in args.variants:
         options, fit_options = VARIANTS[variant]
         start = time.perf_counter()
@@ -159,13 +173,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500, help="S, steps per component")
     parser.add_argument("--runs", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sets", nargs="+", default=list(NEW_SETS))
-    parser.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=["default"], choices=list(VARIANTS))
+    parser.add_argument(
+        "--const", action="store_true", help="also fit the constant-learning-rate control"
+    )
     args = parser.parse_args()
     if args.sets == ["readme"]:
         args.sets = list(README_SETS)
-    unknown = set(args.sets) - set(NEW_SETS) - set(README_SETS)
+    if args.sets == ["extra"]:
+        args.sets = list(EXTRA_SETS)
+    known = [*NEW_SETS, *README_SETS, *EXTRA_SETS]
+    unknown = set(args.sets) - set(known)
     if unknown:
-        parser.error(f"expected sets among {[*NEW_SETS, *README_SETS]}, got {sorted(unknown)}")
+        parser.error(f"expected sets among {known}, got {sorted(unknown)}")
     args.sizes = (3000, 1000, 5000)
     if args.quick:
         args.steps, args.sizes, args.runs = 10, (300, 100, 300), [0]
@@ -176,7 +196,10 @@ def main() -> None:
         f"runs {args.runs}; 1 torch thread",
         flush=True,
     )
-    rows = ["single", *args.variants]
+    args.controls = ["single"]
+    if args.const or any(CONTROL.get(k, "single const") == "single const" for k in args.variants):
+        args.controls.append("single const")
+    rows = [*args.controls, *args.variants]
     print(f"{'set':<16} {'run':>3} " + " ".join(f"{r:>12}" for r in rows) + "   (fit s)")
     results = {}
     for name in args.sets:
@@ -186,17 +209,23 @@ def main() -> None:
             scores = " ".join(f"{out[k]:>12.4f}" for k in rows)
             secs = " ".join(f"{out[k + ' s']:.0f}" for k in rows)
             print(f"{name:<16} {r:>3} {scores}   ({secs})", flush=True)
-    print("\nmedian over runs (difference to single in brackets)")
+    print(
+        "\nmedian over runs; in brackets the median difference to its control (single for "
+        "default and equal rounds, single const for the others) and the runs won"
+    )
+    print(f"{'set':<16} " + " ".join(f"{k:>12}" for k in args.controls) + " " + " ".join(
+        f"{k:>27}" for k in args.variants))  # fmt: skip
     wins = dict.fromkeys(args.variants, 0)
     for name in args.sets:
         med = {k: statistics.median(results[name, r][k] for r in args.runs) for k in rows}
-        parts = [f"{med['single']:>10.4f}"]
+        parts = [f"{med[k]:>12.4f}" for k in args.controls]
         for k in args.variants:
-            diff = statistics.median(
-                results[name, r][k] - results[name, r]["single"] for r in args.runs
-            )
+            control = CONTROL.get(k, "single const")
+            diffs = [results[name, r][k] - results[name, r][control] for r in args.runs]
+            diff = statistics.median(diffs)
             wins[k] += diff > 0
-            parts.append(f"{med[k]:>10.4f} ({diff:+.4f})")
+            won = sum(d > 0 for d in diffs)
+            parts.append(f"{med[k]:>10.4f} ({diff:+.4f}, {won} of {len(diffs)})")
         print(f"{name:<16} " + " ".join(parts), flush=True)
     print(
         "sets where the median difference is positive: "

@@ -21,6 +21,8 @@ from ..infer.fit import FitResult, fit
 from ._boost_weights import rho_objective, search_rho
 
 _CLIP_NORM = 100.0  # gradient norm clip of every parameter in training
+_LR_FLOOR = 0.01  # the cosine schedule ends at this fraction of lr
+SCHEDULES = ("cosine", "constant")
 
 
 def no_guide(*args, **kwargs) -> None:
@@ -105,6 +107,7 @@ def fit_stage(
     seed: int | None,
     batch: bool = True,
     carry: dict | None = None,
+    schedule: str = "constant",
 ) -> tuple[FitResult, dict[str, torch.Tensor]]:
     """Train what ``model`` registers (``pyro.module`` / ``pyro.param``) with :func:`infer.fit`.
 
@@ -115,6 +118,12 @@ def fit_stage(
     kept, ``patience``. It runs in a private param store, so the user's store is untouched. A
     non-finite loss stops training at the last good state (``stop_reason "non-finite loss"``).
 
+    ``schedule``: ``"constant"`` keeps the learning rate at ``lr``; ``"cosine"`` anneals it over
+    the ``num_steps`` updates from ``lr`` to ``0.01 lr``,
+    ``lr_t = lr_min + (lr - lr_min) (1 + cos(pi t / num_steps)) / 2``, so the stage ends at a
+    settled state instead of wherever the last noisy updates left it (Adam starts fresh then:
+    ``carry`` is emptied, not used).
+
     ``carry``: Adam states keyed by parameter name (``"component$$$..."``) to start from, e.g.
     those of the previous round when the new flow is its copy, so the warm start continues the
     optimizer too (a fresh Adam's first updates move every parameter by about ``lr``); replaced
@@ -124,8 +133,19 @@ def fit_stage(
         The :class:`~pyro_mixflows.infer.FitResult` and ``{name: value}`` of the ``pyro.param``s
         (the modules' parameters are trained in place).
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"expected schedule in {SCHEDULES}, got {schedule!r}")
     n = args[0].shape[0] if batch else None
-    optim = pyro.optim.Adam({"lr": lr}, {"clip_norm": _CLIP_NORM})
+    if schedule == "cosine":
+        optim = pyro.optim.CosineAnnealingLR(
+            {"optimizer": torch.optim.Adam, "optim_args": {"lr": lr}, "T_max": num_steps,
+             "eta_min": _LR_FLOOR * lr},
+            {"clip_norm": _CLIP_NORM},
+        )  # fmt: skip
+        if carry is not None:
+            carry.clear()
+    else:
+        optim = pyro.optim.Adam({"lr": lr}, {"clip_norm": _CLIP_NORM})
     if carry:
         optim.set_state(dict(carry))
     with pyro.get_param_store().scope():
@@ -141,7 +161,7 @@ def fit_stage(
             result.stop_reason = "non-finite loss"
         store = pyro.get_param_store()
         learned = {k: store[k].detach().clone() for k in store.keys() if "$$$" not in k}
-        if carry is not None:
+        if carry is not None and schedule == "constant":
             carry.clear()
             carry.update({k: v for k, v in optim.get_state().items() if "$$$" in k})
     return result, learned

@@ -20,6 +20,7 @@ from ..flows.components import FLOWS, Components, FlowComponents
 from ..flows.concat import ConcatComponents
 from ._boost_refine import Refinement
 from ._boost_stages import (
+    SCHEDULES,
     best_gaussian_to_add,
     fit_stage,
     gaussian_candidates,
@@ -59,50 +60,50 @@ class BoostedFlowMixture(Refinement, VariationalBoosting, nn.Module):
               \\rho_c = \\arg\\max_{\\rho \\in [0, 1]} \\sum_{i \\in \\text{held out}}
               \\log\\big((1 - \\rho) G_{c-1}(x_i) + \\rho\\, g_c(x_i)\\big)
 
-    Density estimation (``fit`` / ``add_component``): the first flow is a plain maximum-likelihood
-    fit. Every later flow g_c starts as a copy of the last one (``init="previous"``, the warm
-    start, which also continues that round's Adam state, so the copy's training goes on where
-    the last one stopped) and, with components 1..c-1 frozen, is trained on one of three
-    objectives:
+    Density estimation (``fit`` / ``add_component``), by default: the first flow is a plain
+    maximum-likelihood fit given most of the steps (``first_share``); every later flow g_c starts
+    as the best Gaussian to add (``init="greedy"``: among the clusters of k-means with
+    k = 1, 2, 4, ..., ``num_candidates`` on the training data, each a Gaussian at its cluster's
+    mean and per-axis standard deviation, the one whose exactly searched rho gives the largest
+    training log-likelihood of ``(1 - rho) G + rho N``), so it starts on the region the mixture
+    fits worst, and, with components 1..c-1 frozen, is trained on the greedy step
+    ``sum_i log((1 - rho) G_{c-1}(x_i) + rho g(x_i))`` (``objective="mixture"``; its gradient in g
+    is the log-likelihood weighted by the share of each point that g explains, so g specializes
+    where G is weak) with the share held at 1/c (``train_rho="fixed"``: the new flow must explain
+    a full 1/c of the data). Then rho_c maximizes the held-out log-likelihood of G_c, a concave
+    function of rho, found exactly by :func:`search_rho` (``rho="search"``), and all C weights
+    are re-fitted to the exact held-out maximizer by :func:`fit_mixture_weights`
+    (``refit_weights=True``, the fully corrective step). Every round's learning rate follows one
+    cosine from ``lr`` down to ``0.01 lr`` (``lr_schedule="cosine"``), so each flow ends at a
+    settled state.
 
-    - ``objective="likelihood"`` (default): the plain log-likelihood, so round c continues the
-      previous flow's training and the mixture keeps the snapshots, weighted exactly;
-    - ``objective="mixture"``: the greedy step ``sum_i log((1 - rho) G_{c-1}(x_i) + rho g(x_i))``
-      jointly in g and the share rho (its gradient in g is the log-likelihood weighted by the
-      share of each point that g explains), so g specializes where G is weak;
-    - ``objective="weighted"``: the paper's step, the log-likelihood with the sample weights
-      ``w_i ∝ 1 / G_{c-1}(x_i)`` of :func:`boosting_weights` (normalized to mean one, clipped
-      to ``weight_clip``), as a weighted loss on uniform minibatches (``weighting="loss"``) or
-      by drawing minibatches with probabilities w_i (``weighting="resample"``).
+    The step budget: ``fit(x, C)`` on an empty model spends ``C * num_steps`` steps in all, the
+    first flow ``first_share`` (0.8) of them and the later rounds equal shares of the rest (a
+    fitted model's further rounds, and ``add_component``, get ``num_steps`` each). Why: a round
+    from a Gaussian start gains where one flow cannot reach (separate rings, spiral arms,
+    outlines), but its steps are lost to the first flow where one flow fits the data well; the
+    long first round keeps that loss small. Given the same total steps as one flow trained alone
+    (same schedule), C = 4 won clearly on sets with separate parts (rings, two spirals, nested
+    outlines) and was about even elsewhere (the README's "Does boosting pay for its steps?",
+    ``benchmarks/boosting_budget.py``).
 
-    Given the same total steps as one flow trained alone, the default won the median of 3 runs on
-    6 of 8 2-D sets measured, by small margins (about even), the weighted step lost on all four
-    where it was measured and the mixture step on half (the README's "Does boosting pay for its
-    steps?", ``benchmarks/boosting_budget.py``); the mixture step with joint fine-tuning won
-    clearly on disconnected outlines only. Then rho_c maximizes the held-out log-likelihood of G_c, a concave
-    function of rho, found exactly by :func:`search_rho` (``rho="search"``); ``rho="fixed"``
-    keeps the reference code's behaviour instead, rho_c = 1/c (every component the same weight).
-    Every training (components, second pass, fine-tuning, variational mode) runs through
-    :func:`pyro_mixflows.infer.fit`: minibatches, the held-out objective evaluated every
-    ``eval_every`` steps and before the first, the best state kept. ``refit`` is the optional
-    second pass: each component in turn is trained again against the mixture of the others and
-    its weight searched again.
-
-    Further options (all off by default):
-    ``init="greedy"`` starts g_c as the best Gaussian to add: among the clusters of k-means
-    with k = 1, 2, 4, ..., ``num_candidates`` on the training data (each a Gaussian at its
-    cluster's mean and per-axis standard deviation), the one whose exactly searched rho gives
-    the largest training log-likelihood of ``(1 - rho) G + rho N``; so a new flow starts on
-    the region the mixture fits worst. With ``objective="mixture"``, ``train_rho="fixed"``
-    holds the share in that objective at its initial value 1/c instead of learning it, so
-    every new flow is trained to explain a full 1/c of the data (a wider role than the small
-    share a learned rho settles on); its weight is still searched exactly afterwards.
-    ``refit_weights=True`` (with ``rho="search"``) re-fits
-    all C weights after every round by :func:`fit_mixture_weights` on the held-out data (the
-    fully corrective step; the objective is concave, the result its exact maximizer). And
-    ``finetune`` (or ``fit(..., finetune_steps=...)``) trains all components together on the
-    mixture's log-likelihood, weights learned too unless ``rho="fixed"``, keeping the best
-    held-out state.
+    Other choices: ``init="previous"`` starts g_c as a copy of the last flow (with
+    ``lr_schedule="constant"`` it also continues that round's Adam state) and ``"moments"`` as a
+    Gaussian at the data's mean and standard deviation; ``objective="likelihood"`` trains g_c on
+    the plain log-likelihood (with the warm start: the mixture keeps the snapshots of one flow's
+    training, weighted exactly) and ``"weighted"`` is the paper's step, the log-likelihood with
+    the sample weights ``w_i ∝ 1 / G_{c-1}(x_i)`` of :func:`boosting_weights` (normalized to mean
+    one, clipped to ``weight_clip``), as a weighted loss on uniform minibatches
+    (``weighting="loss"``) or by drawing minibatches with probabilities w_i
+    (``weighting="resample"``); ``train_rho="learned"`` learns the share in the mixture step
+    jointly with the flow; ``rho="fixed"`` keeps the reference code's weights, rho_c = 1/c;
+    ``first_share=None`` gives every round ``num_steps``. Every training (components, second
+    pass, fine-tuning, variational mode) runs through :func:`pyro_mixflows.infer.fit`:
+    minibatches, the held-out objective evaluated every ``eval_every`` steps and before the first,
+    the best state kept. ``refit`` is the optional second pass: each component in turn is trained
+    again against the mixture of the others and its weight searched again. ``finetune`` (or
+    ``fit(..., finetune_steps=...)``) trains all components together on the mixture's
+    log-likelihood, weights learned too unless ``rho="fixed"``, keeping the best held-out state.
 
     Variational mode (``fit_variational``): given an unnormalized target log-density
     log p~(x), g_1 maximizes the ELBO ``E_g[log p~ - log g]`` and every later g_c maximizes
@@ -133,17 +134,22 @@ class BoostedFlowMixture(Refinement, VariationalBoosting, nn.Module):
             validation set is given.
         eval_every: steps between held-out evaluations (early stopping keeps the best state).
         patience: stop a component after this many evaluations without improvement (None: never).
-        init: how a new flow starts: "previous" (a copy of the last component when it has the
-            same architecture, else as "moments"; the warm start refines what the mixture
-            already has) or "moments" (a Gaussian at the weighted data's mean and standard
-            deviation) or "greedy" (the best Gaussian to add, see above).
-        objective: "likelihood" (default), "mixture" (the greedy mixture log-likelihood) or
-            "weighted" (the 1/G-weighted log-likelihood), see above.
+        init: how a new flow starts: "greedy" (default: the best Gaussian to add, see above),
+            "previous" (a copy of the last component when it has the same architecture, else as
+            "moments") or "moments" (a Gaussian at the weighted data's mean and standard
+            deviation).
+        objective: "mixture" (default: the greedy mixture log-likelihood), "likelihood" (the
+            plain log-likelihood) or "weighted" (the 1/G-weighted log-likelihood), see above.
         num_candidates: the largest k of the k-means candidates of ``init="greedy"``.
-        train_rho: the share in the ``objective="mixture"`` training loss: "learned" (from the
-            initial value, jointly with the flow) or "fixed" (held at 1/c). The weights are
-            set afterwards by ``rho`` either way.
+        train_rho: the share in the ``objective="mixture"`` training loss: "fixed" (default:
+            held at 1/c) or "learned" (from the initial value, jointly with the flow). The
+            weights are set afterwards by ``rho`` either way.
         refit_weights: re-fit all weights on held-out data after each round (``rho="search"``).
+        lr_schedule: "cosine" (default: each round's learning rate falls from ``lr`` to
+            ``0.01 lr`` along a cosine) or "constant".
+        first_share: share of ``fit``'s budget ``C * num_steps`` given to the first flow when
+            ``fit`` starts from an empty model with C >= 2, in (0, 1) (default 0.8); None: every
+            round gets ``num_steps``.
         seed: seeds component initialization, the split and the minibatches (None: global RNG).
 
     Example::
@@ -173,14 +179,22 @@ class BoostedFlowMixture(Refinement, VariationalBoosting, nn.Module):
         val_fraction: float = 0.2,
         eval_every: int = 50,
         patience: int | None = None,
-        init: str = "previous",
-        objective: str = "likelihood",
+        init: str = "greedy",
+        objective: str = "mixture",
         num_candidates: int = 16,
-        refit_weights: bool = False,
-        train_rho: str = "learned",
+        refit_weights: bool = True,
+        train_rho: str = "fixed",
+        lr_schedule: str = "cosine",
+        first_share: float | None = 0.8,
         seed: int | None = None,
     ) -> None:
         super().__init__()
+        if lr_schedule not in SCHEDULES:
+            raise ValueError(f"expected lr_schedule in {SCHEDULES}, got {lr_schedule!r}")
+        if first_share is not None and (isinstance(first_share, bool) or not 0 < first_share < 1):
+            raise ValueError(f"expected first_share to be None or in (0, 1), got {first_share!r}")
+        self.lr_schedule = lr_schedule
+        self.first_share = first_share
         if train_rho not in _TRAIN_RHOS:
             raise ValueError(f"expected train_rho in {_TRAIN_RHOS}, got {train_rho!r}")
         self.train_rho = train_rho
@@ -315,8 +329,8 @@ class BoostedFlowMixture(Refinement, VariationalBoosting, nn.Module):
         if not isinstance(finetune_steps, int) or finetune_steps < 0:
             raise ValueError(f"expected finetune_steps to be an int >= 0, got {finetune_steps!r}")
         x_tr, x_va = self._split(x, x_val)
-        for _ in range(num_components):
-            self._add(x_tr, x_va, None, {})
+        for steps in self._round_steps(num_components):
+            self._add(x_tr, x_va, None, {}, steps)
         for _ in range(refit_passes):
             self._refit(x_tr, x_va)
         if finetune_steps:
@@ -368,6 +382,21 @@ class BoostedFlowMixture(Refinement, VariationalBoosting, nn.Module):
         return self._add(x_tr, x_va, components, config)
 
     # --- internals --------------------------------------------------------------------------
+    def _round_steps(self, num_components: int) -> list[int]:
+        """Steps of each of the next ``num_components`` rounds of ``fit``: C * num_steps in all.
+
+        From an empty model with C >= 2 and ``first_share`` set, the first flow gets
+        ``first_share`` of the budget ``C * num_steps`` and the later rounds share the rest
+        equally (the remainder of the division goes to the first); otherwise every round gets
+        ``num_steps``.
+        """
+        C, S = num_components, self.num_steps
+        if len(self.stages) or C == 1 or self.first_share is None:
+            return [S] * C
+        total = C * S
+        later = max(1, round((1 - self.first_share) * total / (C - 1)))
+        return [total - later * (C - 1), *[later] * (C - 1)]
+
     def _check_fitted(self) -> None:
         if not len(self.stages):
             raise RuntimeError("expected a fitted model, got none: call fit or add_component first")
@@ -432,20 +461,25 @@ class BoostedFlowMixture(Refinement, VariationalBoosting, nn.Module):
             model, args, val_args, num_steps=num_steps, lr=self.lr, batch_size=self.batch_size,
             eval_every=self.eval_every, patience=self.patience, batch=batch, carry=carry,
             seed=None if self.seed is None else self.seed * 1000 + index,
+            schedule=self.lr_schedule,
         )  # fmt: skip
 
-    def _train(self, comp, x_tr, w_tr, x_va, w_va, index: int, mix=None, carry=None) -> dict:
+    def _train(
+        self, comp, x_tr, w_tr, x_va, w_va, index: int, mix=None, carry=None, num_steps=None
+    ) -> dict:
         """Train comp's parameters only; keep the best held-out state.
 
         Without ``mix``: maximize sum_i w_i log g(x_i). With ``mix = (log G(x_tr), log G(x_va),
         rho0)``: maximize sum_i log((1 - rho) G(x_i) + rho g(x_i)), rho = sigmoid(a) learned from
-        rho0 unless ``rho="fixed"`` or ``train_rho="fixed"``.
+        rho0 unless ``rho="fixed"`` or ``train_rho="fixed"``. ``num_steps``: the round's steps
+        (None: ``self.num_steps``).
         """
+        num_steps = self.num_steps if num_steps is None else num_steps
         if mix is None:
             resample = self.weighting == "resample"
             model = weighted_model(comp, resample, min(self.batch_size, x_tr.shape[0]))
             result, _ = self._fit(
-                model, (x_tr, w_tr, resample), (x_va, w_va, False), self.num_steps, index + 1,
+                model, (x_tr, w_tr, resample), (x_va, w_va, False), num_steps, index + 1,
                 batch=not resample, carry=carry,
             )  # fmt: skip
             return {"steps": result.num_steps, "val_objective": -result.best_loss}
@@ -456,7 +490,7 @@ class BoostedFlowMixture(Refinement, VariationalBoosting, nn.Module):
         floor = torch.finfo(x_tr.dtype).min / 4  # log G = -inf would fail fit's finite check
         result, params = self._fit(
             model, (x_tr, lG_tr.clamp(min=floor)), (x_va, lG_va.clamp(min=floor)),
-            self.num_steps, index + 1, carry=carry,
+            num_steps, index + 1, carry=carry,
         )  # fmt: skip
         a = float(params["rho_logit"]) if learned else math.log(rho0 / (1 - rho0))
         return {
@@ -489,7 +523,7 @@ class BoostedFlowMixture(Refinement, VariationalBoosting, nn.Module):
             return boosting_weights(log_prev, self.weight_clip)
         return torch.ones_like(log_prev)
 
-    def _add(self, x_tr, x_va, comp, config) -> float:
+    def _add(self, x_tr, x_va, comp, config, num_steps: int | None = None) -> float:
         start = time.perf_counter()
         c = len(self.stages)
         self._freeze()
@@ -525,7 +559,7 @@ class BoostedFlowMixture(Refinement, VariationalBoosting, nn.Module):
             comp = comp.to(dtype=x_tr.dtype, device=x_tr.device)
         if c and self.objective == "mixture":
             mix = (lG_tr, lG_va, rho0)
-        info = self._train(comp, x_tr, w_tr, x_va, w_va, c, mix, carry)
+        info = self._train(comp, x_tr, w_tr, x_va, w_va, c, mix, carry, num_steps)
         self._round_state = carry  # the Adam state a warm-started next round continues
         with torch.no_grad():
             if c == 0:

@@ -1,11 +1,13 @@
 import math
 
+import pyro
 import pytest
 import torch
 
 from pyro_mixflows import FlowComponents, FlowMixture
 from pyro_mixflows.flows import ConcatComponents
 from pyro_mixflows.models import BoostedFlowMixture
+from pyro_mixflows.models._boost_stages import fit_stage
 from pyro_mixflows.models.boosting import (
     _golden_section_max,
     boosting_weights,
@@ -201,6 +203,11 @@ def test_bad_input_is_refused_before_work(float64):
         BoostedFlowMixture(2, weighting="boost")
     with pytest.raises(ValueError, match="rho"):
         BoostedFlowMixture(2, rho="gradient")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        BoostedFlowMixture(2, lr_schedule="linear")
+    for share in (0, 1, 1.5, True):
+        with pytest.raises(ValueError, match="first_share"):
+            BoostedFlowMixture(2, first_share=share)
     with pytest.raises(RuntimeError, match="fitted"):
         _ = model.mixture
     assert len(model.stages) == 0
@@ -337,7 +344,7 @@ def test_new_options_keep_frozen_components_and_weights_exact(float64, objective
 def test_train_rho_fixed_holds_the_training_share_and_searches_the_weight(float64):
     x, x_val = _data(seed=0), _data(60, seed=1)
     opts = dict(init="greedy", num_candidates=4, objective="mixture", train_rho="fixed")
-    model = BoostedFlowMixture(2, **SMALL, **opts).fit(x, 3, x_val=x_val)
+    model = BoostedFlowMixture(2, **SMALL, **opts, refit_weights=False).fit(x, 3, x_val=x_val)
     # The share in the training loss stayed at its initial value 1/c ...
     assert [h["rho_trained"] for h in model.history[1:]] == pytest.approx([1 / 2, 1 / 3], abs=1e-12)
     # ... while the last weight is the exact held-out maximizer given G_2 (the first two flows
@@ -379,11 +386,15 @@ def test_fit_weights_gives_a_fixed_schedule_mixture_exact_weights(float64):
         BoostedFlowMixture(2, **SMALL).fit_weights(x_val)
 
 
-def test_default_objective_is_the_plain_likelihood_from_a_warm_start(float64):
+WARM = dict(init="previous", objective="likelihood", lr_schedule="constant", first_share=None)
+
+
+def test_likelihood_objective_is_the_plain_likelihood_from_a_warm_start(float64):
     x, x_val = _data(seed=0), _data(60, seed=1)
-    model = BoostedFlowMixture(2, **SMALL).fit(x, 2, x_val=x_val)
+    model = BoostedFlowMixture(2, **SMALL, **WARM).fit(x, 2, x_val=x_val)
     # The same rounds with the 1/G weights clipped to [1, 1] (all one) are bit-identical.
-    ones = BoostedFlowMixture(2, **SMALL, objective="weighted", weight_clip=(1.0, 1.0))
+    opts = {**WARM, "objective": "weighted", "weight_clip": (1.0, 1.0)}
+    ones = BoostedFlowMixture(2, **SMALL, **opts)
     ones.fit(x, 2, x_val=x_val)
     for (key, value), other in zip(model.stages.state_dict().items(),
                                    ones.stages.state_dict().values(), strict=True):  # fmt: skip
@@ -398,7 +409,7 @@ def test_default_objective_is_the_plain_likelihood_from_a_warm_start(float64):
 
 def test_warm_start_continues_the_previous_rounds_optimizer(float64):
     x, x_val = _data(seed=0), _data(60, seed=1)
-    model = BoostedFlowMixture(2, **SMALL).fit(x, 2, x_val=x_val)
+    model = BoostedFlowMixture(2, **SMALL, **WARM).fit(x, 2, x_val=x_val)
     # Adam's step count runs on from round 1 into its copy in round 2: 2 * num_steps updates.
     steps = {float(s["state"][0]["step"]) for s in model._round_state.values()}
     assert steps == {2.0 * SMALL["num_steps"]}
@@ -406,3 +417,40 @@ def test_warm_start_continues_the_previous_rounds_optimizer(float64):
     model.add_component(x, x_val=x_val, num_layers=2)
     steps = {float(s["state"][0]["step"]) for s in model._round_state.values()}
     assert steps == {float(SMALL["num_steps"])}
+
+
+def test_fit_splits_its_step_budget_with_a_longer_first_round(float64):
+    x, x_val = _data(seed=0), _data(60, seed=1)
+    model = BoostedFlowMixture(2, **SMALL).fit(x, 4, x_val=x_val)  # first_share 0.8 of 4 * 6
+    assert [h["steps"] for h in model.history] == [18, 2, 2, 2]
+    model.fit(x, 2, x_val=x_val)  # a fitted model: every further round gets num_steps
+    assert [h["steps"] for h in model.history[4:]] == [6, 6]
+    equal = BoostedFlowMixture(2, **SMALL, first_share=None).fit(x, 3, x_val=x_val)
+    assert [h["steps"] for h in equal.history] == [6, 6, 6]
+    one = BoostedFlowMixture(2, **SMALL).fit(x, 1, x_val=x_val)  # one flow: all its steps
+    assert [h["steps"] for h in one.history] == [6]
+    torch.testing.assert_close(model.weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_stage_learning_rate_schedule(float64, schedule):
+    # A constant gradient: each Adam update moves the parameter by the step's learning rate
+    # (to Adam's eps), so after T steps it has moved by the sum of the schedule.
+    def model(x, subsample=None):
+        a = pyro.param("a", torch.tensor(0.0))
+        return a * torch.ones(x.shape[0])
+
+    lr, T = 0.1, 8
+    _, params = fit_stage(
+        model, (torch.zeros(5, 2),), None, num_steps=T, lr=lr, batch_size=5, eval_every=4,
+        patience=None, seed=0, schedule=schedule,
+    )  # fmt: skip
+    if schedule == "cosine":  # lr_t = lr_min + (lr - lr_min) (1 + cos(pi t / T)) / 2
+        low = 0.01 * lr
+        rates = [low + (lr - low) * (1 + math.cos(math.pi * t / T)) / 2 for t in range(T)]
+    else:
+        rates = [lr] * T
+    assert float(params["a"]) == pytest.approx(sum(rates), rel=1e-6)
+    with pytest.raises(ValueError, match="schedule"):
+        fit_stage(model, (torch.zeros(5, 2),), None, num_steps=1, lr=lr, batch_size=5,
+                  eval_every=1, patience=None, seed=0, schedule="step")  # fmt: skip
