@@ -26,6 +26,7 @@ __all__ = ["MixtureVAE", "stick_breaking_log_weights"]
 WEIGHTS = ("softmax", "kumaraswamy", "beta")
 STICKS = ("global", "local")
 LIKELIHOODS = ("bernoulli", "normal")
+NOISE_SPEED = 10.0  # the Normal decoder's log scale is this times its parameter
 
 
 class MixtureVAE(PyroModule):
@@ -160,6 +161,7 @@ class MixtureVAE(PyroModule):
         flow: str | None = None,
         flow_kwargs: dict | None = None,
         tie_components: bool = True,
+        refit_steps: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("data_dim", data_dim), ("latent_dim", latent_dim)):
@@ -182,6 +184,9 @@ class MixtureVAE(PyroModule):
             raise ValueError(f"expected sticks in {STICKS}, got {sticks!r}")
         if not isinstance(tie_components, bool):
             raise TypeError(f"expected tie_components to be a bool, got {tie_components!r}")
+        refit_steps = _clusters.check_refit_steps(
+            refit_steps, learn_prior, num_components, flow, tie_components
+        )
         hidden_dims = tuple(int(h) for h in hidden_dims)
         if any(h < 1 for h in hidden_dims):
             raise ValueError(f"expected positive hidden_dims, got {hidden_dims}")
@@ -191,6 +196,9 @@ class MixtureVAE(PyroModule):
         self.sticks = None if weights == "softmax" else sticks
         self.learn_prior = learn_prior
         self.tie_components = tie_components
+        self.refit_steps = refit_steps
+        # gradient-enabled guide calls so far: the clock of the automatic refits
+        self.register_buffer("num_training_steps", torch.zeros((), dtype=torch.long))
         D = latent_dim
         num_weight_outputs = 2 * (K - 1) if self.sticks == "local" else K
         if weights == "softmax" and K == 1:
@@ -199,7 +207,11 @@ class MixtureVAE(PyroModule):
         self.encoder = _mlp((data_dim, *hidden_dims, sum(self._sizes)))
         self.decoder = _mlp((latent_dim, *hidden_dims, data_dim))
         if likelihood == "normal":
-            self.decoder_log_scale = nn.Parameter(torch.zeros(data_dim))
+            # log σ = NOISE_SPEED · u with u the parameter: Adam moves u by about lr per step
+            # whatever the gradient's size, and σ must fall from 1 to the data's noise level
+            # (often 0.1 or less) before the codes carry the data's structure; in units of u it
+            # does so in a tenth of the steps (benchmarks/vae_clusters.py).
+            self.decoder_log_scale_unit = nn.Parameter(torch.zeros(data_dim))
         if self.sticks == "global":
             # q(v) starts at the prior: Kumaraswamy(1, α) = Beta(1, α); softplus(raw) + 1e-3 = a, b.
             start = torch.tensor([1.0, self.alpha]).repeat_interleave(K - 1) - 1e-3  # (2(T-1),)
@@ -266,6 +278,11 @@ class MixtureVAE(PyroModule):
             return dist.Bernoulli(logits=out).to_event(1)
         return dist.Normal(out, self.decoder_log_scale.exp()).to_event(1)
 
+    @property
+    def decoder_log_scale(self) -> torch.Tensor:
+        """log σ, (P,), the Normal decoder's per-feature log scale (``likelihood="normal"``)."""
+        return NOISE_SPEED * self.decoder_log_scale_unit
+
     # --- model and guide ----------------------------------------------------------------
     @pyro_method
     def model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
@@ -302,6 +319,8 @@ class MixtureVAE(PyroModule):
     def guide(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         """Mixture posterior q(z | x) with the component k enumerated; see the class docs."""
         self._check_x(x)
+        if self.refit_steps and torch.is_grad_enabled():
+            _clusters.count_step_and_refit(self, x)
         N = x.shape[0]
         if self.sticks == "global":
             pyro.sample("v", self._stick_posterior(self.stick_raw).to_event(1))  # (..., T-1)
