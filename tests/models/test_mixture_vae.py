@@ -432,7 +432,8 @@ def test_cluster_log_probs_are_bayes_rule_over_the_prior_components(float64):
 @pytest.mark.slow
 def test_tied_training_ties_the_encoder_index_to_the_prior_component():
     # Two clusters far apart in the data: after a short tied fit, the guide's top component and
-    # the cluster posterior agree and both separate the clusters (labels up to a permutation).
+    # the cluster posterior agree and both separate the clusters (labels up to a permutation),
+    # also after the automatic refit of the prior at step 500 under plain SVI.
     g = torch.Generator().manual_seed(0)
     y = torch.arange(200) % 2
     x = torch.where(
@@ -444,8 +445,9 @@ def test_tied_training_ties_the_encoder_index_to_the_prior_component():
     svi = pyro.infer.SVI(
         vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), TraceEnum_ELBO(max_plate_nesting=1)
     )
-    for _ in range(300):
+    for _ in range(600):
         svi.step(x)
+    assert int(vae.num_training_steps) == 600
     predicted = vae.predict(x, num_samples=20)
     top = vae.encode(x)[0].argmax(-1)
     agree = (predicted == y).float().mean().item()
