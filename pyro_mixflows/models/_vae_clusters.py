@@ -227,18 +227,21 @@ def refit_prior(
     aggregate posterior (1/N) Σ_n q(z | x_n); gradient steps approach it slowly and can
     stay in a local optimum (one component over two clusters, two over one). This M-step
     fits a diagonal Gaussian mixture with K components to S draws of q(z | x_n) per point
-    by EM (k-means++ starts, ``num_restarts`` restarts, the best log-likelihood kept) and
-    sets μ⁰, σ⁰ (and the weights, for ``weights="softmax"``; stick posteriors are left as
-    they are) to it, with the new components ordered to overlap most with the guide's
-    components, so that tied components stay tied. Use it as a warm start, as for deep
-    clustering models: train for part of the steps, call ``refit_prior(x_train)``, train
-    on (``benchmarks/vae_clusters.py``: a third, then the rest).
+    by EM, started from the current prior and from ``num_restarts`` k-means++ seeds (the best
+    log-likelihood kept, so never below the current prior's), and sets μ⁰, σ⁰ (and the
+    weights, for ``weights="softmax"``; stick posteriors are left as they are) to it, with
+    the new components ordered to overlap most with the guide's components, so that tied
+    components stay tied. A new component whose codes came from another guide component
+    (one that covered two clusters) gets a copy of that component's encoder outputs (Gaussian
+    components only), so that the guide follows the split. By default the model calls it
+    itself at training steps 500, 1000 and 2000 (``refit_steps``); the draws use their own
+    random stream (``seed``), so the caller's is left as it was.
 
     Args:
         x: (N, P) training data.
         num_samples: S draws of q(z | x) per point.
         num_restarts: EM restarts.
-        seed: seeds the k-means++ starts.
+        seed: seeds the draws of q(z | x) and the k-means++ starts.
     """
     for name, value in (("num_samples", num_samples), ("num_restarts", num_restarts)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
