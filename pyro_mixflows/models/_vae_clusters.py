@@ -15,26 +15,83 @@ import pyro.distributions as dist
 import torch
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .mixture_vae import MixtureVAE
 
+DEFAULT_REFIT_STEPS = (500, 1000, 2000)
+REFIT_MAX_ROWS = 4096  # the automatic refit uses at most this many rows of x
 
-def _fit_diagonal_mixture(z: torch.Tensor, K: int, num_restarts: int, seed: int, iters: int = 200):
+
+def check_refit_steps(
+    refit_steps: Sequence[int] | None,
+    learn_prior: bool,
+    num_components: int,
+    flow: str | None,
+    tied: bool,
+) -> tuple[int, ...]:
+    """The constructor's ``refit_steps``, checked; None means the default for the model."""
+    if refit_steps is None:
+        auto = tied and learn_prior and num_components > 1 and flow is None
+        return DEFAULT_REFIT_STEPS if auto else ()
+    steps = tuple(refit_steps)
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in steps):
+        raise ValueError(f"expected refit_steps to be ints >= 1, got {steps!r}")
+    if steps and not learn_prior:
+        raise ValueError(
+            f"expected refit_steps=() with a fixed prior (learn_prior=False), got {steps!r}"
+        )
+    return tuple(sorted(set(steps)))
+
+
+def count_step_and_refit(self: MixtureVAE, x: torch.Tensor) -> None:
+    """Count one training step; at the steps in ``self.refit_steps``, :meth:`refit_prior` on x.
+
+    Called by the guide when gradients are on (a training step; validation losses, Predictive
+    and the evaluation methods run without them). x is what the guide was given: the whole
+    data set under ``infer.fit`` with minibatches, whatever batch the caller passes under
+    ``SVI.step``. At most ``REFIT_MAX_ROWS`` of its rows are used (a fixed random subset).
+    """
+    self.num_training_steps.add_(1)
+    step = int(self.num_training_steps)
+    if step not in self.refit_steps:
+        return
+    if x.shape[0] > REFIT_MAX_ROWS:
+        g = torch.Generator().manual_seed(step)
+        x = x[torch.randperm(x.shape[0], generator=g)[:REFIT_MAX_ROWS].to(x.device)]
+    self.refit_prior(x, seed=step)
+
+
+def _fit_diagonal_mixture(
+    z: torch.Tensor,
+    K: int,
+    num_restarts: int,
+    seed: int,
+    iters: int = 200,
+    init: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+):
     """EM for a K-component diagonal Gaussian mixture on z (M, D), k-means++ starts.
 
+    ``init`` = (loc (K, D), variances (K, D), log weights (K,)) is one more start, run first:
+    EM never lowers the log-likelihood, so the result is at least as good as ``init``.
+
     Returns loc (K, D), variances (K, D), log weights (K,) and responsibilities (M, K) of the
-    restart with the highest log-likelihood.
+    start with the highest log-likelihood.
     """
     g = torch.Generator().manual_seed(seed)
     M, D = z.shape
     best, best_ll = None, -math.inf
     floor = 1e-6 * z.var(0).mean() + 1e-12
+    starts = [] if init is None else [tuple(t.to(z).clone() for t in init)]
     for _ in range(num_restarts):
         idx = [int(torch.randint(M, (1,), generator=g))]
         for _ in range(1, K):
             d2 = ((z.unsqueeze(1) - z[idx].unsqueeze(0)) ** 2).sum(-1).min(-1).values  # (M,)
             idx.append(int(torch.multinomial(d2 + 1e-30, 1, generator=g)))
-        loc, var = z[idx].clone(), z.var(0).expand(K, D).clone()
-        log_w = z.new_full((K,), -math.log(K))
+        starts.append(
+            (z[idx].clone(), z.var(0).expand(K, D).clone(), z.new_full((K,), -math.log(K)))
+        )
+    for loc, var, log_w in starts:
         for _ in range(iters):
             lp = dist.Normal(loc, var.sqrt()).log_prob(z.unsqueeze(1)).sum(-1) + log_w  # (M, K)
             resp = torch.softmax(lp, -1)
@@ -170,18 +227,21 @@ def refit_prior(
     aggregate posterior (1/N) Σ_n q(z | x_n); gradient steps approach it slowly and can
     stay in a local optimum (one component over two clusters, two over one). This M-step
     fits a diagonal Gaussian mixture with K components to S draws of q(z | x_n) per point
-    by EM (k-means++ starts, ``num_restarts`` restarts, the best log-likelihood kept) and
-    sets μ⁰, σ⁰ (and the weights, for ``weights="softmax"``; stick posteriors are left as
-    they are) to it, with the new components ordered to overlap most with the guide's
-    components, so that tied components stay tied. Use it as a warm start, as for deep
-    clustering models: train for part of the steps, call ``refit_prior(x_train)``, train
-    on (``benchmarks/vae_clusters.py``: a third, then the rest).
+    by EM, started from the current prior and from ``num_restarts`` k-means++ seeds (the best
+    log-likelihood kept, so never below the current prior's), and sets μ⁰, σ⁰ (and the
+    weights, for ``weights="softmax"``; stick posteriors are left as they are) to it, with
+    the new components ordered to overlap most with the guide's components, so that tied
+    components stay tied. A new component whose codes came from another guide component
+    (one that covered two clusters) gets a copy of that component's encoder outputs (Gaussian
+    components only), so that the guide follows the split. By default the model calls it
+    itself at training steps 500, 1000 and 2000 (``refit_steps``); the draws use their own
+    random stream (``seed``), so the caller's is left as it was.
 
     Args:
         x: (N, P) training data.
         num_samples: S draws of q(z | x) per point.
         num_restarts: EM restarts.
-        seed: seeds the k-means++ starts.
+        seed: seeds the draws of q(z | x) and the k-means++ starts.
     """
     for name, value in (("num_samples", num_samples), ("num_restarts", num_restarts)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -190,11 +250,59 @@ def refit_prior(
     if not self.learn_prior:
         raise ValueError("expected a learnable prior (learn_prior=True), got a fixed one")
     S, K = num_samples, self.num_components
-    z = self._draw_and_weigh(x, S)[0]  # (S, N, D)
-    loc, var, log_w, resp = _fit_diagonal_mixture(z.reshape(-1, z.shape[-1]), K, num_restarts, seed)
+    devices = [x.device] if x.device.type != "cpu" else []
+    kind = x.device.type if devices else None
+    with torch.random.fork_rng(devices, device_type=kind):  # the caller's random stream is kept
+        torch.manual_seed(seed)
+        z = self._draw_and_weigh(x, S)[0]  # (S, N, D)
+    current = (self.prior_loc, (2 * self.prior_log_scale).exp(), self._mean_prior_log_weights())
+    z = z.reshape(-1, z.shape[-1])
+    loc, var, log_w, resp = _fit_diagonal_mixture(z, K, num_restarts, seed, init=current)
     r_old = self.encode(x)[0].repeat(S, 1)  # (S·N, K), rows in the same order as z's
-    order = _best_matching(r_old.T @ resp)  # new component for each old index
+    overlap = r_old.T @ resp  # (K, K): old guide index x new component
+    order = _best_matching(overlap)  # new component for each old index
     self.prior_loc.copy_(loc[order])
     self.prior_log_scale.copy_(0.5 * var[order].log())
     if self.weights == "softmax":
         self.prior_logits.copy_(log_w[order])
+    overlap = overlap[:, order]  # (K, K): old guide index x new component at its new index
+    _split_guide_components(self, overlap)
+
+
+def _split_guide_components(self: MixtureVAE, overlap: torch.Tensor) -> list[int]:
+    """Give each prior component that no guide component follows a copy of the one that does.
+
+    After a refit, prior component k may cover codes that guide component k never produced (k
+    was unused, or the refit split a component that covered two clusters). Its guide component
+    then never learns to produce them: its responsibility r_k(x) stays near 0. Copying the
+    encoder's output rows (location, scale and weight logit) of the guide component j that
+    produced most of those codes into k makes q_k(z | x) = q_j(z | x) and r_k = r_j; training
+    then sends each point to whichever of j and k has its prior component nearer.
+
+    Args:
+        overlap: (K, K), overlap[j, k] = the mass of codes of guide component j that the refitted
+            prior assigns to component k.
+
+    Returns:
+        The indices k whose guide component was replaced.
+    """
+    K, D = self.num_components, self.latent_dim
+    source = overlap.argmax(0)  # (K,)
+    own = overlap.diagonal()
+    replaced = [k for k in range(K) if int(source[k]) != k and own[k] < 0.5 * overlap[source[k], k]]
+    if not replaced or self.flows is not None:
+        return []
+    last = self.encoder[-1]
+    weight, bias = last.weight.detach().clone(), last.bias.detach().clone()
+
+    def rows(k):
+        out = list(range(k * D, (k + 1) * D)) + list(range(K * D + k * D, K * D + (k + 1) * D))
+        if self.sticks != "local":  # one weight logit per component
+            out.append(2 * K * D + k)
+        return out
+
+    for k in replaced:
+        to, frm = rows(k), rows(int(source[k]))
+        last.weight.data[to] = weight[frm]
+        last.bias.data[to] = bias[frm]
+    return replaced

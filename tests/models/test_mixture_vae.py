@@ -432,7 +432,8 @@ def test_cluster_log_probs_are_bayes_rule_over_the_prior_components(float64):
 @pytest.mark.slow
 def test_tied_training_ties_the_encoder_index_to_the_prior_component():
     # Two clusters far apart in the data: after a short tied fit, the guide's top component and
-    # the cluster posterior agree and both separate the clusters (labels up to a permutation).
+    # the cluster posterior agree and both separate the clusters (labels up to a permutation),
+    # also after the automatic refit of the prior at step 500 under plain SVI.
     g = torch.Generator().manual_seed(0)
     y = torch.arange(200) % 2
     x = torch.where(
@@ -444,8 +445,9 @@ def test_tied_training_ties_the_encoder_index_to_the_prior_component():
     svi = pyro.infer.SVI(
         vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), TraceEnum_ELBO(max_plate_nesting=1)
     )
-    for _ in range(300):
+    for _ in range(600):
         svi.step(x)
+    assert int(vae.num_training_steps) == 600
     predicted = vae.predict(x, num_samples=20)
     top = vae.encode(x)[0].argmax(-1)
     agree = (predicted == y).float().mean().item()
@@ -513,3 +515,90 @@ def test_refit_prior_sets_the_prior_and_checks_its_input():
     x[0, 0] = math.nan
     with pytest.raises(ValueError, match="expected finite values in x"):
         vae.refit_prior(x)
+
+
+def test_em_started_at_a_given_mixture_never_ends_below_it(float64):
+    from pyro_mixflows.models._vae_clusters import _fit_diagonal_mixture
+
+    g = torch.Generator().manual_seed(1)
+    loc = torch.tensor([[-3.0, 0.0], [3.0, 0.0]])
+    z = loc[torch.arange(400) % 2] + torch.randn(400, 2, generator=g)
+    var = torch.ones(2, 2)
+    log_w = torch.full((2,), -math.log(2))
+
+    def ll(lc, vr, lw):
+        lp = dist.Normal(lc, vr.sqrt()).log_prob(z.unsqueeze(1)).sum(-1) + lw
+        return torch.logsumexp(lp, -1).mean()
+
+    fitted = _fit_diagonal_mixture(z, 2, num_restarts=0, seed=0, init=(loc, var, log_w))
+    assert ll(*fitted[:3]) >= ll(loc, var, log_w)
+    # 0.2: a few standard errors of a mean estimated from 200 points of unit variance.
+    assert torch.allclose(fitted[0], loc, atol=0.2)  # EM from the truth stays at the truth
+
+
+def test_split_copies_the_guide_component_that_produced_the_codes():
+    from pyro_mixflows.models._vae_clusters import _split_guide_components
+
+    vae = perturb(MixtureVAE(5, 2, num_components=3, hidden_dims=(4,)), 0.3)
+    x = _binary(6, 5).float()
+    overlap = torch.tensor([[50.0, 0.0, 0.0], [0.0, 30.0, 40.0], [0.0, 0.0, 2.0]])
+    assert _split_guide_components(vae, overlap) == [2]  # component 2's codes came from guide 1
+    loc, scale, w = vae._encode(x)
+    assert torch.equal(loc[:, 2], loc[:, 1]) and torch.equal(scale[:, 2], scale[:, 1])
+    assert torch.equal(w[:, 2], w[:, 1])
+    assert not torch.equal(loc[:, 0], loc[:, 1])
+    assert _split_guide_components(vae, torch.eye(3)) == []  # every component followed
+
+
+def test_automatic_refit_runs_at_its_training_steps_only():
+    x = _binary(30, 5).float()
+    vae = perturb(MixtureVAE(5, 2, num_components=3, hidden_dims=(4,), refit_steps=(2,)), 0.3)
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.0}), elbo)
+    start = vae.prior_loc.detach().clone()
+    svi.step(x)
+    svi.evaluate_loss(x)  # no gradients: not a training step
+    assert int(vae.num_training_steps) == 1 and torch.equal(vae.prior_loc, start)
+    svi.step(x)  # the refit: the prior moves although the learning rate is 0
+    assert int(vae.num_training_steps) == 2 and not torch.equal(vae.prior_loc, start)
+    refitted = vae.prior_loc.detach().clone()
+    svi.step(x)
+    assert torch.equal(vae.prior_loc, refitted)
+
+
+def test_refit_steps_default_and_errors():
+    assert MixtureVAE(5, 2, num_components=3).refit_steps == (500, 1000, 2000)
+    for options in (
+        dict(num_components=1),
+        dict(num_components=3, tie_components=False),
+        dict(num_components=3, learn_prior=False),
+        dict(num_components=3, flow="affine_coupling"),
+    ):
+        assert MixtureVAE(5, 2, **options).refit_steps == (), options
+    assert MixtureVAE(5, 2, refit_steps=[300, 100, 300]).refit_steps == (100, 300)
+    with pytest.raises(ValueError, match="expected refit_steps to be ints >= 1"):
+        MixtureVAE(5, 2, refit_steps=(0,))
+    with pytest.raises(ValueError, match="expected refit_steps=\\(\\) with a fixed prior"):
+        MixtureVAE(5, 2, learn_prior=False, refit_steps=(10,))
+
+
+def test_refit_prior_leaves_the_callers_random_stream_alone():
+    x = _binary(20, 5).float()
+    vae = perturb(MixtureVAE(5, 2, num_components=3, hidden_dims=(4,)), 0.3)
+    torch.manual_seed(3)
+    vae.refit_prior(x, num_samples=2, num_restarts=1)
+    after = torch.rand(3)
+    torch.manual_seed(3)
+    assert torch.equal(torch.rand(3), after)
+
+
+def test_normal_decoder_log_scale_is_the_scaled_parameter():
+    from pyro_mixflows.models.mixture_vae import NOISE_SPEED
+
+    vae = MixtureVAE(5, 2, likelihood="normal")
+    with torch.no_grad():
+        vae.decoder_log_scale_unit.fill_(-0.1)
+    assert torch.allclose(vae.decoder_log_scale, torch.full((5,), -0.1 * NOISE_SPEED))
+    assert vae._likelihood(torch.zeros(2)).base_dist.scale[0].item() == pytest.approx(
+        math.exp(-0.1 * NOISE_SPEED)
+    )
