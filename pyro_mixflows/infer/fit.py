@@ -27,6 +27,7 @@ from pyro.optim.lr_scheduler import PyroLRScheduler
 
 from .._validation import check_finite
 from . import _compile, _distributed
+from ._adam import all_finite
 from ._checkpoint import (
     load_checkpoint,
     rng_state,
@@ -539,7 +540,7 @@ def _step(objective, loss, model, guide, optim, args, kwargs, distributed) -> fl
         zero_grads(params)
         raise FloatingPointError(f"non-finite loss {value}; no update was applied")
     grads = [p.grad for p in params if p.grad is not None]
-    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+    if grads and not all_finite(grads):
         store = pyro.get_param_store()
         names = [
             store.param_name(p)
