@@ -154,7 +154,8 @@ def fit(
 
     Defaults: ``TraceEnum_ELBO(max_plate_nesting=1)`` (enumerated discrete sites are summed out
     exactly; no plate-nesting guess) and ``pyro.optim.Adam({"lr": 1e-3})`` (one torch Adam per
-    parameter, as in ``SVI``).
+    parameter, as in ``SVI``, with the updates of all parameters run as one call: a dict of
+    options or None gives ``infer._adam.MultiTensorAdam``, the same update bit for bit).
 
     Args:
         model: a Pyro model ``model(*args, subsample=None, **kwargs)``.
