@@ -12,7 +12,7 @@ they share the machine's load:
 - ``eager_nv``, ``compiled_nv``: the same two with Pyro validation off (what validation costs);
 - ``exact``, ``exact_comp``: the step the estimator takes now, with the closed-form loss
   ``VMoNF.exact_loss`` (same values and gradients as the ELBO, no Pyro tracing or enumeration)
-  and its fused Adam, eager and with the whole loss compiled as ``fit(compile=True)`` does it;
+  and its optimizer (fused Adam, all parameter tensors in one call), eager and with the whole loss compiled as ``fit(compile=True)`` does it;
 - ``plain``: the floor without Pyro: ``-logsumexp(log w + component_log_probs(x))`` and one
   ``torch.optim.Adam``, eager;
 - ``plain_comp``: ``plain`` with the whole loss under ``torch.compile``.
@@ -88,9 +88,11 @@ def setup_fit_step(
 
         elbo = _CallableLoss(vm.exact_loss)
     options = {"lr": est.learning_rate}
-    if exact:  # the estimator's optimizer now: Adam with torch's fused kernel
-        options["fused"] = True
     optim = pyro.optim.Adam(options)
+    if exact:  # the estimator's optimizer now: fused Adam, all tensors in one call
+        from pyro_mixflows.infer._adam import MultiTensorAdam
+
+        optim = MultiTensorAdam({**options, "fused": True})
     objective = elbo(vm.model, vm.guide)
     if compiled:  # imported here, so that the eager variants also run on older checkouts
         from pyro_mixflows.infer import _compile

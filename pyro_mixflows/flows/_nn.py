@@ -10,6 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "silu": F.silu, "tanh": torch.tanh, "gelu": F.gelu}
+# The same, in place, where the backward reads only the result with the same arithmetic (silu and
+# gelu read their input; ELU's backward from its result rounds differently)
+INPLACE_ACTIVATIONS = {"relu": torch.relu_, "tanh": torch.tanh_}
 
 
 def get_activation(name: str):
@@ -140,8 +143,15 @@ class BatchedMLP(nn.Module):
                 weight = weight * getattr(self, f"mask{i}")
             x = torch.baddbmm(bias, x, weight)  # (K, M, out_i)
             if i < last:
-                x = self._activation(x)
+                x = self._activate(x)
         return x
+
+    def _activate(self, x: torch.Tensor) -> torch.Tensor:
+        # ReLU (tanh) in place on the fresh baddbmm output (baddbmm's backward needs only its
+        # inputs, ReLU's only its result): one (K, M, H) tensor fewer per layer, i.e. fewer fresh
+        # allocations, which large batched passes pay for in page faults. Same values.
+        inplace = INPLACE_ACTIVATIONS.get(self.activation_name)
+        return self._activation(x) if inplace is None else inplace(x)
 
 
 def made_masks(dim: int, hidden_dims: Sequence[int], outputs_per_dim: int) -> list[torch.Tensor]:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
+from pyro.distributions.util import broadcast_shape
 from torch import nn
 
 from .._validation import check_event, check_finite, check_index
@@ -133,7 +134,8 @@ class IndexedComponent(_ComponentsDistribution):
             self._validate_sample(value)
         lp = self.components.component_log_probs(value)  # (..., K)
         batch, K = lp.shape[:-1], lp.shape[-1]
-        shape = torch.broadcast_shapes(self.index.shape, batch)
+        # Pyro's pure-Python broadcast: torch.broadcast_shapes costs ~20 us a call on a CPU
+        shape = torch.Size(broadcast_shape(self.index.shape, batch))
         dim = _enumerated_dim(self.index, K)
         if dim is not None and (dim > len(batch) or batch[-dim] == 1):
             # Parallel enumeration, index = arange(K) along dim -dim: the answer is the (..., K)

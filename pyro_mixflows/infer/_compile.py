@@ -70,6 +70,12 @@ EXPECTED_SPEEDUP_KERNEL = 2.2
 # so load tilts the decision towards compiling; 300 s keeps the demo (<= 4000 steps) eager up to
 # ~200 ms a step. The GPU figure is a guess, not measured here.
 COMPILE_COST_S = {"cpu": 300.0, "cuda": 60.0}
+# Dynamo keeps compiled entries per code object (one ``component_log_probs``, one
+# ``VMoNF._loss_kernel`` for every module of a process) and refuses a 9th shape by default
+# (``torch._dynamo.config.recompile_limit`` 8; under ``fullgraph=True`` a hard error, i.e. the
+# eager fallback): a process fitting many shapes (K, D, batch sizes, pre-training and training)
+# ran into it. The first compiled call of each fit raises it to this for that call only.
+RECOMPILE_LIMIT = 64
 
 # module -> {method name -> compiled callable}; weak, so a dropped module frees its compiled code
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -130,10 +136,14 @@ class CompiledPass:
         if not torch.is_grad_enabled():
             return self._method(components, x)
         key = (tuple(x.shape), x.dtype, x.device)
-        if self.key is None:
+        first = self.key is None  # the only call of a fit that may compile
+        if first:
             self.key, self.new_key = key, key not in self.compiled_keys
         if key != self.key:
             return self._method(components, x)
+        if first:
+            with _recompile_limit():
+                return self._compiled(components, x)
         return self._compiled(components, x)
 
     def confirm(self) -> bool:
@@ -143,6 +153,15 @@ class CompiledPass:
             self.compiled_keys.add(self.key)
         self.new_key = False
         return was_new
+
+
+def _recompile_limit():
+    """Dynamo's per-code-object recompile limit raised to ``RECOMPILE_LIMIT`` (a context)."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    return config.patch(**{name: max(RECOMPILE_LIMIT, getattr(config, name))})
 
 
 def loss_kernel(loss: Any) -> tuple[nn.Module, str] | None:
@@ -188,10 +207,14 @@ class CompiledKernel:
         if not torch.is_grad_enabled():
             return self._method(*args)
         key = self._key(args)
-        if self.key is None:
+        first = self.key is None  # the only call of a fit that may compile
+        if first:
             self.key, self.new_key = key, key not in self.compiled_keys
         if key != self.key:
             return self._method(*args)
+        if first:
+            with _recompile_limit():
+                return self._compiled(*args)
         return self._compiled(*args)
 
 

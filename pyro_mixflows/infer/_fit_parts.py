@@ -8,7 +8,6 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.infer.elbo import ELBO
@@ -16,6 +15,7 @@ from pyro.optim import PyroOptim
 from torch import nn
 
 from . import _distributed
+from ._adam import MultiTensorAdam
 
 DEFAULT_LR = 1e-3
 _ADAM_OPTIONS = frozenset(inspect.signature(torch.optim.Adam).parameters) - {"params"}
@@ -112,8 +112,9 @@ def _check_keywords(role: str, fn: Callable, keywords: list[str]) -> None:
 
 
 def _make_optim(optim: Any) -> PyroOptim:
+    # MultiTensorAdam: pyro.optim.Adam's update and state, all tensors stepped in one call
     if optim is None:
-        return pyro.optim.Adam({"lr": DEFAULT_LR})
+        return MultiTensorAdam({"lr": DEFAULT_LR})
     if isinstance(optim, PyroOptim):
         return optim
     if isinstance(optim, dict):
@@ -122,7 +123,7 @@ def _make_optim(optim: Any) -> PyroOptim:
             raise ValueError(
                 f"expected Adam options among {sorted(_ADAM_OPTIONS)}, got unknown options {unknown}"
             )
-        return pyro.optim.Adam(dict(optim))
+        return MultiTensorAdam(dict(optim))
     if isinstance(optim, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)) or (
         isinstance(optim, torch.optim.lr_scheduler.ReduceLROnPlateau)
     ):

@@ -27,6 +27,7 @@ from pyro.optim.lr_scheduler import PyroLRScheduler
 
 from .._validation import check_finite
 from . import _compile, _distributed
+from ._adam import all_finite
 from ._checkpoint import (
     load_checkpoint,
     rng_state,
@@ -153,7 +154,8 @@ def fit(
 
     Defaults: ``TraceEnum_ELBO(max_plate_nesting=1)`` (enumerated discrete sites are summed out
     exactly; no plate-nesting guess) and ``pyro.optim.Adam({"lr": 1e-3})`` (one torch Adam per
-    parameter, as in ``SVI``).
+    parameter, as in ``SVI``, with the updates of all parameters run as one call: a dict of
+    options or None gives ``infer._adam.MultiTensorAdam``, the same update bit for bit).
 
     Args:
         model: a Pyro model ``model(*args, subsample=None, **kwargs)``.
@@ -539,7 +541,7 @@ def _step(objective, loss, model, guide, optim, args, kwargs, distributed) -> fl
         zero_grads(params)
         raise FloatingPointError(f"non-finite loss {value}; no update was applied")
     grads = [p.grad for p in params if p.grad is not None]
-    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+    if grads and not all_finite(grads):
         store = pyro.get_param_store()
         names = [
             store.param_name(p)

@@ -171,8 +171,9 @@ class VMoNF(PyroModule):
         return self.classifier(x)
 
     # --- model and guide ------------------------------------------------------------------
-    def _check(self, x, x_labelled, y_labelled):
-        components = self.components  # one read: each read re-registers its parameters
+    def _check(self, x, x_labelled, y_labelled, components=None):
+        if components is None:  # one read: each read re-registers its parameters
+            components = self.components
         D, K = components.dim, components.num_components
         check_event(x, D, "x")
         if x.dim() != 2:
@@ -192,9 +193,9 @@ class VMoNF(PyroModule):
     @pyro_method
     def model(self, x, x_labelled=None, y_labelled=None, *, subsample=None):
         """p(w) p(z | w) p(x | z) over a "data" plate (and a "labelled" plate with z observed)."""
-        self._check(x, x_labelled, y_labelled)
+        components = self.components  # read once per call: each read re-registers its parameters
+        self._check(x, x_labelled, y_labelled, components)
         logits = self._model_logits()
-        components = self.components
         infer = {"enumerate": "parallel"} if self.assignment == "enumerate" else {}
         with pyro.plate("data", x.shape[0], subsample=subsample) as idx:
             z = pyro.sample("z", dist.Categorical(logits=logits), infer=infer)
@@ -211,9 +212,9 @@ class VMoNF(PyroModule):
     @pyro_method
     def model_labelled(self, x, y, *, subsample=None):
         """The model with every z observed: hard-assignment training (used to pre-train)."""
-        self._check(x, x, y)
-        logits = self._model_logits()
         components = self.components
+        self._check(x, x, y, components)
+        logits = self._model_logits()
         with pyro.plate("data", x.shape[0], subsample=subsample) as idx:
             xb, yb = (x, y) if subsample is None else (x[idx], y[idx])
             pyro.sample("z", dist.Categorical(logits=logits), obs=yb)
@@ -297,9 +298,9 @@ class VMoNF(PyroModule):
 
     @pyro_method
     def _marginal_loss(self, x, x_labelled=None, y_labelled=None, *, subsample=None):
-        self._check(x, x_labelled, y_labelled)
-        log_w = self._model_logits()  # inside a pyro_method: the parameters are registered
         components = self.components
+        self._check(x, x_labelled, y_labelled, components)
+        log_w = self._model_logits()  # inside a pyro_method: the parameters are registered
         xb = x if subsample is None else x[subsample]
         scale = x.new_tensor(x.shape[0] / xb.shape[0])
         T = None
@@ -317,9 +318,9 @@ class VMoNF(PyroModule):
 
     @pyro_method
     def _labelled_loss(self, x, y, *, subsample=None):
-        self._check(x, x, y)
-        log_w = self._model_logits()
         components = self.components
+        self._check(x, x, y, components)
+        log_w = self._model_logits()
         xb, yb = (x, y) if subsample is None else (x[subsample], y[subsample])
         scale = x.new_tensor(x.shape[0] / xb.shape[0])
         classifier = self.classifier if self.assignment == "amortized" else None

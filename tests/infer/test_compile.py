@@ -307,3 +307,42 @@ def test_compiled_loss_kernel_equals_eager(float64, assignment):
     for gc, ge in zip(grads_c, grads_e, strict=True):
         if ge is not None:
             torch.testing.assert_close(gc, ge, rtol=1e-8, atol=1e-10)
+
+
+def test_the_first_compiled_call_of_a_fit_may_recompile_past_dynamos_limit(monkeypatch):
+    """Dynamo refuses a 9th shape per code object by default (a hard error under fullgraph);
+    the first compiled call of each fit runs with the limit raised, the later ones as configured."""
+    import torch._dynamo
+
+    limits = []
+
+    def spy(module, x):
+        limits.append(torch._dynamo.config.recompile_limit)
+        return x.sum(-1, keepdim=True)
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: spy)
+    default = torch._dynamo.config.recompile_limit
+    compiled = _compile.CompiledPass(FlowComponents(1, D))
+    x = torch.randn(5, D)
+    with torch.enable_grad():
+        compiled(x), compiled(x)
+        compiled.reset()
+        compiled(x)
+    assert limits == [max(default, _compile.RECOMPILE_LIMIT), default, limits[0]]
+    assert torch._dynamo.config.recompile_limit == default
+
+
+@pytest.mark.slow
+def test_a_kernel_compiles_for_more_shapes_than_dynamos_default_limit():
+    """Ten fits of different batch shapes in one process: each compiles, none falls back."""
+
+    def kernel(a, b):
+        return (a * b).sum()
+
+    compiled = _compile.CompiledKernel(kernel)
+    for n in range(1, 11):
+        compiled.reset()
+        a = torch.randn(n, 3, requires_grad=True)
+        value = compiled(a, torch.ones(n, 3))
+        value.backward()
+        assert torch.equal(a.grad, torch.ones(n, 3))
