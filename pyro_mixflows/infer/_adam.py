@@ -13,6 +13,7 @@ foreach and fused kernels alike: torch picks the kernel by device, not by list l
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pyro
@@ -23,6 +24,11 @@ from torch.optim.adam import adam as _adam
 
 # Adam settings that are not hyperparameters of the update
 _SKIP = frozenset({"params", "initial_lr"})
+# the grouped call relies on torch's functional ``adam`` and ``Adam._init_group`` as in torch
+# >= 2.6 (``decoupled_weight_decay``); older versions of the allowed range step per optimizer
+_GROUPED = hasattr(torch.optim.Adam, "_init_group") and (
+    "decoupled_weight_decay" in inspect.signature(_adam).parameters
+)
 
 
 class MultiTensorAdam(PyroOptim):
@@ -69,7 +75,7 @@ class MultiTensorAdam(PyroOptim):
                     hash(key)
                 except TypeError:  # unhashable settings (e.g. a tensor lr in a list)
                     key = None
-            if key is None or args or kwargs:
+            if key is None or args or kwargs or not _GROUPED:
                 optimizer.step(*args, **kwargs)
             else:
                 buckets.setdefault(key, []).append(optimizer)

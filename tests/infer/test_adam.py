@@ -75,6 +75,24 @@ def test_multi_tensor_adam_callable_options_fall_back_per_tensor():
         assert torch.equal(a, b)
 
 
+def test_multi_tensor_adam_grouped_on_this_torch_and_steps_per_tensor_without_it(monkeypatch):
+    """torch 2.13 takes the one-call path; a torch without its pieces steps per optimizer."""
+    from pyro_mixflows.infer import _adam
+
+    assert _adam._GROUPED
+    calls = []
+    monkeypatch.setattr(_adam, "_adam_step", lambda optimizers: calls.append(len(optimizers)))
+    _run(MultiTensorAdam, {"lr": 1e-2}, torch.float32, steps=1)
+    assert calls == [3]  # one grouped call for the three tensors
+
+    monkeypatch.setattr(_adam, "_GROUPED", False)
+    expected, _ = _run(pyro.optim.Adam, {"lr": 1e-2}, torch.float32)
+    got, _ = _run(MultiTensorAdam, {"lr": 1e-2}, torch.float32)
+    assert calls == [3]  # not called again
+    for a, b in zip(expected, got, strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 def test_all_finite(bad, dtype):
