@@ -354,8 +354,10 @@ def _fit(
             )
         start, history = state["step"], saved["history"]
         best, bad_evals, elapsed = saved["best"], saved["bad_evals"], saved["elapsed"]
-        if best is not None:
-            best = [b.to(p.device) for b, p in zip(best, params, strict=True)]
+        if best is not None:  # a parameter loaded under a newer name: its snapshot too
+            names = [pyro.get_param_store().param_name(p) for p in params]
+            factors = [state["renamed"].get(name, 1.0) for name in names]
+            best = [f * b.to(p.device) for b, p, f in zip(best, params, factors, strict=True)]
         set_rng_state(saved["rng"][rank])
         if sampler is not None:
             sampler.load(saved["sampler"][rank])
