@@ -680,3 +680,42 @@ def test_fit_checkpoint_from_before_noise_speed_resumes_with_the_same_scale(tmp_
     moved = loaded["optim"]["decoder_log_scale_unit"]["state"][0]
     for key in ("exp_avg", "exp_avg_sq"):
         assert torch.allclose(moved[key], saved_moments[key])
+
+
+def test_fit_resume_continues_the_refit_schedule(tmp_path):
+    # num_training_steps (the refits' clock) is a buffer, saved in fit's checkpoint: a run
+    # stopped at step 2 and resumed refits at step 3 as the uninterrupted run does, and ends
+    # with the same parameters (the refit draws are seeded by the step).
+    from pyro_mixflows.infer import fit
+
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(2))
+    options = {"eval_every": 2, "seed": 0, "loss": TraceEnum_ELBO(max_plate_nesting=1)}
+
+    def make():
+        torch.manual_seed(0)  # the same initial networks each time
+        return perturb(
+            MixtureVAE(
+                5, 2, num_components=3, hidden_dims=(4,), likelihood="normal", refit_steps=(3,)
+            ),
+            0.3,
+        )
+
+    full_vae = make()
+    full = fit(full_vae.model, full_vae.guide, x, num_steps=6, **options)
+    full_state = {k: v.clone() for k, v in full_vae.state_dict().items()}
+    assert int(full_vae.num_training_steps) == 6
+
+    pyro.clear_param_store()
+    path = str(tmp_path / "vae.pt")
+    part_vae = make()
+    fit(part_vae.model, part_vae.guide, x, num_steps=2, checkpoint=path, **options)
+    pyro.clear_param_store()
+    resumed_vae = make()  # a fresh model: its counter starts at 0
+    resumed = fit(
+        resumed_vae.model, resumed_vae.guide, x, num_steps=6, checkpoint=path, resume=True,
+        **options,
+    )  # fmt: skip
+    assert int(resumed_vae.num_training_steps) == 6
+    assert resumed.losses == full.losses
+    for key, value in resumed_vae.state_dict().items():
+        assert torch.equal(value, full_state[key]), key
