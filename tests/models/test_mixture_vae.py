@@ -719,3 +719,25 @@ def test_fit_resume_continues_the_refit_schedule(tmp_path):
     assert resumed.losses == full.losses
     for key, value in resumed_vae.state_dict().items():
         assert torch.equal(value, full_state[key]), key
+
+
+def test_full_covariance_em_keeps_elongated_clusters_whole(float64):
+    # Two long clusters off the axes and a round one: the full-covariance EM (that of the
+    # refits) recovers the partition and returns the diagonals of the true covariances.
+    from pyro_mixflows.models._vae_clusters import _best_matching, _fit_diagonal_mixture
+
+    g = torch.Generator().manual_seed(0)
+    loc = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]])
+    rot = torch.tensor([[1.0, 1.0], [-1.0, 1.0]]) / math.sqrt(2)
+    tril = torch.stack([rot @ torch.diag(torch.tensor([2.0, 0.2])), rot.T @ torch.diag(
+        torch.tensor([2.0, 0.2])), 0.5 * torch.eye(2)])  # fmt: skip
+    labels = torch.arange(3000) % 3
+    z = loc[labels] + (tril[labels] @ torch.randn(3000, 2, 1, generator=g)).squeeze(-1)
+    fitted_loc, var, _, resp = _fit_diagonal_mixture(z, 3, 3, seed=0, covariance="full")
+    order = _best_matching(torch.eye(3)[labels].T @ resp)
+    assert (resp[:, order].argmax(-1) == labels).double().mean() > 0.98
+    true_var = (tril @ tril.mT).diagonal(dim1=-2, dim2=-1)
+    assert torch.allclose(var[order], true_var, rtol=0.1)
+    assert torch.allclose(fitted_loc[order], loc, atol=0.15)
+    with pytest.raises(ValueError, match="expected covariance in"):
+        _fit_diagonal_mixture(z, 3, 1, seed=0, covariance="spherical")
