@@ -91,6 +91,40 @@ def _modules(*fns: Callable) -> list[nn.Module]:
     return found
 
 
+def _buffers(modules: list[nn.Module]) -> dict[str, torch.Tensor]:
+    """Copies of the modules' buffers by ``"i:name"``, i the module's place among distinct ones.
+
+    Buffers are module state outside the param store (a step counter such as
+    ``MixtureVAE.num_training_steps`` or ``VMoNF.step``); fit's checkpoints keep them so that a
+    resumed run continues from them instead of from the fresh module's values.
+    """
+    distinct = list({id(m): m for m in modules}.values())
+    return {
+        f"{i}:{name}": buffer.detach().clone()
+        for i, module in enumerate(distinct)
+        for name, buffer in module.named_buffers()
+    }
+
+
+def _load_buffers(modules: list[nn.Module], saved: dict[str, torch.Tensor]) -> None:
+    """Copy buffers saved by :func:`_buffers` back into the modules, in place."""
+    current = {f"{i}:{name}": b for i, m in enumerate({id(m): m for m in modules}.values())
+               for name, b in m.named_buffers()}  # fmt: skip
+    if current.keys() != saved.keys():
+        raise ValueError(
+            f"expected the checkpoint's module buffers {sorted(saved)}, got a model and guide "
+            f"with {sorted(current)}; was the model built with other options?"
+        )
+    with torch.no_grad():
+        for key, value in saved.items():
+            if current[key].shape != value.shape:
+                raise ValueError(
+                    f"expected buffer {key!r} of shape {tuple(current[key].shape)} in the "
+                    f"checkpoint, got {tuple(value.shape)}; was the model built with other options?"
+                )
+            current[key].copy_(value)
+
+
 def _check_keywords(role: str, fn: Callable, keywords: list[str]) -> None:
     """Refuse keywords that ``fn`` cannot take (a misspelt fit option lands in **kwargs)."""
     try:

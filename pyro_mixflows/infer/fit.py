@@ -36,10 +36,12 @@ from ._checkpoint import (
 )
 from ._fit_parts import (
     _BatchSampler,
+    _buffers,
     _CallableLoss,
     _check_int,
     _check_keywords,
     _has_plate,
+    _load_buffers,
     _make_optim,
     _modules,
     _restore,
@@ -185,7 +187,10 @@ def fit(
             names the stage in the bar (``"fit: <name>"``). When training ends the bar is closed
             at the step reached, with why it stopped (step limit, no improvement, or error).
         checkpoint: file to write (atomically) every ``checkpoint_every`` steps and at the end:
-            param store, optimizer state, step, RNG states, minibatch order and history.
+            param store, optimizer state, step, RNG states, minibatch order, history, and the
+            buffers of an ``nn.Module`` model/guide (or a bound method's module), such as
+            ``MixtureVAE.num_training_steps`` (the clock of its prior refits) or ``VMoNF.step``.
+            Buffers of modules a function model registers with ``pyro.module`` are not saved.
         checkpoint_every: defaults to ``eval_every``.
         resume: if ``checkpoint`` exists, continue from it: a resumed run reproduces an
             uninterrupted one bit for bit.
@@ -356,8 +361,12 @@ def _fit(
             )
         start, history = state["step"], saved["history"]
         best, bad_evals, elapsed = saved["best"], saved["bad_evals"], saved["elapsed"]
-        if best is not None:
-            best = [b.to(p.device) for b, p in zip(best, params, strict=True)]
+        if best is not None:  # a parameter loaded under a newer name: its snapshot too
+            names = [pyro.get_param_store().param_name(p) for p in params]
+            factors = [state["renamed"].get(name, 1.0) for name in names]
+            best = [f * b.to(p.device) for b, p, f in zip(best, params, factors, strict=True)]
+        if "buffers" in saved:  # checkpoints from before buffers were saved: the module's own
+            _load_buffers(_modules(model, guide), saved["buffers"])
         set_rng_state(saved["rng"][rank])
         if sampler is not None:
             sampler.load(saved["sampler"][rank])
@@ -386,6 +395,7 @@ def _fit(
                 "elapsed": time.perf_counter() - t0,
                 "rng": [g[0] for g in gathered],
                 "sampler": [g[1] for g in gathered],
+                "buffers": _buffers(_modules(model, guide)),
             }
             save_checkpoint(checkpoint, optim=optim, step=step, extra={"fit": fit_state})
         if distributed:  # no rank runs ahead (e.g. into a resume) before the file is complete

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 DEFAULT_REFIT_STEPS = (500, 1000, 2000)
 REFIT_MAX_ROWS = 4096  # the automatic refit uses at most this many rows of x
+REFIT_COVARIANCE = "full"  # the refit's EM: full covariances, whose diagonals the prior takes
 
 
 def check_refit_steps(
@@ -69,15 +70,25 @@ def _fit_diagonal_mixture(
     seed: int,
     iters: int = 200,
     init: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    covariance: str = "diag",
 ):
-    """EM for a K-component diagonal Gaussian mixture on z (M, D), k-means++ starts.
+    """EM for a K-component Gaussian mixture on z (M, D), k-means++ starts; diagonal result.
 
     ``init`` = (loc (K, D), variances (K, D), log weights (K,)) is one more start, run first:
-    EM never lowers the log-likelihood, so the result is at least as good as ``init``.
+    EM never lowers the log-likelihood, so the result is at least as good as ``init`` (in the
+    likelihood of the mixture EM fits).
+
+    ``covariance="diag"`` fits diagonal components. ``"full"`` fits full covariances (in
+    float64) and returns their diagonals: the partition (responsibilities) is the full mixture's.
+    A cluster of codes that is elongated off the axes is one full component; diagonal ones can
+    fit it better as two (one of them narrow) while merging two others, a solution that the
+    start from the current prior tends to keep.
 
     Returns loc (K, D), variances (K, D), log weights (K,) and responsibilities (M, K) of the
-    start with the highest log-likelihood.
+    start with the highest log-likelihood (of the fitted mixture, diagonal or full).
     """
+    if covariance not in ("diag", "full"):
+        raise ValueError(f"expected covariance in ('diag', 'full'), got {covariance!r}")
     g = torch.Generator().manual_seed(seed)
     M, D = z.shape
     best, best_ll = None, -math.inf
@@ -91,6 +102,8 @@ def _fit_diagonal_mixture(
         starts.append(
             (z[idx].clone(), z.var(0).expand(K, D).clone(), z.new_full((K,), -math.log(K)))
         )
+    if covariance == "full":
+        return _fit_full_mixture(z, starts, iters, floor)
     for loc, var, log_w in starts:
         for _ in range(iters):
             lp = dist.Normal(loc, var.sqrt()).log_prob(z.unsqueeze(1)).sum(-1) + log_w  # (M, K)
@@ -103,6 +116,38 @@ def _fit_diagonal_mixture(
         ll = torch.logsumexp(lp, -1).mean().item()
         if ll > best_ll:
             best_ll, best = ll, (loc, var, log_w, torch.softmax(lp, -1))
+    return best
+
+
+def _fit_full_mixture(z: torch.Tensor, starts, iters: int, floor: torch.Tensor):
+    """EM with full covariances (Σ_k + floor·I) from each start; the best one's diagonals."""
+    z64, M, D = z.double(), z.shape[0], z.shape[1]
+    eye = torch.eye(D, dtype=torch.float64)
+    best, best_ll = None, -math.inf
+
+    def log_probs(loc, cov, log_w):  # (M, K)
+        tril = torch.linalg.cholesky(cov)
+        diff = (z64.unsqueeze(1) - loc).unsqueeze(-1)  # (M, K, D, 1)
+        sol = torch.linalg.solve_triangular(tril, diff, upper=False).squeeze(-1)
+        logdet = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return log_w - 0.5 * (sol**2).sum(-1) - logdet - 0.5 * D * math.log(2 * math.pi)
+
+    for loc, var, log_w in starts:
+        loc, log_w = loc.double(), log_w.double()
+        cov = torch.diag_embed(var.double())
+        for _ in range(iters):
+            resp = torch.softmax(log_probs(loc, cov, log_w), -1)
+            nk = resp.sum(0) + 1e-10  # (K,)
+            loc = (resp.T @ z64) / nk.unsqueeze(-1)
+            diff = z64.unsqueeze(1) - loc  # (M, K, D)
+            cov = torch.einsum("mk,mkd,mke->kde", resp, diff, diff) / nk[:, None, None]
+            cov = cov + float(floor) * eye
+            log_w = torch.log(nk / M)
+        lp = log_probs(loc, cov, log_w)
+        ll = torch.logsumexp(lp, -1).mean().item()
+        if ll > best_ll:
+            var = cov.diagonal(dim1=-2, dim2=-1)
+            best_ll, best = ll, tuple(t.to(z) for t in (loc, var, log_w, torch.softmax(lp, -1)))
     return best
 
 
@@ -226,12 +271,15 @@ def refit_prior(
     The prior maximizing the ELBO for a fixed guide is the mixture that best fits the
     aggregate posterior (1/N) Σ_n q(z | x_n); gradient steps approach it slowly and can
     stay in a local optimum (one component over two clusters, two over one). This M-step
-    fits a diagonal Gaussian mixture with K components to S draws of q(z | x_n) per point
-    by EM, started from the current prior and from ``num_restarts`` k-means++ seeds (the best
-    log-likelihood kept, so never below the current prior's), and sets μ⁰, σ⁰ (and the
-    weights, for ``weights="softmax"``; stick posteriors are left as they are) to it, with
-    the new components ordered to overlap most with the guide's components, so that tied
-    components stay tied. A new component whose codes came from another guide component
+    fits a Gaussian mixture with K full-covariance components to S draws of q(z | x_n) per
+    point by EM, started from the current prior and from ``num_restarts`` k-means++ seeds (the
+    best log-likelihood kept, so never below the current prior's), and sets μ⁰, σ⁰ (the
+    diagonals of the covariances) and the weights (for ``weights="softmax"``; stick posteriors
+    are left as they are) to it, with the new components ordered to overlap most with the
+    guide's components, so that tied components stay tied. Full covariances decide the
+    partition: a cluster of codes elongated off the axes is one full component, while a
+    diagonal mixture can fit it better as two (one narrow) and merge two other clusters, a
+    solution that EM started from the current prior kept and training then emptied again. A new component whose codes came from another guide component
     (one that covered two clusters) gets a copy of that component's encoder outputs (Gaussian
     components only), so that the guide follows the split. By default the model calls it
     itself at training steps 500, 1000 and 2000 (``refit_steps``); the draws use their own
@@ -257,7 +305,9 @@ def refit_prior(
         z = self._draw_and_weigh(x, S)[0]  # (S, N, D)
     current = (self.prior_loc, (2 * self.prior_log_scale).exp(), self._mean_prior_log_weights())
     z = z.reshape(-1, z.shape[-1])
-    loc, var, log_w, resp = _fit_diagonal_mixture(z, K, num_restarts, seed, init=current)
+    loc, var, log_w, resp = _fit_diagonal_mixture(
+        z, K, num_restarts, seed, init=current, covariance=REFIT_COVARIANCE
+    )
     r_old = self.encode(x)[0].repeat(S, 1)  # (S·N, K), rows in the same order as z's
     overlap = r_old.T @ resp  # (K, K): old guide index x new component
     order = _best_matching(overlap)  # new component for each old index

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..distributions.kumaraswamy import Kumaraswamy
 from ..flows import FlowComponents
+from ..infer._checkpoint import register_renamed_param
 from . import _vae_clusters as _clusters
 from ._vae_guide import _ComponentDraw, _mlp, stick_breaking_log_weights
 
@@ -27,6 +28,8 @@ WEIGHTS = ("softmax", "kumaraswamy", "beta")
 STICKS = ("global", "local")
 LIKELIHOODS = ("bernoulli", "normal")
 NOISE_SPEED = 3.0  # the Normal decoder's log scale is this times its parameter
+# checkpoints from before NOISE_SPEED saved log σ itself under the old name
+register_renamed_param("decoder_log_scale", "decoder_log_scale_unit", 1 / NOISE_SPEED)
 
 
 class MixtureVAE(PyroModule):
@@ -290,6 +293,13 @@ class MixtureVAE(PyroModule):
         if self.likelihood == "bernoulli":
             return dist.Bernoulli(logits=out).to_event(1)
         return dist.Normal(out, self.decoder_log_scale.exp()).to_event(1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # State dicts from before NOISE_SPEED hold log σ itself as "decoder_log_scale".
+        old, new = prefix + "decoder_log_scale", prefix + "decoder_log_scale_unit"
+        if self.likelihood == "normal" and old in state_dict and new not in state_dict:
+            state_dict[new] = state_dict.pop(old) / NOISE_SPEED
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def decoder_log_scale(self) -> torch.Tensor:

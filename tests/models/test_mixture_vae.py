@@ -602,3 +602,142 @@ def test_normal_decoder_log_scale_is_the_scaled_parameter():
     assert vae._likelihood(torch.zeros(2)).base_dist.scale[0].item() == pytest.approx(
         math.exp(-0.1 * NOISE_SPEED)
     )
+
+
+def _normal_vae_and_data():
+    vae = perturb(MixtureVAE(5, 2, num_components=3, hidden_dims=(4,), likelihood="normal"), 0.3)
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(2))
+    return vae, x
+
+
+def test_state_dict_from_before_noise_speed_loads_the_same_scale_and_likelihood():
+    # Before NOISE_SPEED the state dict held log σ itself as "decoder_log_scale".
+    from pyro_mixflows.models.mixture_vae import NOISE_SPEED
+
+    vae, x = _normal_vae_and_data()
+    old = vae.state_dict()
+    old["decoder_log_scale"] = NOISE_SPEED * old.pop("decoder_log_scale_unit")
+    fresh = MixtureVAE(5, 2, num_components=3, hidden_dims=(4,), likelihood="normal")
+    fresh.load_state_dict(old)  # strict: no missing or unexpected key
+    assert torch.allclose(fresh.decoder_log_scale, vae.decoder_log_scale)
+    assert torch.allclose(fresh.decoder_log_scale_unit, vae.decoder_log_scale_unit)
+    pyro.set_rng_seed(4)
+    expected = vae.importance_log_likelihood(x, num_samples=8)
+    pyro.set_rng_seed(4)
+    assert torch.allclose(fresh.importance_log_likelihood(x, num_samples=8), expected)
+    # a state dict of the current format loads unchanged
+    again = MixtureVAE(5, 2, num_components=3, hidden_dims=(4,), likelihood="normal")
+    again.load_state_dict(vae.state_dict())
+    assert torch.equal(again.decoder_log_scale_unit, vae.decoder_log_scale_unit)
+
+
+def test_fit_checkpoint_from_before_noise_speed_resumes_with_the_same_scale(tmp_path):
+    # A fit checkpoint stores parameters by param-store name; an old one holds
+    # "decoder_log_scale" (log σ), in the param store, the optimizer state and the best snapshot.
+    from pyro_mixflows.infer import fit
+    from pyro_mixflows.models.mixture_vae import NOISE_SPEED
+
+    vae, x = _normal_vae_and_data()
+    path = str(tmp_path / "vae.pt")
+    options = {
+        "num_steps": 4,
+        "eval_every": 2,
+        "seed": 0,
+        "loss": TraceEnum_ELBO(max_plate_nesting=1),
+    }
+    fit(vae.model, vae.guide, x, val_args=(x,), checkpoint=path, **options)
+    state = torch.load(path, weights_only=True)
+    unit = state["param_store"]["params"]["decoder_log_scale_unit"]
+    assert torch.equal(unit, vae.decoder_log_scale_unit.detach())
+    for table in (state["param_store"]["params"], state["param_store"]["constraints"]):
+        table["decoder_log_scale"] = table.pop("decoder_log_scale_unit")
+    state["param_store"]["params"]["decoder_log_scale"] = NOISE_SPEED * unit
+    adam = state["optim"].pop("decoder_log_scale_unit")
+    moments = adam["state"][0]
+    saved_moments = dict(moments)  # the gradient in log σ is NOISE_SPEED times smaller
+    moments["exp_avg"] = moments["exp_avg"] / NOISE_SPEED
+    moments["exp_avg_sq"] = moments["exp_avg_sq"] / NOISE_SPEED**2
+    state["optim"]["decoder_log_scale"] = adam
+    best = state["extra"]["fit"]["best"]
+    (index,) = [i for i, b in enumerate(best) if b.shape == unit.shape and torch.equal(b, unit)]
+    best[index] = NOISE_SPEED * best[index]
+    torch.save(state, path)
+
+    pyro.clear_param_store()
+    fresh = MixtureVAE(5, 2, num_components=3, hidden_dims=(4,), likelihood="normal")
+    fit(fresh.model, fresh.guide, x, val_args=(x,), checkpoint=path, resume=True, **options)
+    assert "decoder_log_scale" not in pyro.get_param_store()
+    assert torch.allclose(fresh.decoder_log_scale, vae.decoder_log_scale)
+    pyro.set_rng_seed(4)
+    expected = vae.importance_log_likelihood(x, num_samples=8)
+    pyro.set_rng_seed(4)
+    assert torch.allclose(fresh.importance_log_likelihood(x, num_samples=8), expected)
+    # the optimizer state came across under the new name, in the new units
+    from pyro_mixflows.infer._checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path, restore_rng=False)
+    assert loaded["renamed"] == {"decoder_log_scale_unit": pytest.approx(1 / NOISE_SPEED)}
+    moved = loaded["optim"]["decoder_log_scale_unit"]["state"][0]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.allclose(moved[key], saved_moments[key])
+
+
+def test_fit_resume_continues_the_refit_schedule(tmp_path):
+    # num_training_steps (the refits' clock) is a buffer, saved in fit's checkpoint: a run
+    # stopped at step 2 and resumed refits at step 3 as the uninterrupted run does, and ends
+    # with the same parameters (the refit draws are seeded by the step).
+    from pyro_mixflows.infer import fit
+
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(2))
+    options = {"eval_every": 2, "seed": 0, "loss": TraceEnum_ELBO(max_plate_nesting=1)}
+
+    def make():
+        torch.manual_seed(0)  # the same initial networks each time
+        return perturb(
+            MixtureVAE(
+                5, 2, num_components=3, hidden_dims=(4,), likelihood="normal", refit_steps=(3,)
+            ),
+            0.3,
+        )
+
+    full_vae = make()
+    full = fit(full_vae.model, full_vae.guide, x, num_steps=6, **options)
+    full_state = {k: v.clone() for k, v in full_vae.state_dict().items()}
+    assert int(full_vae.num_training_steps) == 6
+
+    pyro.clear_param_store()
+    path = str(tmp_path / "vae.pt")
+    part_vae = make()
+    fit(part_vae.model, part_vae.guide, x, num_steps=2, checkpoint=path, **options)
+    pyro.clear_param_store()
+    resumed_vae = make()  # a fresh model: its counter starts at 0
+    resumed = fit(
+        resumed_vae.model, resumed_vae.guide, x, num_steps=6, checkpoint=path, resume=True,
+        **options,
+    )  # fmt: skip
+    assert int(resumed_vae.num_training_steps) == 6
+    assert resumed.losses == full.losses
+    for key, value in resumed_vae.state_dict().items():
+        assert torch.equal(value, full_state[key]), key
+
+
+def test_full_covariance_em_keeps_elongated_clusters_whole(float64):
+    # Two long clusters off the axes and a round one: the full-covariance EM (that of the
+    # refits) recovers the partition and returns the diagonals of the true covariances.
+    from pyro_mixflows.models._vae_clusters import _best_matching, _fit_diagonal_mixture
+
+    g = torch.Generator().manual_seed(0)
+    loc = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]])
+    rot = torch.tensor([[1.0, 1.0], [-1.0, 1.0]]) / math.sqrt(2)
+    tril = torch.stack([rot @ torch.diag(torch.tensor([2.0, 0.2])), rot.T @ torch.diag(
+        torch.tensor([2.0, 0.2])), 0.5 * torch.eye(2)])  # fmt: skip
+    labels = torch.arange(3000) % 3
+    z = loc[labels] + (tril[labels] @ torch.randn(3000, 2, 1, generator=g)).squeeze(-1)
+    fitted_loc, var, _, resp = _fit_diagonal_mixture(z, 3, 3, seed=0, covariance="full")
+    order = _best_matching(torch.eye(3)[labels].T @ resp)
+    assert (resp[:, order].argmax(-1) == labels).double().mean() > 0.98
+    true_var = (tril @ tril.mT).diagonal(dim1=-2, dim2=-1)
+    assert torch.allclose(var[order], true_var, rtol=0.1)
+    assert torch.allclose(fitted_loc[order], loc, atol=0.15)
+    with pytest.raises(ValueError, match="expected covariance in"):
+        _fit_diagonal_mixture(z, 3, 1, seed=0, covariance="spherical")
