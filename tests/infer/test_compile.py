@@ -127,16 +127,19 @@ def test_auto_compiles_after_the_probe_when_it_pays(monkeypatch):
     assert result.compile_time is not None
 
 
+def broken_compile(fn, **options):
+    """A ``torch.compile`` stand-in whose compiled function raises when called."""
+
+    def compiled(*args):
+        raise RuntimeError("no compiler here")
+
+    return compiled
+
+
 def test_a_failing_compile_warns_and_trains_eagerly(monkeypatch):
-    def broken(fn, **options):
-        def compiled(components, x):
-            raise RuntimeError("no compiler here")
-
-        return compiled
-
     x = make_data()
     eager = run_fit(make_vm(), x, num_steps=4, compile=False)
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", broken_compile)
     vm = make_vm()
     with pytest.warns(RuntimeWarning, match="no compiler here"):
         result = run_fit(vm, x, num_steps=4, compile=True)
@@ -252,15 +255,9 @@ def test_an_exact_loss_has_its_whole_kernel_compiled(monkeypatch):
 
 
 def test_a_failing_kernel_compile_trains_eagerly(monkeypatch):
-    def broken(fn, **options):
-        def compiled(*args):
-            raise RuntimeError("no compiler here")
-
-        return compiled
-
     x = make_data()
     eager = run_exact_fit(make_vm(), x, num_steps=3, compile=False)
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", broken_compile)
     vm = make_vm()
     with pytest.warns(RuntimeWarning, match="no compiler here"):
         result = run_exact_fit(vm, x, num_steps=3, compile=True)
