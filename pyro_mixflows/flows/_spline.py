@@ -10,34 +10,58 @@ import torch.nn.functional as F
 MIN_BIN_WIDTH = 1e-3
 MIN_BIN_HEIGHT = MIN_BIN_WIDTH  # one minimum for both: widths and heights share a softmax
 MIN_DERIVATIVE = 1e-3
-# softplus(DERIVATIVE_SHIFT) + MIN_DERIVATIVE == 1, so zero parameters give the identity map.
+# softplus(DERIVATIVE_SHIFT) + MIN_DERIVATIVE == 1 (up to rounding): zero parameters give the identity
+# map, and the end knots (parameter 0 by padding) have slope 1, meeting the identity tails.
 DERIVATIVE_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
 
 
-def _softmax(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dimension, (..., B) -> (..., B), written as exp / sum.
-
-    For the few bins of a spline (B ~ 8) this is several times faster on a CPU than
-    ``torch.softmax``, whose kernel vectorizes along the short softmax dimension. The shift by the max keeps exp
-    finite; it carries no gradient, since softmax does not depend on it.
-    """
-    e = (x - x.detach().amax(-1, keepdim=True)).exp()
-    return e / e.sum(-1, keepdim=True)
+_CONSTANTS: dict = {}
 
 
-_TRIANGLES: dict = {}
+def _constant(name, num_bins: int, dtype: torch.dtype, device: torch.device, make):
+    """A small constant tensor of the spline, built once per (name, B, dtype, device)."""
+    if torch.compiler.is_compiling():  # a constant of the compiled graph: no cache needed
+        return make(num_bins, dtype, device)
+    key = (name, num_bins, dtype, device)
+    value = _CONSTANTS.get(key)
+    if value is None:
+        value = _CONSTANTS[key] = make(num_bins, dtype, device)
+    return value
 
 
 def _triangle(num_bins: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The (B, B - 1) 0/1 upper triangle whose matmul gives cumulative sums; built once per key."""
-    if torch.compiler.is_compiling():  # a constant of the compiled graph: no cache needed
-        return torch.ones(num_bins, num_bins - 1, dtype=dtype, device=device).triu()
-    key = (num_bins, dtype, device)
-    triangle = _TRIANGLES.get(key)
-    if triangle is None:
-        triangle = torch.ones(num_bins, num_bins - 1, dtype=dtype, device=device).triu()
-        _TRIANGLES[key] = triangle
-    return triangle
+    """The (B, B + 1) 0/1 triangle T[i, j] = [i < j]: ``e @ T`` gives the prefix sums C_0..C_B."""
+    return _constant(
+        "triangle",
+        num_bins,
+        dtype,
+        device,
+        lambda b, dt, dev: torch.ones(b, b + 1, dtype=dt, device=dev).triu(1),
+    )
+
+
+def _knot_starts(num_bins: int, bound: float, dtype, device) -> torch.Tensor:
+    """``2 bound m j - bound`` for j = 0..B (m the minimum bin size), formed as in the spline."""
+    return _constant(
+        ("starts", bound),
+        num_bins,
+        dtype,
+        device,
+        lambda b, dt, dev: (
+            torch.arange(b + 1, dtype=dt, device=dev) * (2 * bound * MIN_BIN_WIDTH) - bound
+        ),
+    )
+
+
+def _gather_offsets(num_bins: int, device) -> torch.Tensor:
+    """[0, 1, B]: added to the bin index k and clamped at B, the columns k, k + 1 and B."""
+    return _constant(
+        "offsets",
+        num_bins,
+        torch.int64,
+        device,
+        lambda b, dt, dev: torch.tensor([0, 1, b], dtype=dt, device=dev),
+    )
 
 
 def rational_quadratic_spline(
@@ -84,8 +108,12 @@ def packed_rational_quadratic_spline(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``rational_quadratic_spline`` with widths and heights packed as (..., 2, B).
 
-    Widths and heights share one softmax and one cumsum, and the bin's knots and derivatives are
-    read with two gathers; only per-element quantities are formed after the bin search.
+    Only what the element's bin needs is normalized. The softmax numerators' prefix sums
+    ``C_0 = 0, ..., C_B`` (the total) come from one small matmul; knot ``j`` of a row is
+    ``(m j + (1 - m B) C_j / C_B) 2 bound - bound`` (m the minimum bin size), so after the bin
+    search one gather reads the bin's two prefix sums and the total per row, and the knots are
+    formed from those three numbers. Likewise the bin's two derivatives are gathered before the
+    softplus. The full (..., 2, B) work is the shift, exp and matmul, forward and backward.
 
     Args:
         inputs: values, shape (...).
@@ -95,31 +123,42 @@ def packed_rational_quadratic_spline(
         inverse: evaluate the inverse map instead.
     """
     num_bins = unnormalized_sizes.shape[-1]
-    sizes = MIN_BIN_WIDTH + (1.0 - MIN_BIN_WIDTH * num_bins) * _softmax(
-        unnormalized_sizes
-    )  # (..., 2, B)
-    # cumulative sums of the first B - 1 sizes as a small matmul with a 0/1 triangle: its
-    # backward is a matmul too (cumsum's backward flips and copies)
-    triangle = _triangle(num_bins, sizes.dtype, sizes.device)
-    interior = (sizes @ triangle) * (2 * bound) - bound  # (..., 2, B - 1)
-    # End knots pinned exactly, so that the spline meets the identity tails.
-    end = interior.new_tensor(bound).expand(*interior.shape[:-1], 1)
-    knots = torch.cat([-end, interior, end], dim=-1)  # (..., 2, B + 1): x knots, y knots
-    derivatives = MIN_DERIVATIVE + F.softplus(unnormalized_derivatives + DERIVATIVE_SHIFT)
-    derivatives = F.pad(derivatives, (1, 1), value=1.0)  # (..., B + 1); slope 1 meets the tails
+    dtype, device = unnormalized_sizes.dtype, unnormalized_sizes.device
+    # softmax numerators; the shift by the max keeps exp finite and carries no gradient, since
+    # the softmax does not depend on it
+    e = (unnormalized_sizes - unnormalized_sizes.detach().amax(-1, keepdim=True)).exp()
+    # prefix sums as a matmul with a 0/1 triangle (its backward is a matmul too), and the total
+    cums = e @ _triangle(num_bins, dtype, device)  # (..., 2, B + 1): C_0 = 0 exactly, ..., C_B
+    # knot j = start_j + scale * C_j, start_j = 2 bound m j - bound, scale = 2 bound (1 - m B) / C_B
+    scale_num = 2 * bound * (1.0 - MIN_BIN_WIDTH * num_bins)
+    starts = _knot_starts(num_bins, bound, dtype, device)  # (B + 1,)
 
     inside = (inputs >= -bound) & (inputs <= bound)
     x = inputs.clamp(-bound, bound)
-    # bin index in [0, B - 1]: the number of interior knots at or below x
-    search = interior[..., 1 if inverse else 0, :]  # (..., B - 1)
-    idx = (x.unsqueeze(-1) >= search).sum(-1, keepdim=True)  # (..., 1)
-    idx2 = torch.cat([idx, idx + 1], dim=-1)  # (..., 2): the bin's left and right knot
-    ends = knots.gather(-1, idx2.unsqueeze(-2).expand(*idx2.shape[:-1], 2, 2))  # (..., 2, 2)
+    # bin index in [0, B - 1]: the number of interior knots at or below x on the searched row (no
+    # gradient), formed by the same operations as the bin's knots below, so that the bin found
+    # holds x between exactly those floating-point knots
+    row = cums.detach()[..., 1 if inverse else 0, :]  # (..., B + 1)
+    search = starts[1:-1] + (scale_num / row[..., -1:]) * row[..., 1:-1]  # (..., B - 1)
+    idx = (x.detach().unsqueeze(-1) >= search).sum(-1, keepdim=True)  # (..., 1)
+    # per row, the bin's left and right prefix sums and the total: one gather, (..., 2, 3)
+    idx3 = (idx + _gather_offsets(num_bins, device)).clamp_(max=num_bins)  # [k, k + 1, B]
+    picked = cums.gather(-1, idx3.unsqueeze(-2).expand(*idx3.shape[:-1], 2, 3))
+    prefix, total = picked.split([2, 1], dim=-1)  # (..., 2, 2), (..., 2, 1)
+    idx2 = idx3[..., :2]
+    # starts[idx2] as arithmetic (same operations as the table): (..., 1, 2)
+    start = (idx2.unsqueeze(-2).to(dtype) * (2 * bound * MIN_BIN_WIDTH)) - bound
+    # (..., 2, 2): knot 0 is -bound exactly, knot B is bound up to rounding (C_B / C_B)
+    knots = start + (scale_num / total) * prefix
     # unbind (not indexing): one stack in the backward instead of a zero-filled copy per index
-    x_k, x_k1, y_k, y_k1 = ends.flatten(-2).unbind(-1)
+    x_k, x_k1, y_k, y_k1 = knots.flatten(-2).unbind(-1)
     w_k = x_k1 - x_k
     h_k = y_k1 - y_k
-    d_k, d_k1 = derivatives.gather(-1, idx2).unbind(-1)  # (...) each
+    # the bin's two knot derivatives: softplus of the gathered parameters, padded with zeros,
+    # whose softplus gives slope 1 at the end knots (DERIVATIVE_SHIFT), meeting the tails
+    padded = F.pad(unnormalized_derivatives, (1, 1))  # (..., B + 1)
+    derivatives = MIN_DERIVATIVE + F.softplus(padded.gather(-1, idx2) + DERIVATIVE_SHIFT)
+    d_k, d_k1 = derivatives.unbind(-1)  # (...) each
     s_k = h_k / w_k
     curvature = d_k1 + d_k - 2 * s_k
 

@@ -7,7 +7,7 @@ import torch
 
 from pyro_mixflows import FlowComponents
 from pyro_mixflows.flows._nn import BatchedMLP, made_masks
-from pyro_mixflows.flows._spline import rational_quadratic_spline
+from pyro_mixflows.flows._spline import packed_rational_quadratic_spline, rational_quadratic_spline
 
 
 @pytest.mark.parametrize("flow", ["affine_coupling", "maf", "spline_coupling"])
@@ -123,3 +123,19 @@ def test_mlp_in_place_activation_keeps_values_and_gradients(activation, dtype, m
     assert torch.equal(out, h)
     for a, b in zip(grads, grads_ref, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_packed_spline_parameter_gradients(inverse, float64):
+    """The spline gathers the bin's prefix sums and derivatives before normalizing them: its
+    gradients with respect to every spline parameter match finite differences, with points in
+    the first and last bins, on the bound and outside it."""
+    torch.manual_seed(1)
+    sizes = torch.randn(2, 9, 2, 6, requires_grad=True)
+    derivatives = torch.randn(2, 9, 5, requires_grad=True)
+    x = torch.tensor([-3.5, -2.99, -1.0, 0.0, 0.4, 1.7, 2.95, 3.0, 4.0]).expand(2, 9)
+
+    def spline(s, d):
+        return packed_rational_quadratic_spline(x, s, d, bound=3.0, inverse=inverse)
+
+    assert torch.autograd.gradcheck(spline, (sizes, derivatives))
