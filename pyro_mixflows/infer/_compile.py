@@ -256,7 +256,20 @@ class HotPath:
                 self.targets.append(
                     (comps, "component_log_probs", lambda comps=comps: CompiledPass(comps))
                 )
+        found = bool(self.targets)
         self.targets = [t for t in self.targets if (t[0], t[1]) not in _failed()]
+        if option is True and not self.targets:
+            why = (
+                "its compile failed earlier in this process"
+                if found
+                else "no FlowComponents in the model's or guide's modules, and the loss names "
+                "no compiled kernel"
+            )
+            warnings.warn(
+                f"compile=True compiles nothing here ({why}): training runs eagerly",
+                RuntimeWarning,
+                stacklevel=4,  # HotPath <- fit's _fit <- fit <- the caller
+            )
         self.num_steps = num_steps
         self.device_type = device.type if device is not None else self._param_device_type()
         self.installed: list[tuple[nn.Module, str]] = []

@@ -146,8 +146,9 @@ def test_a_failing_compile_warns_and_trains_eagerly(monkeypatch):
     assert result.losses == eager.losses  # the failed step was redone eagerly
     assert result.compile_time is None
     assert "component_log_probs" not in vm.components.__dict__
-    # no second attempt on this module
-    again = run_fit(vm, x, num_steps=1, compile=True)
+    # no second attempt on this module, and compile=True says so
+    with pytest.warns(RuntimeWarning, match="compile failed earlier"):
+        again = run_fit(vm, x, num_steps=1, compile=True)
     assert again.compile_time is None
 
 
@@ -165,7 +166,7 @@ def test_the_compiled_pass_cache_does_not_keep_modules_alive(monkeypatch):
     assert ref() is None
 
 
-def test_fit_without_flow_components_ignores_compile(monkeypatch):
+def test_fit_without_flow_components_warns_that_compile_true_compiles_nothing(monkeypatch):
     fake = CountingCompiler()
     monkeypatch.setattr(torch, "compile", fake)
 
@@ -177,8 +178,12 @@ def test_fit_without_flow_components_ignores_compile(monkeypatch):
     def guide(x, subsample=None):
         pass
 
-    result = fit(model, guide, make_data(), loss=Trace_ELBO(), num_steps=3, compile=True)
+    with pytest.warns(RuntimeWarning, match="compiles nothing here.*no FlowComponents") as seen:
+        result = fit(model, guide, make_data(), loss=Trace_ELBO(), num_steps=3, compile=True)
     assert fake.calls == 0 and result.compile_time is None
+    assert seen[0].filename == __file__  # points at the caller's fit
+    result = fit(model, guide, make_data(), loss=Trace_ELBO(), num_steps=3, compile="auto")
+    assert result.compile_time is None  # "auto" finds nothing to decide: no warning
 
 
 @pytest.mark.slow
@@ -263,7 +268,8 @@ def test_a_failing_kernel_compile_trains_eagerly(monkeypatch):
         result = run_exact_fit(vm, x, num_steps=3, compile=True)
     assert result.losses == eager.losses and result.compile_time is None
     assert "_loss_kernel" not in vm.__dict__
-    assert run_exact_fit(vm, x, num_steps=1, compile=True).compile_time is None  # no retry
+    with pytest.warns(RuntimeWarning, match="compile failed earlier"):  # no retry
+        assert run_exact_fit(vm, x, num_steps=1, compile=True).compile_time is None
 
 
 def test_auto_uses_the_kernel_speedup(monkeypatch):
