@@ -26,7 +26,10 @@ configuration share the same machine load, one optimization step (loss + backwar
   loss ``vm.exact_loss`` (the value and gradients of ``TraceEnum_ELBO``, plain PyTorch inside;
   what the estimator trains with);
 - ``a_exact_comp``: ``a_exact`` with the loss kernel compiled whole, as ``fit(compile=True)``
-  does it for that loss.
+  does it for that loss;
+- ``a_before`` (with ``--baseline DIR``, an older copy of the ``pyro_mixflows`` package
+  directory): ``a`` with that copy's ``FlowComponents``, e.g. the eager step as it was before a
+  change (``git archive <commit> pyro_mixflows | tar -x -C /tmp/old``).
 
 The compiled variants are compiled during the warm-up (their first-call time, compile included,
 is printed as "compile s"), so the timed rounds are steady state.
@@ -43,6 +46,7 @@ leave the resident set at once, fitted by a line in N*K.
     python -m benchmarks.bench_core --quick     # a smoke run (~1 min)
     python -m benchmarks.bench_core --methods a c a_comp c_comp --Ds 2 --Ns 512 --Ks 2 4
     python -m benchmarks.bench_core --device cuda --Ds 16 --Ns 65536 --Ks 32   # on a GPU
+    python -m benchmarks.bench_core --baseline /tmp/old/pyro_mixflows --methods a_before a_exact_comp
 
 One thread (``torch.set_num_threads(1)``) unless ``--threads`` says otherwise; float32. With
 ``--device cuda`` every variant runs on the GPU, each timed step ends with a synchronize, the
@@ -53,6 +57,7 @@ matmul reference is a 4096 x 4096 float32 matmul on the GPU, and the peak memory
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import os
 import statistics
@@ -96,6 +101,46 @@ def setup_a(x: torch.Tensor, K: int, D: int, flow: str, compiled: bool = False):
     def model(x):
         pyro.module(f"{name}_comps", comps)
         logits = pyro.param(f"{name}_logits", torch.zeros(K, device=x.device))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
+            pyro.sample("x", comps.component(z), obs=x)
+
+    def guide(x):
+        pass
+
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), TraceEnum_ELBO(max_plate_nesting=1))
+    return lambda: svi.step(x)
+
+
+# set by --baseline: an older copy of the package, imported under another name
+BASELINE = None
+
+
+def load_baseline(path: str):
+    """Import the ``pyro_mixflows`` package directory ``path`` (an older copy) as another name."""
+    init = os.path.join(path, "__init__.py")
+    if not os.path.isfile(init):
+        raise SystemExit(f"expected a pyro_mixflows package directory, got {path!r}")
+    spec = importlib.util.spec_from_file_location(
+        "pyro_mixflows_before", init, submodule_search_locations=[path]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pyro_mixflows_before"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def setup_a_before(x: torch.Tensor, K: int, D: int, flow: str):
+    """``a`` with the baseline copy's ``FlowComponents``."""
+    if BASELINE is None:
+        raise SystemExit("method a_before needs --baseline DIR")
+    comps = BASELINE.FlowComponents(
+        K, D, flow=flow, num_layers=NUM_LAYERS, hidden_dims=HIDDEN, count_bins=BINS, bound=BOUND
+    ).to(x.device)
+
+    def model(x):
+        pyro.module("a_before_comps", comps)
+        logits = pyro.param("a_before_logits", torch.zeros(K, device=x.device))
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
             pyro.sample("x", comps.component(z), obs=x)
@@ -271,6 +316,7 @@ METHODS = {
     "a_marg": setup_a_marg,
     "a_exact": setup_a_exact,
     "a_exact_comp": setup_a_exact_comp,
+    "a_before": setup_a_before,
 }
 RATIOS = (
     ("a", "c"),
@@ -286,6 +332,9 @@ RATIOS = (
     ("a", "a_exact_comp"),
     ("a_exact_comp", "c_comp"),
     ("b", "a_exact_comp"),
+    ("a_before", "a"),
+    ("a_before", "a_exact"),
+    ("a_before", "a_exact_comp"),
 )
 
 
@@ -453,7 +502,11 @@ def main() -> None:
         help="seconds of timed rounds per configuration (default 12, quick 2)",
     )
     parser.add_argument(
-        "--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="M"
+        "--methods",
+        nargs="+",
+        default=[m for m in METHODS if m != "a_before"],
+        choices=list(METHODS),
+        metavar="M",
     )
     parser.add_argument("--Ds", nargs="+", type=int, help="dimensions (default 2 16)")
     parser.add_argument("--Ns", nargs="+", type=int, help="rows (default 512 4096)")
@@ -471,7 +524,17 @@ def main() -> None:
         choices=["a", "a_comp"],
         help="variants whose peak memory per step is tabulated (default a)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="an older copy of the pyro_mixflows package directory, for method a_before",
+    )
     args = parser.parse_args()
+    global BASELINE
+    if args.baseline:
+        BASELINE = load_baseline(os.path.abspath(args.baseline))
+    elif "a_before" in args.methods:
+        parser.error("method a_before needs --baseline DIR")
     if args.memory_child:
         N, K, D, flow, method = args.memory_child
         memory_child(int(N), int(K), int(D), flow, method)
