@@ -123,9 +123,11 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
             same fit (a ``RandomState`` gives one seed per ``fit``, drawn from it).
         device: torch device for training and scoring.
         progress_bar: show a tqdm bar while training.
-        compile: ``torch.compile`` the flow pass of the training steps: "auto" (default: only
-            when the planned steps pay for the compile time, see
-            ``pyro_mixflows.infer._compile``; the demo-sized fits stay eager), True or False.
+        compile: ``torch.compile`` the flow pass of the training steps: "auto" (default: once
+            a training run has spent as long eagerly as a compile is expected to take, 300 s
+            on a CPU, and its remaining planned steps pay the compile back, see
+            ``pyro_mixflows.infer._compile``; shorter fits, the demo's among them, stay eager),
+            True or False.
             The first compiled step's wall time is ``fit_result_.compile_time``.
 
     Attributes:

@@ -23,14 +23,18 @@ Policy (the ``compile`` option of ``fit``):
 
 - ``False`` (fit's default): eager.
 - ``True``: compile from the first step.
-- ``"auto"``: time ``AUTO_PROBE_STEPS`` eager steps, then compile only when the planned
-  remaining steps pay for it, ``remaining * t_step * (1 - 1 / speed-up) >
-  COMPILE_COST_S[device]`` (0 when this module was compiled before), the speed-up being
-  ``EXPECTED_SPEEDUP`` for the component pass and ``EXPECTED_SPEEDUP_KERNEL`` for a whole-loss
-  kernel. A cold first compile took
-  ~30-400 s on a loaded 2-core CPU (#18 reports 9-47 s idle; 4-21 s with a warm on-disk
-  inductor cache), so on CPU ``"auto"`` compiles only fits of many thousands of steps; the demo
-  fit stays eager.
+- ``"auto"``: rent, then buy. Time ``AUTO_PROBE_STEPS`` eager steps (t_step, their median);
+  from then on, compile once the eager steps of this ``fit`` call have taken
+  ``COMPILE_COST_S[device]`` (at once when this module was compiled before: cost 0), provided
+  the planned remaining steps still pay for it, ``remaining * t_step * (1 - 1 / speed-up) >
+  cost`` (the speed-up being ``EXPECTED_SPEEDUP`` for the component pass and
+  ``EXPECTED_SPEEDUP_KERNEL`` for a whole-loss kernel); once they cannot, stay eager. Planned
+  steps alone overstate a fit that stops early (a 64-feature fit planned 4000 steps, compiled
+  after the probe and stopped at 350), so the eager time already spent is the trigger: a fit
+  pays at most the eager time it would have spent anyway, or twice the compile. A cold first
+  compile took ~30-400 s on a loaded 2-core CPU (20-110 s idle; 4-21 s with a warm on-disk
+  inductor cache), so on CPU ``"auto"`` compiles only fits that run eagerly for 300 s; the
+  demo fit stays eager.
 
 Validation once: the first compiled step runs with Pyro's validation as configured; the later
 compiled steps run with it off (``pyro.validation_enabled(False)``): same model, same batch shape,
@@ -77,6 +81,8 @@ COMPILE_COST_S = {"cpu": 300.0, "cuda": 60.0}
 # ran into it. The first compiled call of each fit raises it to this for that call only.
 RECOMPILE_LIMIT = 64
 
+# the clock of the "auto" policy and of compile_time (tests replace it)
+_clock = time.perf_counter
 # module -> {method name -> compiled callable}; weak, so a dropped module frees its compiled code
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # module -> names of methods whose compile failed once: eager from then on, no second attempt
@@ -274,7 +280,8 @@ class HotPath:
         self.device_type = device.type if device is not None else self._param_device_type()
         self.installed: list[tuple[nn.Module, str]] = []
         self.decided = option != "auto" or not self.targets
-        self.step_times: list[float] = []
+        self.step_times: list[float] = []  # the probe's
+        self.eager_time = 0.0  # seconds of eager steps while "auto" is undecided
         self.compile_time: float | None = None
         self.pending_first = False
         if option is True and self.targets:
@@ -316,22 +323,35 @@ class HotPath:
         )
 
     def _decide(self, done: int) -> None:
-        """The "auto" decision after the probe steps."""
-        self.decided = True
+        """The "auto" decision, after every eager step from the probe's end until it is made.
+
+        Compile when the eager steps of this call have taken as long as a compile is expected
+        to (``cost``; at once when this module was compiled before) and the planned remaining
+        steps still pay it back; give up (stay eager) as soon as they no longer can. Early
+        stopping ends most fits well before their planned steps, so a compile is never bought
+        on the plan alone: a fit that stops early pays at most the eager time it would have
+        spent anyway, a long fit at most twice the compile.
+        """
         t_step = statistics.median(self.step_times)
         remaining = self.num_steps - done
         saving = remaining * t_step * (1.0 - 1.0 / self.speedup)
         cost = 0.0 if self._already_compiled() else COMPILE_COST_S.get(self.device_type, 300.0)
-        if saving > cost:
+        if saving <= cost:
+            self.decided = True  # the remaining steps cannot pay for it: eager to the end
+        elif self.eager_time >= cost:
+            self.decided = True
             self._install()
 
     def step(self, done: int, run: Callable[..., float], *args: Any) -> float:
         """``run(*args)``, one training step (fit's ``_step``); ``done`` steps of this call so far."""
         if not self.installed:
-            t0 = time.perf_counter()
+            t0 = _clock()
             value = run(*args)
             if not self.decided:
-                self.step_times.append(time.perf_counter() - t0)
+                elapsed = _clock() - t0
+                self.eager_time += elapsed
+                if len(self.step_times) < AUTO_PROBE_STEPS:
+                    self.step_times.append(elapsed)
                 if len(self.step_times) >= AUTO_PROBE_STEPS:
                     self._decide(done + 1)
             return value
@@ -340,7 +360,7 @@ class HotPath:
             # the same model, shapes and data follow, so the hot loop skips them
             with pyro.validation_enabled(False):
                 return run(*args)
-        t0 = time.perf_counter()
+        t0 = _clock()
         try:
             value = run(*args)
         except FloatingPointError:
@@ -361,7 +381,7 @@ class HotPath:
             self._uninstall()
             self.decided = True
             return run(*args)
-        elapsed = time.perf_counter() - t0
+        elapsed = _clock() - t0
         if any([self._compiled(m, n).confirm() for m, n in self.installed]):
             self.compile_time = elapsed
         self.pending_first = False

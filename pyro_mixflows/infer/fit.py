@@ -200,8 +200,9 @@ def fit(
             so the averaged loss is an unbiased estimate of the full-data ELBO.
         compile: ``torch.compile`` the ``component_log_probs`` of the ``FlowComponents`` inside
             an ``nn.Module`` model/guide (or a bound method's module) for the training steps:
-            False (eager), True, or "auto" (compile only when the planned steps pay for the
-            compile time); see :mod:`pyro_mixflows.infer._compile`. A custom loss that names a
+            False (eager), True, or "auto" (compile once this call's eager steps have taken as
+            long as a compile is expected to, if the remaining planned steps pay it back); see
+            :mod:`pyro_mixflows.infer._compile`. A custom loss that names a
             whole-loss kernel (``VMoNF.exact_loss``) has that kernel compiled instead: the
             component pass and the rest of the loss in one graph. Held-out evaluations stay
             eager; with ``distributed=True`` only False and "auto" (which stays eager) are taken.

@@ -127,6 +127,40 @@ def test_auto_compiles_after_the_probe_when_it_pays(monkeypatch):
     assert result.compile_time is not None
 
 
+class FakeClock:
+    """``_compile._clock`` stand-in: every reading is ``tick`` seconds after the previous one,
+    so every timed step takes ``tick`` seconds."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize(
+    "num_steps, compiled_steps",
+    [
+        (100, 80),  # eager until the eager steps have taken the compile's cost (20 steps)
+        (70, 0),  # after the probe, 60 planned steps could not pay it back: never
+        (75, 0),  # the plan pays at the probe's end, no longer after 15 steps: eager
+    ],
+)
+def test_auto_rents_eager_steps_until_they_cost_a_compile(monkeypatch, num_steps, compiled_steps):
+    """ "auto" compiles once this fit's eager steps took COMPILE_COST_S and only while the
+    remaining planned steps pay it back: remaining * t_step * (1 - 1 / 1.5) > cost."""
+    fake = CountingCompiler()
+    monkeypatch.setattr(torch, "compile", fake)
+    monkeypatch.setattr(_compile, "_clock", FakeClock(0.5))  # 0.5 s a step
+    monkeypatch.setattr(_compile, "COMPILE_COST_S", {"cpu": 10.0, "cuda": 10.0})
+    assert _compile.EXPECTED_SPEEDUP == 1.5 and _compile.AUTO_PROBE_STEPS == 10
+    result = run_fit(make_vm(), make_data(), num_steps=num_steps, compile="auto")
+    assert fake.shapes == [(16, D)] * compiled_steps
+    assert fake.calls == (1 if compiled_steps else 0)
+    assert (result.compile_time is not None) == bool(compiled_steps)
+
+
 def broken_compile(fn, **options):
     """A ``torch.compile`` stand-in whose compiled function raises when called."""
 
