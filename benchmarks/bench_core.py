@@ -57,7 +57,6 @@ matmul reference is a 4096 x 4096 float32 matmul on the GPU, and the peak memory
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import os
 import statistics
@@ -92,11 +91,25 @@ def make_components(
 
 
 # --- (a) the batched mixture in SVI ---------------------------------------------------------
-def setup_a(x: torch.Tensor, K: int, D: int, flow: str, compiled: bool = False):
-    comps = make_components(K, D, flow, x.device)
+def setup_a(
+    x: torch.Tensor,
+    K: int,
+    D: int,
+    flow: str,
+    compiled: bool = False,
+    package=None,
+    name: str | None = None,
+):
+    """``package``: where ``FlowComponents`` comes from (another copy for ``a_before``)."""
+    if package is None:
+        comps = make_components(K, D, flow, x.device)
+    else:
+        comps = package.FlowComponents(
+            K, D, flow=flow, num_layers=NUM_LAYERS, hidden_dims=HIDDEN, count_bins=BINS, bound=BOUND
+        ).to(x.device)
     if compiled:  # what fit(compile=True) installs for its training steps
         comps.component_log_probs = CompiledPass(comps)
-    name = "a_comp" if compiled else "a"
+    name = name or ("a_comp" if compiled else "a")
 
     def model(x):
         pyro.module(f"{name}_comps", comps)
@@ -112,44 +125,15 @@ def setup_a(x: torch.Tensor, K: int, D: int, flow: str, compiled: bool = False):
     return lambda: svi.step(x)
 
 
-# set by --baseline: an older copy of the package, imported under another name
+# set by --baseline: an older copy of the package (bench_fit_step.load_baseline)
 BASELINE = None
-
-
-def load_baseline(path: str):
-    """Import the ``pyro_mixflows`` package directory ``path`` (an older copy) as another name."""
-    init = os.path.join(path, "__init__.py")
-    if not os.path.isfile(init):
-        raise SystemExit(f"expected a pyro_mixflows package directory, got {path!r}")
-    spec = importlib.util.spec_from_file_location(
-        "pyro_mixflows_before", init, submodule_search_locations=[path]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pyro_mixflows_before"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def setup_a_before(x: torch.Tensor, K: int, D: int, flow: str):
     """``a`` with the baseline copy's ``FlowComponents``."""
     if BASELINE is None:
         raise SystemExit("method a_before needs --baseline DIR")
-    comps = BASELINE.FlowComponents(
-        K, D, flow=flow, num_layers=NUM_LAYERS, hidden_dims=HIDDEN, count_bins=BINS, bound=BOUND
-    ).to(x.device)
-
-    def model(x):
-        pyro.module("a_before_comps", comps)
-        logits = pyro.param("a_before_logits", torch.zeros(K, device=x.device))
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
-            pyro.sample("x", comps.component(z), obs=x)
-
-    def guide(x):
-        pass
-
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), TraceEnum_ELBO(max_plate_nesting=1))
-    return lambda: svi.step(x)
+    return setup_a(x, K, D, flow, package=BASELINE, name="a_before")
 
 
 def setup_a_comp(x: torch.Tensor, K: int, D: int, flow: str):
@@ -532,6 +516,8 @@ def main() -> None:
     args = parser.parse_args()
     global BASELINE
     if args.baseline:
+        from benchmarks.bench_fit_step import load_baseline
+
         BASELINE = load_baseline(os.path.abspath(args.baseline))
     elif "a_before" in args.methods:
         parser.error("method a_before needs --baseline DIR")
