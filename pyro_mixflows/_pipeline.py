@@ -80,12 +80,15 @@ def run(est, X: np.ndarray, y, K: int, stage_labels, seed: int, capacities: list
         if start.name in GAUSSIAN_ONLY:  # a Gaussian candidate only, no flows trained from it
             candidates.append(candidate(est, start, GAUSSIAN, data, None))
             continue
-        floor = None
         if not train_gaussian:
             candidates.append(candidate(est, start, GAUSSIAN, data, None))
-            floor = -float(candidates[-1].val_log_probs.sum())  # its held-out loss
         for capacity in runs:
             if capacity is not GAUSSIAN or train_gaussian:
+                floor = None
+                if not train_gaussian:  # the training loss is then the exact held-out loss
+                    # the best held-out loss so far (Gaussian starts and flows trained before):
+                    # a first training pass that ends above it skips the refinement
+                    floor = min(-float(c.val_log_probs.sum()) for c in candidates)
                 candidates.append(candidate(est, start, capacity, data, schedule, floor))
     chosen = _stages.select(candidates, [s.name for s in starts_])
 

@@ -330,8 +330,9 @@ def train(vm, data: Split, schedule: Schedule, floor: float | None = None) -> Fi
     """The ELBO with held-out early stopping, then once more at a lower step size if it plateaued.
 
     The plateau pass keeps its parameters only if one of its evaluations improved on the first.
-    It is skipped when the first pass's best held-out loss is above ``floor`` (the held-out loss
-    of the Gaussian start, which the selection would keep anyway).
+    It is skipped when the first pass's best held-out loss is above ``floor`` (the best held-out
+    loss among the candidates already built: the Gaussian starts and the flows trained before,
+    which the selection would keep over this one unless the refinement overtook them).
     """
     x_train = data.x_train
     train_lab = data.labelled[data.train_mask]

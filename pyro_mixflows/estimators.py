@@ -114,7 +114,9 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
             points per component, where flows overfit).
         plateau_lr_factor: when the held-out loss stops improving, training goes on once more
             from the best parameters at ``learning_rate * plateau_lr_factor`` with the same
-            early stopping (None: stop at the first plateau).
+            early stopping (None: stop at the first plateau). A training run whose first
+            plateau is still behind a candidate built before it (a Gaussian start, or flows
+            from another start or capacity) on the held-out rows is not refined.
         validation_fraction: share of rows held out for early stopping (0 disables it).
         patience: evaluations without improvement before stopping; eval_every: steps between them.
         supervised_scale: weight of the classifier's supervised term (amortized, labelled rows).

@@ -174,6 +174,47 @@ def test_plateau_refinement_never_loses_the_best_held_out_loss(data):
     assert twice.n_iter_ == twice.fit_result_.num_steps > once.n_iter_
 
 
+def test_a_training_run_is_refined_only_while_it_can_still_be_kept(data, monkeypatch):
+    """Each flow training run gets, as its floor, the best held-out loss of the candidates built
+    before it (Gaussian starts and flows trained earlier); a first pass that ends above the
+    floor skips the refinement at the lower step size."""
+    from pyro_mixflows import _pipeline, _stages
+
+    built, runs = [], []  # runs: (candidates built before, floor, [best loss of each pass])
+    real_candidate, real_train, real_fit = _pipeline.candidate, _stages.train, _stages._fit
+
+    def candidate(*args, **kwargs):
+        built.append(real_candidate(*args, **kwargs))
+        return built[-1]
+
+    def train(vm, split, schedule, floor=None):
+        runs.append((len(built), floor, []))
+        return real_train(vm, split, schedule, floor)
+
+    def fit(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        runs[-1][2].append(result.best_loss)
+        return result
+
+    monkeypatch.setattr(_pipeline, "candidate", candidate)
+    monkeypatch.setattr(_stages, "train", train)
+    monkeypatch.setattr(_stages, "_fit", fit)
+    params = {**SMALL, "init": "em", "max_steps": 60, "patience": 1, "learning_rate": 1e-2}
+    # the estimator's flows first, then two weaker ones that end behind them
+    capacities = [{}, {"num_layers": 1, "hidden_dims": (2,)}, {"weight_decay": 1.0}]
+    VariationalFlowMixture(2, random_state=0, capacities=capacities, **params).fit(data[0])
+    assert len(runs) == 3  # one start: its Gaussian, then three flow capacities
+    skipped = 0
+    for n_before, floor, passes in runs:
+        assert floor == min(-float(c.val_log_probs.sum()) for c in built[:n_before])
+        if passes[0] > floor:  # beaten after the first pass: no refinement
+            assert len(passes) == 1
+            skipped += 1
+    assert runs[0][1] == -float(built[0].val_log_probs.sum())  # the first floor: the Gaussian's
+    assert runs[1][1] < runs[0][1]  # later floors include the flows trained before
+    assert skipped >= 1  # the weaker capacities' first passes ended above the floor
+
+
 def test_scoring_errors(fitted, data):
     with pytest.raises(
         ValueError, match="X has 3 features, but VariationalFlowMixture is expecting 2"
