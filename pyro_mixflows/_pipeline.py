@@ -188,7 +188,7 @@ def candidate(
         if "weight_decay" in capacity:
             schedule = dataclasses.replace(schedule, weight_decay=capacity["weight_decay"])
         pre = None
-        if start.name != "em":
+        if start.name not in _stages.EM_STARTS:  # EM placed the Gaussians: nothing to pre-fit
             pre = _stages.pretrain(vm, data.x_train, start.labels, schedule)
         result = _stages.train(vm, data, schedule, floor)
         if result.compile_time is None and pre is not None:  # compiled while pre-training

@@ -215,6 +215,28 @@ def test_a_training_run_is_refined_only_while_it_can_still_be_kept(data, monkeyp
     assert skipped >= 1  # the weaker capacities' first passes ended above the floor
 
 
+def test_em_starts_are_not_pretrained(monkeypatch):
+    """EM placed the Gaussians of its starts (full or diagonal covariances): flows trained from
+    them start there, without a pre-fit to hard labels; partition starts are pre-trained."""
+    from pyro_mixflows import _stages
+
+    pretrained = []
+    real_pretrain = _stages.pretrain
+
+    def pretrain(vm, x, labels, schedule):
+        pretrained.append(len(x))
+        return real_pretrain(vm, x, labels, schedule)
+
+    monkeypatch.setattr(_stages, "pretrain", pretrain)
+    rng = np.random.default_rng(0)  # few rows in 12 independent dimensions: diagonal covariances
+    X = np.concatenate([rng.normal(size=(60, 12)), rng.normal(size=(60, 12)) + 3.0])
+    model = VariationalFlowMixture(2, random_state=0, **{**SMALL, "init": "em"}).fit(X)
+    assert [c["start"] for c in model.candidates_] == ["em_diag", "em_diag"]
+    assert pretrained == []
+    VariationalFlowMixture(2, random_state=0, **{**SMALL, "init": "kmeans"}).fit(X)
+    assert len(pretrained) == 1
+
+
 def test_scoring_errors(fitted, data):
     with pytest.raises(
         ValueError, match="X has 3 features, but VariationalFlowMixture is expecting 2"
