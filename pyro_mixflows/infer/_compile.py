@@ -281,6 +281,7 @@ class HotPath:
         self.installed: list[tuple[nn.Module, str]] = []
         self.decided = option != "auto" or not self.targets
         self.step_times: list[float] = []  # the probe's
+        self.t_step: float | None = None  # their median
         self.eager_time = 0.0  # seconds of eager steps while "auto" is undecided
         self.compile_time: float | None = None
         self.pending_first = False
@@ -332,9 +333,10 @@ class HotPath:
         on the plan alone: a fit that stops early pays at most the eager time it would have
         spent anyway, a long fit at most twice the compile.
         """
-        t_step = statistics.median(self.step_times)
+        if self.t_step is None:
+            self.t_step = statistics.median(self.step_times)
         remaining = self.num_steps - done
-        saving = remaining * t_step * (1.0 - 1.0 / self.speedup)
+        saving = remaining * self.t_step * (1.0 - 1.0 / self.speedup)
         cost = 0.0 if self._already_compiled() else COMPILE_COST_S.get(self.device_type, 300.0)
         if saving <= cost:
             self.decided = True  # the remaining steps cannot pay for it: eager to the end
