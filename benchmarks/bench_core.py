@@ -27,6 +27,8 @@ configuration share the same machine load, one optimization step (loss + backwar
   what the estimator trains with);
 - ``a_exact_comp``: ``a_exact`` with the loss kernel compiled whole, as ``fit(compile=True)``
   does it for that loss;
+- ``a_mt``: ``a`` with ``pyro_mixflows.infer.MultiTensorAdam({"lr": ..., "fused": True})``
+  in place of ``pyro.optim.Adam``: one fused update call for all parameter tensors;
 - ``a_before`` (with ``--baseline DIR``, an older copy of the ``pyro_mixflows`` package
   directory): ``a`` with that copy's ``FlowComponents``, e.g. the eager step as it was before a
   change (``git archive <commit> pyro_mixflows | tar -x -C /tmp/old``).
@@ -73,6 +75,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.nn import DenseNN, PyroModule
 
 from pyro_mixflows import FlowComponents, FlowMixture, VMoNF
+from pyro_mixflows.infer import MultiTensorAdam
 from pyro_mixflows.infer._compile import CompiledKernel, CompiledPass
 
 NUM_LAYERS = 4
@@ -99,8 +102,10 @@ def setup_a(
     compiled: bool = False,
     package=None,
     name: str | None = None,
+    optim=None,
 ):
-    """``package``: where ``FlowComponents`` comes from (another copy for ``a_before``)."""
+    """``package``: where ``FlowComponents`` comes from (another copy for ``a_before``);
+    ``optim``: the Pyro optimizer (default ``pyro.optim.Adam``)."""
     if package is None:
         comps = make_components(K, D, flow, x.device)
     else:
@@ -121,8 +126,15 @@ def setup_a(
     def guide(x):
         pass
 
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), TraceEnum_ELBO(max_plate_nesting=1))
+    optim = optim if optim is not None else pyro.optim.Adam({"lr": 1e-3})
+    svi = SVI(model, guide, optim, TraceEnum_ELBO(max_plate_nesting=1))
     return lambda: svi.step(x)
+
+
+def setup_a_mt(x: torch.Tensor, K: int, D: int, flow: str):
+    """``a`` with ``MultiTensorAdam`` and torch's fused Adam kernel in place of Pyro's Adam."""
+    optim = MultiTensorAdam({"lr": 1e-3, "fused": True})
+    return setup_a(x, K, D, flow, optim=optim, name="a_mt")
 
 
 # set by --baseline: an older copy of the package (bench_fit_step.load_baseline)
@@ -301,6 +313,7 @@ METHODS = {
     "a_exact": setup_a_exact,
     "a_exact_comp": setup_a_exact_comp,
     "a_before": setup_a_before,
+    "a_mt": setup_a_mt,
 }
 RATIOS = (
     ("a", "c"),
@@ -319,6 +332,8 @@ RATIOS = (
     ("a_before", "a"),
     ("a_before", "a_exact"),
     ("a_before", "a_exact_comp"),
+    ("a_mt", "c"),
+    ("a", "a_mt"),
 )
 
 

@@ -5,11 +5,22 @@
 trains data-parallel: each rank passes its shard (rows ``shard_range(N)``) and
 ``DistributedDataParallel`` averages the gradients of Pyro's ``ELBO()(model, guide)`` module.
 ``LatentMALA`` samples a trained flow (or flow mixture) in its latent space.
+``MultiTensorAdam`` is ``pyro.optim.Adam`` with one update call for all parameter tensors
+(``fit``'s default optimizer; pass it to your own ``SVI`` too).
 """
 
+from ._adam import MultiTensorAdam
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._distributed import shard_range
 from .fit import FitResult, fit
 from .mala import LatentMALA
 
-__all__ = ["FitResult", "LatentMALA", "fit", "load_checkpoint", "save_checkpoint", "shard_range"]
+__all__ = [
+    "FitResult",
+    "LatentMALA",
+    "MultiTensorAdam",
+    "fit",
+    "load_checkpoint",
+    "save_checkpoint",
+    "shard_range",
+]
