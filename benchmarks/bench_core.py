@@ -85,9 +85,11 @@ BOUND = 5.0
 
 
 def make_components(
-    K: int, D: int, flow: str, device: torch.device | None = None
+    K: int, D: int, flow: str, device: torch.device | None = None, package=None
 ) -> FlowComponents:
-    comps = FlowComponents(
+    """``package``: another copy of ``pyro_mixflows`` to take ``FlowComponents`` from."""
+    cls = FlowComponents if package is None else package.FlowComponents
+    comps = cls(
         K, D, flow=flow, num_layers=NUM_LAYERS, hidden_dims=HIDDEN, count_bins=BINS, bound=BOUND
     )
     return comps if device is None else comps.to(device)
@@ -106,12 +108,7 @@ def setup_a(
 ):
     """``package``: where ``FlowComponents`` comes from (another copy for ``a_before``);
     ``optim``: the Pyro optimizer (default ``pyro.optim.Adam``)."""
-    if package is None:
-        comps = make_components(K, D, flow, x.device)
-    else:
-        comps = package.FlowComponents(
-            K, D, flow=flow, num_layers=NUM_LAYERS, hidden_dims=HIDDEN, count_bins=BINS, bound=BOUND
-        ).to(x.device)
+    comps = make_components(K, D, flow, x.device, package)
     if compiled:  # what fit(compile=True) installs for its training steps
         comps.component_log_probs = CompiledPass(comps)
     name = name or ("a_comp" if compiled else "a")
