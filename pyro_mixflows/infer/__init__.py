@@ -2,14 +2,11 @@
 
 ``fit(model, guide, *data, ...)`` trains any Pyro model/guide pair whose data plate is
 ``pyro.plate("data", N, subsample=subsample)``. Under torchrun, ``fit(..., distributed=True)``
-trains data-parallel: each rank passes its shard (rows ``shard_range(N)``) and
-``DistributedDataParallel`` averages the gradients of Pyro's ``ELBO()(model, guide)`` module.
-``LatentMALA`` samples a trained flow (or flow mixture) in its latent space.
-``MultiTensorAdam`` is ``pyro.optim.Adam`` with one update call for all parameter tensors
-(``fit``'s default optimizer; pass it to your own ``SVI`` too).
+trains data-parallel: each rank passes its shard (rows ``shard_range(N)``) and the gradients are
+averaged over the ranks. ``LatentMALA`` samples a trained flow (or flow mixture) in its latent
+space.
 """
 
-from ._adam import MultiTensorAdam
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._distributed import shard_range
 from .fit import FitResult, fit
@@ -18,7 +15,6 @@ from .mala import LatentMALA
 __all__ = [
     "FitResult",
     "LatentMALA",
-    "MultiTensorAdam",
     "fit",
     "load_checkpoint",
     "save_checkpoint",

@@ -100,62 +100,6 @@ def _decode(obj: Any) -> Any:
     raise ValueError(f"expected a known tag in a checkpoint, got {tag!r}")
 
 
-# Parameters renamed since checkpoints of them were written: old name -> (new name, factor), the
-# new parameter being factor times the old one (see register_renamed_param).
-_RENAMED: dict[str, tuple[str, float]] = {}
-_ADAM_MOMENTS = {"exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2}  # key -> power of 1/factor
-
-
-def register_renamed_param(old: str, new: str, factor: float) -> None:
-    """Load a parameter saved as ``old`` into ``new = factor * old`` in later checkpoints.
-
-    Applies to parameter-store names equal to ``old`` or ending in ``"." + old`` or
-    ``"$$$" + old`` (a nested module's parameter), when the checkpoint has no ``new`` of its own.
-    The optimizer's first and second gradient moments (Adam's ``exp_avg``, ``exp_avg_sq``) are
-    rescaled by ``1 / factor`` and ``1 / factor²``, the gradient of ``new`` being the gradient of
-    ``old`` over ``factor``, so that Adam takes the same steps in ``old``'s units.
-
-    Args:
-        old: the parameter's name in old checkpoints (its last part).
-        new: its name now (same position).
-        factor: nonzero, ``new = factor * old``.
-    """
-    if not (isinstance(factor, (int, float)) and factor != 0 and factor == factor):
-        raise ValueError(f"expected a nonzero factor, got {factor!r}")
-    _RENAMED[old] = (new, float(factor))
-
-
-def _renamed(name: str) -> tuple[str, float] | None:
-    for old, (new, factor) in _RENAMED.items():
-        for sep in ("", ".", "$$$"):
-            if (sep == "" and name == old) or (sep and name.endswith(sep + old)):
-                return name[: len(name) - len(old)] + new, factor
-    return None
-
-
-def _migrate(state: dict[str, Any]) -> dict[str, float]:
-    """Rename old parameters of a decoded checkpoint in place; returns {new name: factor}."""
-    params, constraints = state["param_store"]["params"], state["param_store"]["constraints"]
-    done: dict[str, float] = {}
-    for name in list(params):
-        found = _renamed(name)
-        if found is None or found[0] in params:
-            continue
-        new, factor = found
-        params[new] = params.pop(name) * factor
-        constraints[new] = constraints.pop(name)
-        done[new] = factor
-        optim = state.get("optim")
-        if isinstance(optim, dict) and name in optim:
-            optim[new] = optim.pop(name)
-            inner = optim[new].get("optimizer", optim[new])  # a scheduler's: {scheduler, optimizer}
-            for per_param in (inner.get("state") or {}).values():
-                for key, power in _ADAM_MOMENTS.items():
-                    if isinstance(per_param.get(key), torch.Tensor):
-                        per_param[key] = per_param[key] / factor**power
-    return done
-
-
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -238,9 +182,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def param_store_state() -> dict[str, Any]:
     """Detached copies of every unconstrained parameter in the param store, with constraints."""
     store = pyro.get_param_store()
-    params = {name: store._params[name].detach().clone() for name in store.keys()}
-    constraints = {name: store._constraints[name] for name in store.keys()}
-    return {"params": params, "constraints": constraints}
+    params = {name: p.detach().clone() for name, p in store.named_parameters()}
+    constraints = store.get_state()["constraints"]
+    return {"params": params, "constraints": {name: constraints[name] for name in params}}
 
 
 def restore_param_store(state: dict[str, Any]) -> None:
@@ -251,10 +195,11 @@ def restore_param_store(state: dict[str, Any]) -> None:
     keeps pointing at live parameters. New names are added unchanged (bit-exact).
     """
     store = pyro.get_param_store()
+    current_params = dict(store.named_parameters())
     fresh_params, fresh_constraints = {}, {}
     for name, value in state["params"].items():
-        if name in store:
-            current = store._params[name]
+        if name in current_params:
+            current = current_params[name]
             if current.shape != value.shape:
                 raise ValueError(
                     f"expected parameter {name!r} of shape {tuple(current.shape)} in the checkpoint, "
@@ -270,15 +215,19 @@ def restore_param_store(state: dict[str, Any]) -> None:
 
 
 def _load_optim_state(optim: PyroOptim, state: dict[str, Any]) -> None:
-    """Load per-parameter optimizer states, also into optimizers that already exist."""
-    from pyro.optim.optim import _load_state_dict
-
+    """Load per-parameter optimizer states, also into optimizers that already exist (a torch
+    optimizer, or a scheduler saved by Pyro as {"scheduler": ..., "optimizer": ...})."""
     store = pyro.get_param_store()
     pending = dict(state)
     for param, optimizer in optim.optim_objs.items():
         name = store.param_name(param)
         if name in pending:
-            _load_state_dict(optimizer, pending.pop(name))
+            saved = pending.pop(name)
+            if isinstance(optimizer, torch.optim.Optimizer):
+                optimizer.load_state_dict(saved)
+            else:
+                optimizer.load_state_dict(saved["scheduler"])
+                optimizer.optimizer.load_state_dict(saved["optimizer"])
     optim.set_state(pending)  # consumed when the optimizer of that parameter is created
 
 
@@ -370,9 +319,7 @@ def load_checkpoint(
 
     Returns:
         The checkpoint dict, with keys ``"step"``, ``"extra"``, ``"param_store"``, ``"optim"``
-        and ``"rng"``, and ``"renamed"``: {new name: factor} of the parameters loaded under a
-        newer name (see :func:`register_renamed_param`), already applied to the param store and
-        the optimizer state.
+        and ``"rng"``.
 
     Raises:
         ValueError: if the file is not a checkpoint of this format (a pickled object, a file
@@ -386,7 +333,6 @@ def load_checkpoint(
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise ValueError(f"expected a pyro_mixflows checkpoint in {where}, got something else")
     state = _decode(state)
-    state["renamed"] = _migrate(state)
     restore_param_store(state["param_store"])
     if optim is not None and state["optim"] is not None:
         _load_optim_state(optim, state["optim"])

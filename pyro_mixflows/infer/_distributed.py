@@ -1,14 +1,13 @@
-"""Data-parallel SVI on ``torch.distributed``: DDP around Pyro's ``ELBO()(model, guide)`` module."""
+"""Data-parallel SVI on ``torch.distributed``: every rank its shard, gradients averaged."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
 from pyro.poutine.messenger import Messenger
-from torch import nn
 
 DATA_PLATE = "data"
 
@@ -93,39 +92,24 @@ class PlateRescale(Messenger):
             msg["scale"] = self.factor * msg["scale"]
 
 
-class ParallelObjective(nn.Module):
-    """The module that DDP wraps: Pyro's ``ELBOModule`` plus every parameter it trains.
+def broadcast_parameters(params: Iterable[torch.Tensor]) -> None:
+    """Give every rank rank 0's values of ``params`` (in place), before the first step."""
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)
 
-    ``ELBO()(model, guide)`` registers only the parameters of model and guide that are
-    ``nn.Module`` s; parameters of function models (``pyro.param``, ``pyro.module``) live in the
-    param store. They are registered here too (the very tensors of the store, as Pyro's own
-    ``pyro.module(update_module_params=True)`` does), so DDP broadcasts rank 0's initial values and
-    averages every gradient.
+
+def average_gradients(params: Iterable[torch.Tensor]) -> None:
+    """Replace every gradient of ``params`` by its mean over the ranks (in place).
+
+    What ``DistributedDataParallel`` does for a module's parameters, here for every parameter a
+    step touched: those of ``nn.Module`` s and those of ``pyro.param`` alike.
     """
-
-    def __init__(self, elbo_module: nn.Module, params: Iterable[torch.Tensor]) -> None:
-        super().__init__()
-        self.objective = elbo_module
-        self.store = nn.Module()
-        known = {id(p) for p in self.objective.parameters()}
-        for i, p in enumerate(params):
-            if id(p) not in known:
-                known.add(id(p))
-                self.store._parameters[f"p{i}"] = p  # the store's own tensor, not a copy
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self.objective(*args, **kwargs)
-
-
-def wrap(
-    loss, model: Callable, guide: Callable, params: Iterable[torch.Tensor], device: torch.device
-) -> nn.Module:
-    """DDP around Pyro's ``loss(model, guide)`` module (model and guide already rescaled)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    module = ParallelObjective(loss(model, guide), params)
-    device_ids = [device] if device is not None and device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=device_ids)
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(world)
 
 
 def all_mean(value: torch.Tensor) -> torch.Tensor:

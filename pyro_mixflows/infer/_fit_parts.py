@@ -3,25 +3,25 @@ checks, moving arguments to a device, parameter snapshots, the custom-loss adapt
 
 from __future__ import annotations
 
+import functools
 import inspect
 import numbers
 from collections.abc import Callable
 from typing import Any
 
+import pyro
 import torch
 from pyro import poutine
-from pyro.infer.elbo import ELBO
 from pyro.optim import PyroOptim
 from torch import nn
 
 from . import _distributed
-from ._adam import MultiTensorAdam
 
 DEFAULT_LR = 1e-3
 _ADAM_OPTIONS = frozenset(inspect.signature(torch.optim.Adam).parameters) - {"params"}
 
 
-class _BatchSampler:
+class BatchSampler:
     """Row indices for minibatches: a fresh random permutation per epoch, cut into batches.
 
     Each batch is marginally a uniform random subset of the rows, so the subsampled ELBO is
@@ -50,37 +50,37 @@ class _BatchSampler:
         self.perm, self.cursor = state["perm"], state["cursor"]
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
+def check_int(name: str, value: Any, low: int) -> None:
     # Any integral number (a NumPy integer too), never a bool.
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"expected {name} to be an int >= {low}, got {value!r}")
 
 
-def _tensors(obj: Any, name: str):
+def tensors(obj: Any, name: str):
     """(name, tensor) for every tensor in nested tuples / lists / dicts."""
     if torch.is_tensor(obj):
         yield name, obj
     elif isinstance(obj, (tuple, list)):
         for i, item in enumerate(obj):
-            yield from _tensors(item, f"{name}[{i}]")
+            yield from tensors(item, f"{name}[{i}]")
     elif isinstance(obj, dict):
         for key, item in obj.items():
-            yield from _tensors(item, f"{name}[{key!r}]")
+            yield from tensors(item, f"{name}[{key!r}]")
 
 
-def _to(obj: Any, device: torch.device) -> Any:
+def to_device(obj: Any, device: torch.device) -> Any:
     if torch.is_tensor(obj):
         return obj.to(device)
     if isinstance(obj, tuple):
-        return tuple(_to(item, device) for item in obj)
+        return tuple(to_device(item, device) for item in obj)
     if isinstance(obj, list):
-        return [_to(item, device) for item in obj]
+        return [to_device(item, device) for item in obj]
     if isinstance(obj, dict):
-        return {key: _to(item, device) for key, item in obj.items()}
+        return {key: to_device(item, device) for key, item in obj.items()}
     return obj
 
 
-def _modules(*fns: Callable) -> list[nn.Module]:
+def module_owners(*fns: Callable) -> list[nn.Module]:
     """The nn.Modules behind model and guide (the callables themselves, or a bound method's owner)."""
     found = []
     for fn in fns:
@@ -91,7 +91,7 @@ def _modules(*fns: Callable) -> list[nn.Module]:
     return found
 
 
-def _buffers(modules: list[nn.Module]) -> dict[str, torch.Tensor]:
+def buffers(modules: list[nn.Module]) -> dict[str, torch.Tensor]:
     """Copies of the modules' buffers by ``"i:name"``, i the module's place among distinct ones.
 
     Buffers are module state outside the param store (a step counter such as
@@ -106,8 +106,8 @@ def _buffers(modules: list[nn.Module]) -> dict[str, torch.Tensor]:
     }
 
 
-def _load_buffers(modules: list[nn.Module], saved: dict[str, torch.Tensor]) -> None:
-    """Copy buffers saved by :func:`_buffers` back into the modules, in place."""
+def load_buffers(modules: list[nn.Module], saved: dict[str, torch.Tensor]) -> None:
+    """Copy buffers saved by :func:`buffers` back into the modules, in place."""
     current = {f"{i}:{name}": b for i, m in enumerate({id(m): m for m in modules}.values())
                for name, b in m.named_buffers()}  # fmt: skip
     if current.keys() != saved.keys():
@@ -125,7 +125,7 @@ def _load_buffers(modules: list[nn.Module], saved: dict[str, torch.Tensor]) -> N
             current[key].copy_(value)
 
 
-def _check_keywords(role: str, fn: Callable, keywords: list[str]) -> None:
+def check_keywords(role: str, fn: Callable, keywords: list[str]) -> None:
     """Refuse keywords that ``fn`` cannot take (a misspelt fit option lands in **kwargs)."""
     try:
         parameters = inspect.signature(fn).parameters.values()
@@ -145,10 +145,10 @@ def _check_keywords(role: str, fn: Callable, keywords: list[str]) -> None:
             raise ValueError(f"expected {role} to accept the keyword {key!r}, got {fn!r}{hint}")
 
 
-def _make_optim(optim: Any) -> PyroOptim:
-    # MultiTensorAdam: pyro.optim.Adam's update and state, all tensors stepped in one call
+def make_optim(optim: Any) -> PyroOptim:
+    """``pyro.optim.Adam`` from None or a dict of Adam options; a ``pyro.optim`` object as it is."""
     if optim is None:
-        return MultiTensorAdam({"lr": DEFAULT_LR})
+        return pyro.optim.Adam({"lr": DEFAULT_LR})
     if isinstance(optim, PyroOptim):
         return optim
     if isinstance(optim, dict):
@@ -157,7 +157,7 @@ def _make_optim(optim: Any) -> PyroOptim:
             raise ValueError(
                 f"expected Adam options among {sorted(_ADAM_OPTIONS)}, got unknown options {unknown}"
             )
-        return MultiTensorAdam(dict(optim))
+        return pyro.optim.Adam(dict(optim))
     if isinstance(optim, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)) or (
         isinstance(optim, torch.optim.lr_scheduler.ReduceLROnPlateau)
     ):
@@ -174,21 +174,22 @@ def _make_optim(optim: Any) -> PyroOptim:
     )
 
 
-def _snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
+def snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
     return [p.detach().clone() for p in params]
 
 
-def _restore(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+def restore(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
     with torch.no_grad():
         for p, v in zip(params, values, strict=True):
             p.copy_(v)
 
 
-class _CallableLoss(ELBO):
-    """A callable ``loss(model, guide, *args, **kwargs) -> scalar tensor`` seen as an ELBO."""
+class CallableLoss:
+    """A callable ``loss(model, guide, *args, **kwargs) -> scalar tensor`` with the methods of an
+    ELBO that :func:`fit` calls: ``loss``, ``differentiable_loss`` and ``loss(model, guide)``, the
+    objective of one step."""
 
     def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
-        super().__init__()
         self.fn = fn
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
@@ -202,20 +203,20 @@ class _CallableLoss(ELBO):
     def loss(self, model, guide, *args, **kwargs) -> float:
         return float(self.differentiable_loss(model, guide, *args, **kwargs).detach())
 
-    def _get_trace(self, model, guide, args, kwargs):  # abstract in ELBO; no trace here
-        raise NotImplementedError("a custom loss has no ELBO trace")
+    def __call__(self, model, guide) -> Callable[..., torch.Tensor]:
+        return functools.partial(self.differentiable_loss, model, guide)
 
     def __repr__(self) -> str:
         return f"loss {self.fn!r}"
 
 
-def _unconstrained(trace) -> list[torch.Tensor]:
+def unconstrained(trace) -> list[torch.Tensor]:
     return [
         site["value"].unconstrained() for site in trace.nodes.values() if site["type"] == "param"
     ]
 
 
-def _has_plate(model, guide, args, kwargs) -> bool:
+def has_plate(model, guide, args, kwargs) -> bool:
     with torch.no_grad():
         tr = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(*args, **kwargs)
     return any(
@@ -224,3 +225,51 @@ def _has_plate(model, guide, args, kwargs) -> bool:
         if site["type"] == "sample"
         for f in site["cond_indep_stack"]
     )
+
+
+class ProgressBar:
+    """The tqdm bar of :func:`fit`: named stage, loss per row, closed with why training stopped."""
+
+    def __init__(self, name, num_steps: int, start: int, n: int | None, val_args) -> None:
+        from tqdm import tqdm
+
+        self.n = n or 1
+        first = next((a for a in val_args or () if torch.is_tensor(a) and a.dim() >= 1), None)
+        self.n_val = 1 if first is None else first.shape[0]
+        self.every = max(1, num_steps // 100)
+        self.postfix: dict[str, str] = {}
+        desc = "fit" if name is True else f"fit: {name}"
+        self.bar = tqdm(total=num_steps, initial=start, desc=desc, unit="step")
+
+    def step(self, step: int, value: float) -> None:
+        self.bar.update(1)
+        if step % self.every == 0:
+            self.postfix["loss/row"] = f"{value / self.n:.4g}"
+            self.bar.set_postfix(self.postfix, refresh=False)
+
+    def held_out(self, metric: float) -> None:
+        self.postfix["held-out/row"] = f"{metric / self.n_val:.4g}"
+
+    def close(self, history, step: int, patience, eval_every: int, error=None) -> None:
+        if isinstance(error, FloatingPointError):
+            reason = f"non-finite loss or gradient at step {step}"
+        elif isinstance(error, KeyboardInterrupt):
+            reason = "interrupted"
+        elif error is not None:
+            reason = f"error: {type(error).__name__}"
+        elif history.stop_reason == "patience":
+            reason = (
+                f"early stop: no improvement in {patience} evaluations "
+                f"({patience * eval_every} steps), best at step {history.best_step}"
+            )
+        elif history.stop_reason == "callback":
+            reason = f"stopped by the callback at step {step}"
+        else:
+            reason = "step limit reached"
+        if history.losses:
+            self.postfix["loss/row"] = f"{history.losses[-1] / self.n:.4g}"
+        self.postfix["stop"] = reason
+        self.bar.total = step  # the bar ends where training ended: no stale ETA
+        self.bar.set_postfix(self.postfix, refresh=False)
+        self.bar.refresh()
+        self.bar.close()

@@ -18,7 +18,6 @@ from torch import nn
 
 from ..distributions.kumaraswamy import Kumaraswamy
 from ..flows import FlowComponents
-from ..infer._checkpoint import register_renamed_param
 from . import _vae_clusters as _clusters
 from ._vae_guide import _ComponentDraw, _mlp, stick_breaking_log_weights
 
@@ -29,7 +28,6 @@ STICKS = ("global", "local")
 LIKELIHOODS = ("bernoulli", "normal")
 NOISE_SPEED = 3.0  # the Normal decoder's log scale is this times its parameter
 # checkpoints from before NOISE_SPEED saved log σ itself under the old name
-register_renamed_param("decoder_log_scale", "decoder_log_scale_unit", 1 / NOISE_SPEED)
 
 
 class MixtureVAE(PyroModule):
