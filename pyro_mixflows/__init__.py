@@ -1,12 +1,11 @@
 """Mixtures of normalizing flows as first-class Pyro distributions, guides and estimators."""
 
 from .distributions import FlowMixture, Kumaraswamy, StickBreaking, StickWeights
-from .estimators import VariationalFlowMixture
+from .estimators import VariationalFlowMixture, select_n_components
 from .flows import ConcatComponents, DistributionComponents, FlowComponents
 from .guides import AutoFlowMixture
 from .infer import FitResult, LatentMALA, fit
 from .models import BoostedFlowMixture, MixtureVAE, VMoNF
-from .selection import select_n_components
 
 __version__ = "0.1.0.dev0"
 

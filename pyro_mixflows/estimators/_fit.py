@@ -1,170 +1,326 @@
-"""``VariationalFlowMixture.fit`` as a pipeline: merge (DP), start, pre-train, train, select.
+"""``VariationalFlowMixture.fit`` as stages on plain values: prepare, start, train, select.
 
-The stages themselves are in ``_stages`` (pure functions on standardized tensors); this module
-strings them together for the estimator and writes its fitted attributes.
+``fit_mixture(X, y, settings, seed)`` returns an :class:`Outcome`; the estimator alone turns it
+into its fitted attributes. The stages:
+
+1. ``prepare``: standardize per feature, hold out ``validation_fraction`` of the unlabelled rows.
+2. ``make_starts``: EM's Gaussian mixture (full or diagonal covariances) and, where its clusters
+   are apart and differ from EM's, the spectral partition (see ``pyro_mixflows.starts``).
+3. Every start's Gaussian mixture is a candidate as it is. The flows of every capacity are trained
+   from every start, all starts of one capacity together in one batched pass (``_train.race``):
+   candidates that stop improving, or cannot catch the best model so far, stop early.
+4. ``select``: the best on the held-out rows, never below the best Gaussian; a kept EM start is
+   refitted on every row (it is then ``GaussianMixture``'s own fit).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
+import contextlib
+import time
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyro
 import torch
-from pyro.infer import TraceEnum_ELBO
 
-from . import _stages
-from .diagnostics import adjusted_rand_index
-from .infer import FitResult
-from .models.dp import density_connected_groups, responsibilities
+from ..diagnostics import adjusted_rand_index
+from ..flows import FlowComponents
+from ..infer import FitResult
+from ..models.dp import density_connected_groups, responsibilities
+from ..models.vmonf import VMoNF
+from ..starts import (
+    Start,
+    choose_covariance,
+    initial_labels,
+    match_to_classes,
+    ncut_per_cluster,
+    partition_start,
+)
+from ..starts._em import COVARIANCES, EM_STARTS, gaussian_mixture, start_from_gaussian_mixture
+from ._candidates import CandidateMixtures
+from ._select import Candidate, overfit_gap, select
+from ._train import Budget, plan_budget, race, train_vmonf
 
-# A component is reported dead when its weight falls below this fraction of 1/K.
-DEAD_WEIGHT_FRACTION = 0.01
-# Dirichlet-process fits: components with at least this weight are "effective"; the others get
-# no points in predict/predict_proba.
+# Dirichlet-process fits: components with at least this weight are "effective".
 EFFECTIVE_WEIGHT_THRESHOLD = 0.01
-# Warn when the training log-likelihood per row exceeds the held-out one by more than this many
-# nats per feature (beyond two standard errors of the held-out mean).
-OVERFIT_GAP_PER_FEATURE = 1.0
-# The Gaussian start itself, as a capacity: no flow layers.
-GAUSSIAN = {"num_layers": 0}
-# The spectral start is not tried when its partition agrees this well (adjusted Rand index)
-# with EM's: the two would train the same flows twice.
+# The DP merge stage joins components whose density bridge is at least this fraction of the
+# sparser one's median density (``density_connected_groups``' ratio).
+MERGE_RATIO = 0.25
+# A partition is "clean" (its clusters are separated by gaps of low density) when its normalized
+# cut per cluster on the 10-nearest-neighbour graph is below this; measured on standardized data:
+# two moons 0.0005, two circles 0.0001, pinwheel (5 arms) 0.008, overlapping blobs 0.016, iris 0.05.
+CLEAN_NCUT_PER_CLUSTER = 0.01
+# The spectral start is not tried when its partition agrees this well (adjusted Rand index) with
+# EM's: the two would train the same flows twice.
 SAME_START_ARI = 0.99
 # Starts that are candidates as Gaussian mixtures only: the Dirichlet-process Gaussian mixture.
 GAUSSIAN_ONLY = ("em_dp",)
+# The Gaussian start itself, as a capacity: no flow layers.
+GAUSSIAN = {"num_layers": 0}
 
 
-def run(est, X: np.ndarray, y, K: int, stage_labels, seed: int, capacities: list[dict]) -> None:
-    """Fit ``est`` (a VariationalFlowMixture) with K components and set its fitted attributes.
+@dataclass
+class Settings:
+    """The estimator's parameters as the stages read them."""
 
-    Starts (``starts``); for each, the Gaussian start as it is and the flows of every capacity
-    trained from it (``candidate``); the candidate kept is ``_stages.select``'s. When EM's
-    Gaussian mixture is kept untrained, EM is run once more on every row (held-out ones too),
-    as ``GaussianMixture`` would be.
+    n_components: int
+    architecture: dict  # flow, num_layers, hidden_dims, count_bins
+    capacities: list[dict]
+    weights: str = "learned"
+    weight_concentration: float = 1.0
+    assignment: str = "enumerate"
+    init: str = "auto"
+    n_init: int = 5
+    reg_covar: float = 1e-6
+    max_steps: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    validation_fraction: float = 0.1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    verbose: bool = False
+
+    def architecture_of(self, capacity: dict) -> dict:
+        """The constructor's architecture with a capacity's overrides."""
+        arch = dict(self.architecture)
+        arch.update({k: v for k, v in capacity.items() if k in arch})
+        arch["hidden_dims"] = tuple(arch["hidden_dims"])
+        return arch
+
+
+@dataclass
+class Data:
+    """Standardized rows and which of them are held out.
+
+    Attributes:
+        mean, scale: (D,) the training rows' per-feature mean and standard deviation.
+        xs: all rows standardized, (N, D).
+        train_mask: (N,) bool, True for the training rows.
+        val_idx: (n_val,) indices of the held-out rows (unlabelled rows only).
+        y: (N,) long labels (-1 = unlabelled) or None.
     """
-    N, D = X.shape
-    pyro.set_rng_seed(seed)
-    generator = torch.Generator().manual_seed(int(torch.randint(2**31, ()).item()))
-    x_all = est._tensor(X)
-    est._mean = x_all.mean(0)
-    scale = x_all.std(0) if N > 1 else torch.ones(D)
-    est._scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    data = _stages.split((x_all - est._mean) / est._scale, y, est.validation_fraction, generator)
-    starts_ = starts(est, data, K, stage_labels, generator, seed)
-    schedule = _stages.Schedule(
-        learning_rate=est.learning_rate,
-        weight_decay=est.weight_decay,
-        batch_size=est.batch_size,
-        init_steps=est.init_steps,
-        max_steps=est.max_steps,
-        patience=est.patience,
-        eval_every=est.eval_every,
-        plateau_lr_factor=est.plateau_lr_factor,
-        progress_bar=est.progress_bar,
-        compile=est.compile,
-        device_type=data.xs.device.type,
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+    xs: torch.Tensor
+    train_mask: torch.Tensor
+    val_idx: torch.Tensor
+    y: torch.Tensor | None
+
+    @property
+    def x_train(self) -> torch.Tensor:
+        return self.xs[self.train_mask]
+
+    @property
+    def x_val(self) -> torch.Tensor:
+        return self.xs[self.val_idx]
+
+    @property
+    def y_train(self) -> torch.Tensor | None:
+        return None if self.y is None else self.y[self.train_mask]
+
+    @property
+    def semi_supervised(self) -> bool:
+        return self.y is not None and bool((self.y >= 0).any())
+
+
+@dataclass
+class Outcome:
+    """What a fit found, in plain values (the estimator sets its attributes from it)."""
+
+    module: VMoNF
+    mean: torch.Tensor
+    scale: torch.Tensor
+    start: str
+    capacity: dict
+    num_layers: int
+    candidates: list[dict]
+    result: FitResult | None
+    n_iter: int
+    converged: bool
+    lower_bound: float
+    validation_log_likelihood: float
+    overfit_gap: tuple[float, float]
+    merge_groups: np.ndarray | None
+    seconds: dict[str, float]
+    budget: dict
+
+
+class Stopwatch:
+    """Seconds per named stage (``with watch("train"): ...``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def fit_mixture(X: np.ndarray, y: np.ndarray | None, settings: Settings, seed: int) -> Outcome:
+    """Fit a mixture of flows to X (N, D) with labels y (N,) or None (see the module docstring)."""
+    watch = Stopwatch()
+    t0 = time.perf_counter()
+    with watch("prepare"):
+        pyro.set_rng_seed(seed)
+        generator = torch.Generator().manual_seed(int(torch.randint(2**31, ()).item()))
+        data = prepare(X, y, settings, generator)
+    K, merge_labels, groups = settings.n_components, None, None
+    dp = settings.weights == "dirichlet_process"
+    if dp and not data.semi_supervised:
+        with watch("merge"):
+            merge_labels, K, groups = merge_stage(data, settings, seed, generator)
+    with watch("starts"):
+        starts = make_starts(data, K, settings, generator, seed, merge_labels)
+    budget = plan_budget(
+        int(data.train_mask.sum()),
+        max_steps=settings.max_steps,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
     )
-    # The Gaussian start is a candidate as it is, unless something besides the components
+    # The Gaussian starts are candidates as they are, unless something besides the components
     # needs training: sticks or Dirichlet weights, the amortized classifier, labelled rows.
-    semi = data.y is not None and bool((data.y >= 0).any())
     train_gaussian = (
-        est.weights in ("dirichlet", "dirichlet_process") or est.assignment == "amortized" or semi
+        settings.weights in ("dirichlet", "dirichlet_process")
+        or settings.assignment == "amortized"
+        or data.semi_supervised
     )
-    runs = [c for c in capacities if est._architecture(c)["num_layers"] > 0]
-    if train_gaussian or not runs:
-        runs.append(GAUSSIAN)
-    candidates = []
-    for start in starts_:
-        if start.name in GAUSSIAN_ONLY:  # a Gaussian candidate only, no flows trained from it
-            candidates.append(candidate(est, start, GAUSSIAN, data, None))
-            continue
-        if not train_gaussian:
-            candidates.append(candidate(est, start, GAUSSIAN, data, None))
-        for capacity in runs:
-            if capacity is not GAUSSIAN or train_gaussian:
-                floor = None
-                if not train_gaussian:  # the training loss is then the exact held-out loss
-                    # the best held-out loss so far (Gaussian starts and flows trained before):
-                    # a first training pass that ends above it skips the refinement
-                    floor = min(-float(c.val_log_probs.sum()) for c in candidates)
-                candidates.append(candidate(est, start, capacity, data, schedule, floor))
-    chosen = _stages.select(candidates, [s.name for s in starts_])
-
-    vm = chosen.module
-    K_ = vm.components.num_components
-    gap, se = _stages.overfit_gap(vm, data)  # before any refit on the held-out rows
-    result = chosen.result
-    if result is None:  # an untrained Gaussian start won: report the best training run
-        trained = [c for c in candidates if c.result is not None]
-        best = max(trained, key=lambda c: c.validation_log_likelihood, default=None)
-        result = best.result if best is not None else FitResult(converged=True)
-        if chosen.start in _stages.EM_STARTS and len(data.val_idx) > 0:
-            full = _stages.em_start(
-                data.xs, K_, est.n_init, est.reg_covar, seed, chosen.start, est.weight_concentration
+    candidates: list[Candidate] = []
+    with watch("gaussians"):
+        for start in starts:
+            if start.name in GAUSSIAN_ONLY or not train_gaussian:
+                vm = build(data, start.num_components, settings.architecture_of(GAUSSIAN), settings)
+                place(vm, start, settings.weight_concentration)
+                candidates.append(_scored(vm, GAUSSIAN, start.name, data))
+    capacities = [c for c in settings.capacities if settings.architecture_of(c)["num_layers"] > 0]
+    if train_gaussian or not capacities:
+        capacities = [GAUSSIAN, *capacities] if train_gaussian else [GAUSSIAN]
+    trainable = [s for s in starts if s.name not in GAUSSIAN_ONLY]
+    with watch("train"):
+        for capacity in capacities:
+            if capacity is GAUSSIAN and not train_gaussian:
+                continue
+            group_budget = replace(budget, weight_decay=float(capacity.get("weight_decay", 0.0)))
+            candidates += train_capacity(
+                data, trainable, capacity, settings, group_budget, candidates
             )
-            _stages.place(vm, full, est.weight_concentration)
-    est.module_ = vm
-    est.n_components_ = int(K_)
-    est.num_layers_ = int(est._architecture(chosen.capacity)["num_layers"])
-    est.capacity_ = dict(chosen.capacity)
-    est.start_ = chosen.start
-    est.candidates_ = [c.summary() for c in candidates]
-    est.fit_result_ = result
-    est.n_features_in_ = D
-    est.converged_ = bool(result.converged) if chosen.result is not None else True
-    est.n_iter_ = int(result.num_steps)
-    log_scale = float(est._scale.log().sum())
-    with torch.no_grad():
-        elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    with watch("select"):
+        chosen = select(candidates, [s.name for s in starts])
+        vm = chosen.module
+        gap = overfit_gap(vm.mixture(), data.x_train, data.x_val)  # before any refit
+    if chosen.result is None and chosen.start in EM_STARTS and len(data.val_idx) > 0:
+        with watch("refit"):  # the kept Gaussian is EM's: refit on every row, as GaussianMixture
+            start = em_stage_start(data.xs, chosen.module.components.num_components, settings,
+                                   seed, COVARIANCE_OF[chosen.start])  # fmt: skip
+            place(vm, start, settings.weight_concentration)
+    log_scale = float(data.scale.log().sum())
+    with torch.no_grad(), watch("select"):
         x_train = data.x_train
-        est.lower_bound_ = -float(elbo.loss(vm.model, vm.guide, x_train)) / len(x_train)
-        est.lower_bound_ -= log_scale
-    est.validation_log_likelihood_ = chosen.validation_log_likelihood - log_scale
-    warn_overfit(gap, se, D)
-    if est.weights != "dirichlet_process":
-        warn_dead_components(est, data.x_train)
+        lower_bound = float(vm.mixture().log_prob(x_train).mean()) - log_scale
+        if not vm.exact_loss_applies():
+            from pyro.infer import TraceEnum_ELBO
+
+            elbo = TraceEnum_ELBO(max_plate_nesting=1)
+            lower_bound = -float(elbo.loss(vm.model, vm.guide, x_train)) / len(x_train) - log_scale
+    watch.seconds["total"] = time.perf_counter() - t0
+    arch = settings.architecture_of(chosen.capacity)
+    return Outcome(
+        module=vm.eval(),
+        mean=data.mean,
+        scale=data.scale,
+        start=chosen.start,
+        capacity=dict(chosen.capacity),
+        num_layers=int(arch["num_layers"]),
+        candidates=[c.summary() for c in candidates],
+        result=chosen.result,
+        n_iter=int(chosen.steps),
+        converged=chosen.result is None or chosen.stop in ("patience", "cannot win"),
+        lower_bound=lower_bound,
+        validation_log_likelihood=chosen.validation_log_likelihood - log_scale,
+        overfit_gap=gap,
+        merge_groups=groups,
+        seconds=watch.seconds,
+        budget=budget.describe(),
+    )
 
 
-def starts(est, data: _stages.Split, K: int, stage_labels, generator, seed: int) -> list:
-    """The starts of ``est.init``, in the order of preference when held-out rows tie.
+COVARIANCE_OF = {name: cov for cov, name in COVARIANCES.items()}
 
-    "auto": EM's Gaussian mixture (full or diagonal covariances by cross-validation), and before
-    it the spectral partition when that one is clean (``_stages.CLEAN_NCUT_PER_CLUSTER``:
-    clusters apart by low-density gaps, where EM cuts curved clusters wrongly) and differs from
-    EM's (``SAME_START_ARI``). Labelled rows or a DP fit: a partition start only ("auto" and
-    "em" mean "spectral" there). ``stage_labels``: the merge stage's groups (then the DP
-    Gaussian mixture is a second, Gaussian-only start).
+
+def prepare(X: np.ndarray, y, settings: Settings, generator: torch.Generator) -> Data:
+    """Standardize X (N, D) per feature and hold out ``validation_fraction`` of the unlabelled
+    rows (at least one row stays in training)."""
+    device = settings.device
+    x = torch.as_tensor(X, dtype=torch.get_default_dtype(), device=device)
+    N, D = x.shape
+    mean = x.mean(0)
+    scale = x.std(0) if N > 1 else torch.ones(D, dtype=x.dtype, device=device)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    xs = (x - mean) / scale
+    perm = torch.randperm(N, generator=generator).to(device)
+    labelled = torch.zeros(N, dtype=torch.bool, device=device)
+    y_t = None
+    if y is not None:
+        y_t = torch.as_tensor(y, device=device)
+        labelled = y_t >= 0
+    unlabelled = perm[~labelled[perm]]
+    n_val = min(int(settings.validation_fraction * N), max(0, len(unlabelled) - 1))
+    val_idx = unlabelled[:n_val]
+    train_mask = torch.ones(N, dtype=torch.bool, device=device)
+    train_mask[val_idx] = False
+    return Data(mean, scale, xs, train_mask, val_idx, y_t)
+
+
+def em_stage_start(x, K: int, settings: Settings, seed: int, covariance: str) -> Start:
+    gm = gaussian_mixture(
+        x, K, covariance=covariance, n_init=settings.n_init, reg_covar=settings.reg_covar,
+        random_state=seed, concentration=settings.weight_concentration,
+    )  # fmt: skip
+    return start_from_gaussian_mixture(gm, x, COVARIANCES[covariance])
+
+
+def make_starts(
+    data: Data, K: int, settings: Settings, generator, seed: int, merge_labels=None
+) -> list[Start]:
+    """The starts of ``settings.init``, in the order of preference when held-out rows tie.
+
+    "auto": EM's Gaussian mixture (full or diagonal covariances, ``choose_covariance``), and before
+    it the spectral partition when that one is clean (``CLEAN_NCUT_PER_CLUSTER``: clusters apart by
+    low-density gaps, where EM cuts curved clusters wrongly) and differs from EM's
+    (``SAME_START_ARI``). Labelled rows or a DP fit: a partition start only ("auto" and "em" mean
+    "spectral" there). ``merge_labels``: the DP merge stage's groups (then the DP Gaussian mixture
+    is a second, Gaussian-only start).
     """
     x = data.x_train
-    if stage_labels is not None:
-        # The groups of the merge stage, and the DP Gaussian mixture truncated at T (clusters
-        # that overlap, which density connectivity joins).
-        dp_gauss = _stages.em_start(
-            x, est.n_components, est.n_init, est.reg_covar, seed, "em_dp", est.weight_concentration
-        )
-        return [_stages.label_start("merge", x, stage_labels(x), K), dp_gauss]
+    if merge_labels is not None:
+        dp_gauss = em_stage_start(x, settings.n_components, settings, seed, "dirichlet_process")
+        return [partition_start(x, merge_labels(x), K, name="merge"), dp_gauss]
     y = data.y_train
-    semi = y is not None and bool((y >= 0).any())
-    dp = est.weights == "dirichlet_process"
-    init = est.init
+    semi = data.semi_supervised
+    dp = settings.weights == "dirichlet_process"
+    init = settings.init
     if init in ("auto", "em") and (semi or dp):
         init = "spectral"
-    em = []
+    found: list[Start] = []
     if init in ("auto", "em"):
-        rows = data.xs[~data.labelled]  # EM is cheap: every unlabelled row in the CV
-        name = _stages.covariance_by_cv(rows, K, est.n_init, est.reg_covar, seed)
-        em = [_stages.em_start(x, K, est.n_init, est.reg_covar, seed, name)]
+        options = dict(n_init=settings.n_init, reg_covar=settings.reg_covar, random_state=seed)
+        full = gaussian_mixture(x, K, covariance="full", **options)
+        covariance = choose_covariance(x, K, full=full, **options)
+        gm = full if covariance == "full" else gaussian_mixture(x, K, covariance="diag", **options)
+        found.append(start_from_gaussian_mixture(gm, x, COVARIANCES[covariance]))
     if init == "em" or (init == "auto" and K == 1):
-        return em
-    labels = _stages.partition_labels(x, K, "spectral" if init == "auto" else init, y, generator)
+        return found
+    labels = initial_labels(x, K, "spectral" if init == "auto" else init, generator=generator)
+    if y is not None:
+        labels = match_to_classes(labels, y, K)
     if init == "auto":
-        found = em
-        clean = _stages.ncut_per_cluster(x, labels, K, generator) < _stages.CLEAN_NCUT_PER_CLUSTER
-        same = adjusted_rand_index(labels.cpu().numpy(), em[0].labels.cpu().numpy())
+        clean = ncut_per_cluster(x, labels, K, generator) < CLEAN_NCUT_PER_CLUSTER
+        same = adjusted_rand_index(labels.cpu().numpy(), found[0].labels.cpu().numpy())
         if clean and same < SAME_START_ARI:
-            found.insert(0, _stages.label_start("spectral", x, labels, K))
+            found.insert(0, partition_start(x, labels, K, name="spectral"))
         return found
     if dp and not semi:
         # Largest initial cluster first: the stick prior expects weights to fall with k.
@@ -172,93 +328,183 @@ def starts(est, data: _stages.Split, K: int, stage_labels, generator, seed: int)
         rank = torch.empty_like(counts)
         rank[counts.argsort(descending=True, stable=True)] = torch.arange(K, device=counts.device)
         labels = rank[labels]
-    return [_stages.label_start(init, x, labels, K)]
+    return [partition_start(x, labels, K, name=init)]
 
 
-def candidate(
-    est, start, capacity: dict, data: _stages.Split, schedule, floor: float | None = None
-) -> _stages.Candidate:
-    """A model placed at ``start`` with ``capacity``; pre-trained (partition starts) and trained
-    unless ``schedule`` is None (``floor``: see ``_stages.train``)."""
-    pyro.clear_param_store()  # Pyro modules of equal layout share param-store names
-    vm = est._build(data.xs.shape[1], start.loc.shape[0], capacity).to(data.xs.device)
-    _stages.place(vm, start, est.weight_concentration)
-    result = None
-    if schedule is not None:
-        if "weight_decay" in capacity:
-            schedule = dataclasses.replace(schedule, weight_decay=capacity["weight_decay"])
-        pre = None
-        if start.name not in _stages.EM_STARTS:  # EM placed the Gaussians: nothing to pre-fit
-            pre = _stages.pretrain(vm, data.x_train, start.labels, schedule)
-        result = _stages.train(vm, data, schedule, floor)
-        if result.compile_time is None and pre is not None:  # compiled while pre-training
-            result.compile_time = pre.compile_time
-    vm.eval()
-    lp = _stages.held_out_log_probs(vm, data.x_val)
-    return _stages.Candidate(start.name, capacity, vm, result, lp)
-
-
-def merge_stage(est, X: np.ndarray, seed: int):
-    """DP fit of Gaussian components, then their density-connected groups.
-
-    Sets ``est.merge_groups_``. Returns a function from standardized rows to group labels, and
-    the number of components for the final fit (the number of groups, at least 2 for the
-    truncation).
-    """
-    params = {
-        **est.get_params(),
-        "num_layers": 0,
-        "capacities": None,
-        "merge": None,
-        "random_state": seed,
-    }
-    stage = type(est)(**params).fit(X)
-    generator = torch.Generator().manual_seed(seed)
-    weights = torch.as_tensor(stage.weights_, dtype=torch.get_default_dtype())
-    groups = density_connected_groups(
-        stage.module_.components,
-        weights,
-        stage._standardize(X),
-        threshold=EFFECTIVE_WEIGHT_THRESHOLD,
-        ratio=est.merge_ratio,
-        generator=generator,
+def build(data: Data, K: int, arch: dict, settings: Settings) -> VMoNF:
+    """A ``VMoNF`` of K components (full affine maps under ``arch``'s flow layers)."""
+    components = FlowComponents(K, data.xs.shape[1], affine="full", **arch)
+    vm = VMoNF(
+        components,
+        weights=settings.weights,
+        concentration=settings.weight_concentration,
+        assignment=settings.assignment,
     )
-    est.merge_groups_ = groups.cpu().numpy()
+    return vm.to(device=data.xs.device, dtype=data.xs.dtype)
+
+
+def place(vm: VMoNF, start: Start, concentration: float) -> None:
+    """Set the components' affine maps and the mixture weights of ``vm`` from a start.
+
+    Weights: "learned" logits = log weights; "dirichlet" q = Dirichlet(alpha + n_k); Dirichlet
+    process: q(v) = the sticks' conjugate posterior given the start's labels,
+    Beta(1 + n_k, alpha + n_{k+1} + ... + n_K) (a small alpha puts the prior's sticks so close
+    to 1 that float32 draws and their gradients break).
+    """
+    start.place(vm.components)
+    K = start.num_components
+    counts = torch.bincount(start.labels, minlength=K).to(start.loc.dtype)
+    with torch.no_grad():
+        if vm.weights == "learned":
+            vm.weight_logits.copy_(start.logits)
+        elif vm.weights == "dirichlet":
+            vm.weight_concentration_q = concentration + counts
+        elif vm.weights == "dirichlet_process":
+            after = counts.flip(0).cumsum(0).flip(0)[1:]  # n_{k+1} + ... + n_K for k < K
+            vm.stick_a = 1.0 + counts[:-1]
+            vm.stick_b = (concentration + after).clamp_min(1.0)
+
+
+def flow_parameters(vm: VMoNF) -> int:
+    return sum(p.numel() for p in vm.components.layers.parameters())
+
+
+@torch.no_grad()
+def _scored(vm: VMoNF, capacity: dict, name: str, data: Data, **fields) -> Candidate:
+    vm.eval()
+    x_val = data.x_val
+    lp = vm.mixture().log_prob(x_val) if len(x_val) else x_val.new_zeros(0)
+    return Candidate(name, dict(capacity), vm, lp, flow_parameters=flow_parameters(vm), **fields)
+
+
+def _batched(settings: Settings) -> bool:
+    """Whether the candidates train side by side (``CandidateMixtures``): point-estimate or fixed
+    weights and z summed out in the model."""
+    return settings.weights in ("learned", "uniform") and settings.assignment == "enumerate"
+
+
+def _progress(settings: Settings, what: str) -> bool | str:
+    return what if settings.verbose else False
+
+
+def train_capacity(
+    data: Data,
+    starts: list[Start],
+    capacity: dict,
+    settings: Settings,
+    budget: Budget,
+    built: list[Candidate],
+) -> list[Candidate]:
+    """The flows of one capacity trained from every start: one batched race when the settings
+    allow it (``_batched``), else one ``VMoNF`` per start."""
+    if not starts:
+        return []
+    arch = settings.architecture_of(capacity)
+    K = starts[0].num_components
+    y_train = data.y_train
+    n_train = int(data.train_mask.sum())
+    final = torch.full((n_train,), -1, dtype=torch.long, device=data.xs.device)
+    if y_train is not None:
+        final = torch.where(y_train >= 0, y_train, final)
+    pretrain = [0 if s.name in EM_STARTS else budget.pretrain_steps for s in starts]
+    if not _batched(settings):
+        found = []
+        for start, steps in zip(starts, pretrain, strict=True):
+            vm = build(data, K, arch, settings)
+            place(vm, start, settings.weight_concentration)
+            labels = torch.where(final >= 0, final, start.labels) if steps else None
+            result = train_vmonf(
+                vm, data.x_train, y_train, data.x_val, budget, labels,
+                _progress(settings, f"{start.name} start, {_describe(arch)}"),
+            )  # fmt: skip
+            stop = "patience" if result.converged else "max_steps"
+            found.append(
+                _scored(
+                    vm, capacity, start.name, data, result=result, steps=result.num_steps, stop=stop
+                )  # fmt: skip
+            )
+        return found
+    C = len(starts)
+    components = FlowComponents(C * K, data.xs.shape[1], affine="full", **arch)
+    components = components.to(device=data.xs.device, dtype=data.xs.dtype)
+    components.set_gaussian(
+        torch.cat([s.loc for s in starts]), torch.cat([s.scale_tril for s in starts])
+    )
+    learned = settings.weights == "learned"
+    logits = torch.stack([s.logits for s in starts]) if learned else torch.zeros(C, K)
+    labels = torch.stack(
+        [torch.where(final >= 0, final, s.labels) if p else final for s, p in zip(starts, pretrain, strict=True)]
+    )  # fmt: skip
+    module = CandidateMixtures(components, C, logits.to(data.xs), labels, learn_weights=learned)
+    rivals = [(c.val_log_probs, c.gaussian) for c in built]
+    entries = race(
+        module, data.x_train, data.x_val, budget, rivals, pretrain, final.expand(C, -1),
+        _progress(settings, f"{_describe(arch)} from {', '.join(s.name for s in starts)}"),
+    )  # fmt: skip
+    found = []
+    for start, entry in zip(starts, entries, strict=True):
+        vm = build(data, K, arch, settings)
+        with torch.no_grad():
+            for name, p in vm.components.named_parameters():
+                p.copy_(entry.best_state[name])
+            if learned:
+                vm.weight_logits.copy_(entry.best_state["logits"])
+        result = _history(entry, len(data.val_idx))
+        found.append(
+            _scored(
+                vm, capacity, start.name, data, result=result, steps=entry.steps, stop=entry.stop
+            )  # fmt: skip
+        )
+    return found
+
+
+def _describe(arch: dict) -> str:
+    return f"{arch['num_layers']} {arch['flow']} layers {tuple(arch['hidden_dims'])}"
+
+
+def _history(entry, n_val: int) -> FitResult:
+    """A ``FitResult`` of one raced candidate (held-out losses as sums over the held-out rows)."""
+    steps = [s for s, _ in entry.history]
+    val = [-m * max(n_val, 1) for _, m in entry.history]
+    return FitResult(
+        losses=list(entry.losses),
+        val_losses=val,
+        val_steps=steps,
+        best_step=entry.best_step,
+        best_loss=-entry.best_mean * max(n_val, 1) if entry.best_lp is not None else None,
+        converged=entry.stop in ("patience", "cannot win"),
+        num_steps=entry.steps,
+        stop_reason=entry.stop or "num_steps",
+    )
+
+
+def merge_stage(data: Data, settings: Settings, seed: int, generator):
+    """Dirichlet-process fits: a DP mixture of T Gaussians (affine components, T the truncation)
+    from a T-way spectral start, then its components' density-connected groups.
+
+    Returns a function from standardized rows to group labels, the number of components of the
+    final fit (the number of groups, at least 2 for the truncation), and the groups (T,).
+    """
+    T = settings.n_components
+    stage = replace(settings, capacities=[GAUSSIAN], init="spectral")
+    start = make_starts(data, T, stage, generator, seed)[0]
+    vm = build(data, T, stage.architecture_of(GAUSSIAN), stage)
+    place(vm, start, stage.weight_concentration)
+    budget = plan_budget(
+        int(data.train_mask.sum()), max_steps=settings.max_steps, batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+    )  # fmt: skip
+    train_vmonf(vm, data.x_train, None, data.x_val, budget, start.labels,
+                _progress(settings, "Dirichlet-process Gaussians"))  # fmt: skip
+    weights = vm.weight_logits_estimate().exp().detach()
+    groups = density_connected_groups(
+        vm.components, weights, data.xs, threshold=EFFECTIVE_WEIGHT_THRESHOLD, ratio=MERGE_RATIO,
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
 
     @torch.no_grad()
     def labels(x: torch.Tensor) -> torch.Tensor:
-        comps = stage.module_.components
-        r = responsibilities(comps, weights.to(x.device), x, EFFECTIVE_WEIGHT_THRESHOLD)
+        r = responsibilities(vm.components, weights.to(x.device), x, EFFECTIVE_WEIGHT_THRESHOLD)
         return groups.to(x.device)[r.argmax(-1)]
 
-    return labels, max(2, int(groups.max()) + 1)
-
-
-def warn_overfit(gap: float, se: float, D: int) -> None:
-    """Warn when the training rows score far above the held-out rows: ``gap`` nats per row
-    above ``OVERFIT_GAP_PER_FEATURE`` * D by more than two standard errors ``se`` of the
-    held-out mean."""
-    if gap - 2 * se > OVERFIT_GAP_PER_FEATURE * D:
-        warnings.warn(
-            f"the held-out log-likelihood per row is {gap:.1f} nats below the training one "
-            f"({gap / D:.2f} per feature): the model memorizes the training rows. Try fewer or "
-            "smaller flow layers (num_layers, hidden_dims, or capacities to choose among), "
-            "weight_decay, fewer components, or reducing the dimension (PCA) first",
-            stacklevel=4,
-        )
-
-
-def warn_dead_components(est, x: torch.Tensor) -> None:
-    """Warn about components that hold no training rows."""
-    K = est.n_components_
-    w = est.weights_
-    hits = np.bincount(
-        est.module_.mixture().responsibilities(x).argmax(-1).cpu().numpy(), minlength=K
-    )
-    dead = [k for k in range(K) if w[k] < DEAD_WEIGHT_FRACTION / K or hits[k] == 0]
-    if dead:
-        warnings.warn(
-            f"components {dead} hold no training points (weights {np.round(w[dead], 4).tolist()}); "
-            "consider fewer components or another init",
-            stacklevel=4,
-        )
+    return labels, max(2, int(groups.max()) + 1), groups.cpu().numpy()

@@ -63,7 +63,7 @@ def select_n_components(
     """
     from sklearn.model_selection import KFold
 
-    from .estimators import VariationalFlowMixture
+    from ._estimator import VariationalFlowMixture
 
     X = _as_2d(X)
     ks = list(n_components)

@@ -33,6 +33,10 @@ class Components(nn.Module):
         """Log-density of x under every component: (..., D) -> (..., K)."""
         raise NotImplementedError
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-component log-densities, ``component_log_probs(x)``: (..., D) -> (..., K)."""
+        return self.component_log_probs(x)
+
     def rsample(self, sample_shape: torch.Size | Sequence[int] = ()) -> torch.Tensor:
         """One reparameterized draw from every component: (*sample_shape, K, D)."""
         raise NotImplementedError

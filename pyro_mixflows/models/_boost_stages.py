@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._kmeans import kmeans
+from ..starts import kmeans
 from ..flows.components import Components
 from ..infer.fit import FitResult, fit
 from ._boost_weights import rho_objective, search_rho

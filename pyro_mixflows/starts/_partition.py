@@ -1,11 +1,11 @@
-"""Initial cluster assignments that do not let one component swallow several clusters."""
+"""Partitions that follow the data's clusters: spectral clustering, normalized cuts, k-means."""
 
 from __future__ import annotations
 
 import torch
 
+from ..diagnostics import adjusted_rand_index
 from ._kmeans import kmeans
-from .diagnostics import adjusted_rand_index
 
 INIT_METHODS = ("spectral", "kmeans", "random")
 # Spectral clustering builds a dense N x N affinity; above this many points it runs on a random
@@ -13,7 +13,7 @@ INIT_METHODS = ("spectral", "kmeans", "random")
 MAX_SPECTRAL_POINTS = 1500
 
 
-def _knn_affinity(x: torch.Tensor, n_neighbors: int) -> torch.Tensor:
+def knn_affinity(x: torch.Tensor, n_neighbors: int) -> torch.Tensor:
     """Symmetric k-NN affinity ``exp(-d_ij^2 / (s_i s_j))``, s_i the distance to the 7th neighbour
     (local scaling, Zelnik-Manor & Perona, 2004): (N, D) -> (N, N)."""
     N = x.shape[0]
@@ -72,8 +72,8 @@ def _two_way_labels(x: torch.Tensor, neighbors: tuple[int, ...]) -> torch.Tensor
     normalized cut summed over the ``neighbors`` graphs. Sparse graphs propose cuts that the
     denser ones cannot order (a narrow gap where two clusters nearly touch), but they can also
     split a cluster at a gap of sampling noise, so only the denser graphs judge."""
-    judges = [_knn_affinity(x, k) for k in neighbors]
-    proposers = [_knn_affinity(x, k) for k in (5, 6) if k not in neighbors] + judges
+    judges = [knn_affinity(x, k) for k in neighbors]
+    proposers = [knn_affinity(x, k) for k in (5, 6) if k not in neighbors] + judges
     min_size = max(1, x.shape[0] // 20)
     candidates = [sweep_bisection(g, min_size) for g in proposers]
     total = [sum(normalized_cut(g, c, 2) for g in judges) for c in candidates]
@@ -116,7 +116,7 @@ def spectral_labels(
         return _two_way_labels(x, neighbors)
     candidates = [kmeans(x, num_clusters, generator=generator)[1]]
     for k in neighbors:
-        embedding = _spectral_embedding(_knn_affinity(x, k), num_clusters)
+        embedding = _spectral_embedding(knn_affinity(x, k), num_clusters)
         candidates.append(kmeans(embedding, num_clusters, n_init=10, generator=generator)[1])
     # The consensus candidate: the one that agrees most (adjusted Rand index) with the others.
     agreement = [
@@ -141,7 +141,7 @@ def eigengap_num_clusters(
     x = x.detach().to(torch.float64)
     if x.shape[0] > MAX_SPECTRAL_POINTS:
         x = x[torch.randperm(x.shape[0], generator=generator)[:MAX_SPECTRAL_POINTS]]
-    affinity = _knn_affinity(x, n_neighbors)
+    affinity = knn_affinity(x, n_neighbors)
     inv_sqrt_deg = affinity.sum(1).clamp_min(1e-12).rsqrt()
     normalized = inv_sqrt_deg[:, None] * affinity * inv_sqrt_deg[None, :]
     values = torch.linalg.eigvalsh(normalized).flip(0)  # descending
@@ -176,3 +176,38 @@ def initial_labels(
     else:
         raise ValueError(f"expected init in {INIT_METHODS}, got {method!r}")
     return labels.to(x.device)
+
+
+def ncut_per_cluster(
+    x: torch.Tensor, labels: torch.Tensor, K: int, generator: torch.Generator | None = None
+) -> float:
+    """Normalized cut of a partition of x (N, D) on the 10-NN graph, divided by K (on at most
+    ``MAX_SPECTRAL_POINTS`` rows): low when the clusters are apart, separated by gaps of low
+    density."""
+    if x.shape[0] > MAX_SPECTRAL_POINTS:
+        keep = torch.randperm(x.shape[0], generator=generator)[:MAX_SPECTRAL_POINTS]
+        x, labels = x[keep.to(x.device)], labels[keep.to(labels.device)]
+    affinity = knn_affinity(x.detach().to(torch.float64), 10)
+    return normalized_cut(affinity, labels.to(affinity.device), K) / K
+
+
+def match_to_classes(labels: torch.Tensor, y: torch.Tensor, K: int) -> torch.Tensor:
+    """A partition's clusters renamed to the classes of its labelled rows, then overridden there.
+
+    ``labels`` (N,) in [0, K); ``y`` (N,) with -1 for unlabelled rows. Clusters are matched to
+    classes by the Hungarian assignment on the labelled rows' contingency table.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    known = y >= 0
+    if not bool(known.any()):
+        return labels
+    table = torch.zeros(K, K)
+    table.index_put_(
+        (y[known].cpu(), labels[known].cpu()), torch.ones(int(known.sum())), accumulate=True
+    )
+    rows, cols = linear_sum_assignment(-table.numpy())
+    mapping = torch.empty(K, dtype=torch.long)
+    mapping[torch.as_tensor(cols)] = torch.as_tensor(rows)
+    labels = mapping.to(labels.device)[labels]
+    return torch.where(known, y.to(labels.device), labels)
