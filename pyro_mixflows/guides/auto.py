@@ -90,7 +90,7 @@ class _ComponentLatent(TorchDistribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         log_pi = torch.log_softmax(self.logits, -1)  # (K,)
-        joint = self.components.component_log_probs(value) + log_pi  # (..., K)
+        joint = self.components(value) + log_pi  # (..., K)
         return torch.logsumexp(joint, -1) - log_pi[self.index]
 
 

@@ -280,9 +280,18 @@ class BoostedFlowMixture(Refinement, VariationalBoosting, nn.Module):
         self._check_fitted()
         return FlowMixture(self.components, logits=self.log_weights)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log G_C(x): (..., D) -> (...)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """log G_C(x), the boosted density: (..., D) -> (...); the same as :meth:`log_prob`.
+
+        Raises:
+            RuntimeError: the model has no component yet.
+            ValueError: x not of shape (..., D) or not finite.
+        """
         return self.mixture.log_prob(self._as_data(x, min_rows=0))
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log G_C(x): (..., D) -> (...); the same as calling the model."""
+        return self(x)
 
     def score(self, x: torch.Tensor) -> float:
         """Mean log-likelihood of the rows of x, shape (N, D)."""
@@ -442,7 +451,7 @@ class BoostedFlowMixture(Refinement, VariationalBoosting, nn.Module):
 
     def _stage_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """log g_c(x) of every component: (N, D) -> (N, C)."""
-        return torch.cat([s.component_log_probs(x) for s in self.stages], -1)
+        return torch.cat([s(x) for s in self.stages], -1)
 
     @torch.no_grad()
     def _log_mix(self, x: torch.Tensor, exclude: int | None = None) -> torch.Tensor:
@@ -567,7 +576,7 @@ class BoostedFlowMixture(Refinement, VariationalBoosting, nn.Module):
             elif self.rho_mode == "fixed":
                 rho = 1.0 / (c + 1)
             else:
-                rho = search_rho(lG_va, comp.component_log_probs(x_va)[:, 0])
+                rho = search_rho(lG_va, comp(x_va)[:, 0])
         self._append(comp, rho)
         self._freeze(True)
         if self.refit_weights:

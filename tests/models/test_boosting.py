@@ -161,7 +161,13 @@ def test_result_works_as_a_flow_mixture(float64):
     r = mix.responsibilities(x[:4])
     torch.testing.assert_close(r.sum(-1), torch.ones(4, dtype=torch.float64))
     torch.testing.assert_close(model.log_prob(x[:4]), mix.log_prob(x[:4]))
+    torch.testing.assert_close(model(x[:4]), mix.log_prob(x[:4]))  # calling it is log_prob
     assert math.isfinite(model.score(x))
+
+
+def test_calling_an_unfitted_model_says_so():
+    with pytest.raises(RuntimeError, match="expected a fitted model"):
+        BoostedFlowMixture(2, **SMALL)(torch.zeros(3, 2))
 
 
 def test_refit_pass_keeps_weights_normalized(float64):
