@@ -52,6 +52,7 @@ def log_weights(
     self._check_x(x)
     return draw_and_weigh(self, x, num_samples, integrate_sticks)[1]
 
+
 def draw_and_weigh(
     self: MixtureVAE, x: torch.Tensor, num_samples: int, integrate_sticks: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +83,6 @@ def draw_and_weigh(
     log_pz = self._prior_log_probs(z, log_w_p)
     log_px = self._likelihood(z).log_prob(x)
     return z, log_px + log_pz + log_pv - log_qz - log_qv
-
 
 
 @torch.no_grad()

@@ -8,8 +8,8 @@ from pyro_mixflows import FlowComponents, FlowMixture
 from pyro_mixflows.flows import ConcatComponents
 from pyro_mixflows.models import BoostedFlowMixture
 from pyro_mixflows.models._boost_stages import fit_stage
+from pyro_mixflows.models._boost_weights import golden_section_max
 from pyro_mixflows.models.boosting import (
-    _golden_section_max,
     boosting_weights,
     fit_mixture_weights,
     rho_objective,
@@ -57,7 +57,7 @@ def test_search_rho_endpoints(float64):
 @pytest.mark.parametrize("peak", [0.0, 0.123456, 0.7, 1.0])
 def test_golden_section_finds_the_maximizer(peak):
     # Used for the variational weight, whose Monte Carlo objective need not be concave.
-    assert abs(_golden_section_max(lambda r: -(abs(r - peak) ** 1.5)) - peak) < 1e-6
+    assert abs(golden_section_max(lambda r: -(abs(r - peak) ** 1.5)) - peak) < 1e-6
 
 
 def test_search_rho_errors(float64):
