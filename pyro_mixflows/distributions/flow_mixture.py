@@ -86,12 +86,12 @@ class FlowMixture(_ComponentsDistribution):
 
     def component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """log p_k(x) for every k: (..., D) -> (..., K)."""
-        return self.components.component_log_probs(x)
+        return self.components(x)
 
     def _joint(self, x: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(x)
-        return self.logits + self.components.component_log_probs(x)  # (..., K)
+        return self.logits + self.components(x)  # (..., K)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return self._joint(value).logsumexp(-1)

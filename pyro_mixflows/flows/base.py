@@ -20,22 +20,54 @@ from .._validation import check_event, check_finite, check_index
 class Components(nn.Module):
     """K mixture components over R^D behind one interface.
 
-    Implementer's checklist: ``num_components`` and ``dim`` set; ``component_log_probs``
-    returns (..., K) for x of shape (..., D); ``rsample`` returns one reparameterized draw per
-    component, (*S, K, D). Everything else (indexed components, sampling chosen components,
-    mixtures) is derived from those two.
+    Calling the module returns the per-component log-densities,
+
+    .. math:: \\text{components}(x)_k = \\log p_k(x), \\qquad (..., D) \\to (..., K),
+
+    so ``components(x)``, ``components.compile()`` and
+    ``torch.func.functional_call(components, params, (x,))`` work as for any ``nn.Module``;
+    ``component_log_probs(x)`` is the same as ``components(x)``.
+
+    Implementer's checklist: ``num_components`` and ``dim`` set; ``forward`` (or
+    ``component_log_probs``, whichever you prefer: each defaults to the other) returns (..., K)
+    for x of shape (..., D); ``rsample`` returns one reparameterized draw per component,
+    (*S, K, D). Everything else (indexed components, sampling chosen components, mixtures) is
+    derived from those two.
+
+    Example::
+
+        >>> class Gaussians(Components):
+        ...     def __init__(self, loc):  # (K, D)
+        ...         super().__init__()
+        ...         self.num_components, self.dim = loc.shape
+        ...         self.loc = nn.Parameter(loc)
+        ...     def component_log_probs(self, x):  # (..., D) -> (..., K)
+        ...         return Normal(self.loc, 1.0).log_prob(x.unsqueeze(-2)).sum(-1)
+        >>> Gaussians(torch.zeros(3, 2))(torch.zeros(5, 2)).shape
+        torch.Size([5, 3])
     """
 
     num_components: int
     dim: int
 
-    def component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-density of x under every component: (..., D) -> (..., K)."""
-        raise NotImplementedError
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-component log-densities, ``component_log_probs(x)``: (..., D) -> (..., K)."""
+        """Log-density of x under every component: (..., D) -> (..., K).
+
+        The base class calls ``component_log_probs``; a subclass overrides one of the two.
+
+        Raises:
+            NotImplementedError: the subclass overrides neither.
+        """
+        if type(self).component_log_probs is Components.component_log_probs:
+            raise NotImplementedError(
+                f"expected {type(self).__name__} to implement forward or component_log_probs, "
+                "got neither"
+            )
         return self.component_log_probs(x)
+
+    def component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density of x under every component: (..., D) -> (..., K); the same as ``self(x)``."""
+        return self(x)
 
     def rsample(self, sample_shape: torch.Size | Sequence[int] = ()) -> torch.Tensor:
         """One reparameterized draw from every component: (*sample_shape, K, D)."""
@@ -136,9 +168,9 @@ class IndexedComponent(_ComponentsDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        lp = self.components.component_log_probs(value)  # (..., K)
+        lp = self.components(value)  # (..., K)
         batch, K = lp.shape[:-1], lp.shape[-1]
-        # Pyro's pure-Python broadcast: torch.broadcast_shapes costs ~20 us a call on a CPU
+        # Pyro's pure-Python broadcast_shape: light for these few small shapes
         shape = torch.Size(broadcast_shape(self.index.shape, batch))
         dim = _enumerated_dim(self.index, K)
         if dim is not None and (dim > len(batch) or batch[-dim] == 1):

@@ -28,7 +28,7 @@ FLOWS = ("affine_coupling", "maf", "spline_coupling")
 # The data-side affine map of every component: per-axis scales or a full lower-triangular matrix.
 AFFINES = ("diagonal", "full")
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-# component_log_probs evaluates (component, point) rows in chunks of about this many
+# forward evaluates (component, point) rows in chunks of about this many
 CHUNK_ROWS = 8192
 
 
@@ -70,7 +70,7 @@ class FlowComponents(Components):
     Example::
 
         >>> comps = FlowComponents(3, 2, flow="affine_coupling")
-        >>> comps.component_log_probs(torch.randn(5, 2)).shape
+        >>> comps(torch.randn(5, 2)).shape  # log p_k(x): (N, D) -> (N, K)
         torch.Size([5, 3])
     """
 
@@ -192,14 +192,18 @@ class FlowComponents(Components):
         """Standard normal base log-density: (..., D) -> (...)."""
         return standard_normal_log_prob(u)
 
-    def component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density of x under every component: (..., D) -> (..., K).
+
+        ``component_log_probs(x)`` is the same; calling the module (``comps(x)``) goes through
+        torch's hooks, ``comps.compile()`` and ``torch.func.functional_call``.
+        """
         self._check_x(x)
         batch = x.shape[:-1]
         K = self.num_components
         flat = x.reshape(1, -1, self.dim).expand(K, -1, -1)  # (K, M, D)
-        # Rows in chunks of about CHUNK_ROWS (component, point) pairs: every intermediate of a
-        # chunk stays in cache, which makes large N*K up to ~1.3x faster (same values; not a loop
-        # over components).
+        # Rows in chunks of about CHUNK_ROWS (component, point) pairs, so that every
+        # intermediate of a chunk stays in cache (same values; not a loop over components).
         chunk = max(1, CHUNK_ROWS // K)
         lps = []
         for piece in flat.split(chunk, dim=1):
@@ -265,6 +269,34 @@ class FlowComponents(Components):
 _MAX_DEPTH = 8
 
 
+# How many autograd nodes _viewed_parameter follows from a tensor back to its leaf.
+_MAX_VIEW_CHAIN = 16
+
+
+def _viewed_parameter(t: torch.Tensor) -> nn.Parameter | None:
+    """``t`` itself if it is a Parameter, the Parameter that ``t`` is a view of, or None.
+
+    A view made with gradients on reaches its Parameter through a chain of one-input autograd
+    nodes ending at the Parameter's gradient accumulator, and shares its storage; a value
+    computed from a Parameter (``2 * param``) reaches it too but has storage of its own.
+    """
+    if isinstance(t, nn.Parameter):
+        return t
+    node = t.grad_fn
+    for _ in range(_MAX_VIEW_CHAIN):
+        if node is None:
+            return None
+        leaf = getattr(node, "variable", None)  # an AccumulateGrad node holds its leaf tensor
+        if leaf is not None:
+            same = leaf.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+            return leaf if same and isinstance(leaf, nn.Parameter) else None
+        inputs = [fn for fn, _ in node.next_functions if fn is not None]
+        if len(inputs) != 1:
+            return None
+        node = inputs[0]
+    return None
+
+
 def _trainable(obj, modules: dict, params: dict, seen: set, depth: int = 0) -> None:
     """Collect the ``nn.Module``s and free ``nn.Parameter``s reachable from ``obj``.
 
@@ -280,9 +312,9 @@ def _trainable(obj, modules: dict, params: dict, seen: set, depth: int = 0) -> N
         return
     if torch.is_tensor(obj):
         # A Parameter, or a view of one (``Normal(param, 1.0)`` stores broadcast views).
-        base = obj if isinstance(obj, nn.Parameter) else getattr(obj, "_base", None)
-        if isinstance(base, nn.Parameter):
-            params[id(base)] = base
+        param = _viewed_parameter(obj)
+        if param is not None:
+            params[id(param)] = param
         return
     if isinstance(obj, (list, tuple, set, frozenset)):
         children = list(obj)
@@ -310,9 +342,12 @@ class DistributionComponents(Components):
     ``nn.Module``, or plain distributions. Every ``nn.Module`` and ``nn.Parameter`` reachable
     from a distribution (its attributes, transforms, base distribution, and the partials, bound
     methods and closures through which zuko's transforms call their networks) is registered
-    here, so ``parameters()`` and ``pyro.module`` see them and SVI trains them. Tensors that are
-    neither (e.g. values computed from parameters when the distribution was built) are not:
-    build such components inside the model at every step instead.
+    here, so ``parameters()`` and ``pyro.module`` see them and SVI trains them; so is the
+    Parameter behind a view of one (``Normal(param, 1.0)`` stores a broadcast view). Tensors that
+    are neither (e.g. values computed from parameters when the distribution was built) are not:
+    build such components inside the model at every step instead. ``torch.func.functional_call``
+    swaps the parameters of the registered modules only: a free Parameter is held by its
+    distribution, which keeps using it.
 
     Args:
         distributions: K distributions, each with ``batch_shape == ()`` and ``event_shape == (D,)``.
@@ -339,7 +374,8 @@ class DistributionComponents(Components):
         self.num_components = len(distributions)
         self.dim = next(iter(shapes))[0]
 
-    def component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density of x under every component: (..., D) -> (..., K), one call per component."""
         self._check_x(x)
         # A fresh view defeats the identity-keyed caches of Pyro transforms, which would
         # otherwise return a stale inverse for the same data tensor after a parameter update.

@@ -39,7 +39,7 @@ class ConcatComponents(Components):
         >>> a = FlowComponents(2, 2, flow="affine_coupling", num_layers=2)
         >>> b = FlowComponents(1, 2, flow="spline_coupling", num_layers=4, hidden_dims=(8,))
         >>> comps = ConcatComponents([a, b])
-        >>> comps.num_components, comps.component_log_probs(torch.zeros(5, 2)).shape
+        >>> comps.num_components, comps(torch.zeros(5, 2)).shape
         (3, torch.Size([5, 3]))
     """
 
@@ -62,10 +62,10 @@ class ConcatComponents(Components):
         self.num_components = sum(self.sizes)
         self.dim = dims[0]
 
-    def component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Log-density of x under every component: (..., D) -> (..., K)."""
         self._check_x(x)
-        return torch.cat([part.component_log_probs(x) for part in self.parts], dim=-1)
+        return torch.cat([part(x) for part in self.parts], dim=-1)
 
     def rsample(self, sample_shape: torch.Size | Sequence[int] = ()) -> torch.Tensor:
         """One reparameterized draw from every component: (*sample_shape, K, D)."""

@@ -6,6 +6,9 @@ in two directions:
 - ``to_data(u) -> (x, log_det)``: base side to data side, ``log_det = log|det dx/du|``, (K, M);
 - ``to_base(x) -> (u, log_det)``: data side to base side, ``log_det = log|det du/dx|``, (K, M).
 
+Calling a layer is ``to_base``: ``layer(x) == layer.to_base(x)``, the direction of density
+evaluation, so torch's hooks, ``compile()`` and ``torch.func.functional_call`` apply to it.
+
 Implementer's checklist for a new layer: both directions exact inverses of each other; the
 log-determinant sums only over the dimensions the layer changes; parameters carry a leading K
 axis; no Python loop over components.
@@ -30,12 +33,26 @@ def _soft_clamp(s: torch.Tensor) -> torch.Tensor:
 
 
 class BatchedLayer(nn.Module):
-    """Base class of component-batched invertible layers (see the module docstring)."""
+    """Base class of component-batched invertible layers (see the module docstring).
+
+    Example::
+
+        >>> layer = ElementwiseAffine(3, 2)
+        >>> u, log_det = layer(torch.zeros(3, 5, 2))  # to_base: (K, M, D) -> (K, M, D), (K, M)
+        >>> u.shape, log_det.shape
+        (torch.Size([3, 5, 2]), torch.Size([3, 5]))
+    """
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data to base, ``to_base(x)``: x (K, M, D) -> u (K, M, D), log|det du/dx| (K, M)."""
+        return self.to_base(x)
 
     def to_data(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base to data: u (K, M, D) -> x (K, M, D), log|det dx/du| (K, M)."""
         raise NotImplementedError
 
     def to_base(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data to base: x (K, M, D) -> u (K, M, D), log|det du/dx| (K, M)."""
         raise NotImplementedError
 
 

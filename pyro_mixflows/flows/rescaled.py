@@ -35,7 +35,7 @@ class RescaledComponents(Components):
 
         >>> comps = FlowComponents(2, 3, flow="affine_coupling")
         >>> data_units = RescaledComponents(comps, torch.zeros(3), torch.full((3,), 2.0))
-        >>> data_units.component_log_probs(torch.zeros(5, 3)).shape
+        >>> data_units(torch.zeros(5, 3)).shape
         torch.Size([5, 2])
     """
 
@@ -61,9 +61,10 @@ class RescaledComponents(Components):
     def _log_scale(self) -> torch.Tensor:
         return self.scale.log().sum()
 
-    def component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density of x (data units) under every component: (..., D) -> (..., K)."""
         self._check_x(x)
-        return self.inner.component_log_probs((x - self.loc) / self.scale) - self._log_scale()
+        return self.inner((x - self.loc) / self.scale) - self._log_scale()
 
     def rsample(self, sample_shape: torch.Size | Sequence[int] = ()) -> torch.Tensor:
         return self.loc + self.scale * self.inner.rsample(sample_shape)  # (*S, K, D)

@@ -10,88 +10,23 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.distributions import constraints
-from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.distributions.util import sum_rightmost
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.guides import prototype_hide_fn
 from pyro.infer.autoguide.initialization import init_to_sample
 from pyro.infer.autoguide.utils import helpful_support_errors
-from pyro.poutine.runtime import _DIM_ALLOCATOR
+from pyro.poutine.runtime import get_plates
 from torch.distributions import biject_to
 from torch.nn import Parameter
 
 from ..distributions import FlowMixture
 from ..flows import FlowComponents
 from ..flows.components import FLOWS
+from ._component_latent import ComponentLatent
 
 # Initial candidates scoring this many nats below the best one are not used as starting points.
 _INIT_LOG_TOLERANCE = 10.0
-
-
-def _enumerated_dim(index: torch.Tensor, num_components: int) -> int | None:
-    """The dim along which ``index`` runs through 0..K-1 (constant elsewhere), or None."""
-    for j in range(index.dim()):
-        if index.shape[j] != num_components:
-            continue
-        shape = (num_components,) + (1,) * (index.dim() - j - 1)
-        ar = torch.arange(num_components, device=index.device).reshape(shape)
-        if torch.equal(index, ar.expand_as(index)):
-            return j
-    return None
-
-
-class _ComponentLatent(TorchDistribution):
-    """The unconstrained latent given its component k, scored so a guide's total is log q(z).
-
-    ``rsample`` draws z from component ``index`` (reparameterized). ``log_prob`` returns
-
-    .. math:: \\log q_k(z) - \\log q(k \\mid z) = \\log \\sum_j \\pi_j q_j(z) - \\log \\pi_k,
-
-    so that together with the ``Categorical(pi)`` site that chose k, the guide's log-density of a
-    trace is the mixture density log q(z): the auxiliary-variable bound with the exact
-    responsibilities q(k | z), which equals the marginal ELBO.
-    """
-
-    arg_constraints: dict = {}
-    support = constraints.real_vector
-    has_rsample = True
-
-    def __init__(
-        self, components: FlowComponents, logits: torch.Tensor, index: torch.Tensor
-    ) -> None:
-        self.components = components
-        self.logits = logits  # (K,)
-        self.index = index
-        super().__init__(index.shape, torch.Size([components.dim]), validate_args=False)
-
-    def expand(self, batch_shape, _instance=None):
-        return _ComponentLatent(
-            self.components, self.logits, self.index.expand(torch.Size(batch_shape))
-        )
-
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        comps = self.components
-        K, D = comps.num_components, comps.dim
-        shape = torch.Size(sample_shape) + self.batch_shape
-        index = self.index.expand(shape)
-        p = self.logits
-        j = _enumerated_dim(index, K)
-        if j is not None:  # parallel enumeration: one draw per component, no wasted work
-            rest = shape[:j] + shape[j + 1 :]
-            u = torch.randn(*rest, K, D, dtype=p.dtype, device=p.device)
-            x = comps.transform(u)[0]  # (*rest, K, D)
-            return x.movedim(-2, j)  # (*shape, D)
-        u = torch.randn(*shape, 1, D, dtype=p.dtype, device=p.device)
-        x = comps.transform(u)[0]  # (*shape, K, D)
-        idx = index.unsqueeze(-1).unsqueeze(-1).expand(*shape, 1, D)
-        return x.gather(-2, idx).squeeze(-2)
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        log_pi = torch.log_softmax(self.logits, -1)  # (K,)
-        joint = self.components.component_log_probs(value) + log_pi  # (..., K)
-        return torch.logsumexp(joint, -1) - log_pi[self.index]
 
 
 class AutoFlowMixture(AutoContinuous):
@@ -235,6 +170,11 @@ class AutoFlowMixture(AutoContinuous):
         return prototype_hide_fn(msg) or msg["infer"].get("enumerate") is not None
 
     def _setup_prototype(self, *args, **kwargs) -> None:
+        # Plates active around this first call (e.g. an ELBO's vectorized particles), read before
+        # any poutine.block below hides them: the initial fits batch candidates to their left.
+        self._outer_plate_depth = max(
+            (-f.dim for f in get_plates() if f.vectorized and f.dim is not None), default=0
+        )
         super()._setup_prototype(*args, **kwargs)
         # Plate depth of the whole model (observed sites too), so candidates batch to its left.
         full = poutine.block(poutine.trace(self.model).get_trace)(*args, **kwargs)
@@ -278,7 +218,7 @@ class AutoFlowMixture(AutoContinuous):
         )
         return pyro.sample(
             f"_{self._pyro_name}_latent",
-            _ComponentLatent(self.components, logits, k),
+            ComponentLatent(self.components, logits, k),
             infer={"is_auxiliary": True},
         )
 
@@ -410,7 +350,7 @@ class AutoFlowMixture(AutoContinuous):
             return total
         # Left of the model's plates and of any plate active around this call (e.g. vectorized
         # particles when the guide is first called inside an ELBO).
-        depth = max(self._max_plate_nesting, len(_DIM_ALLOCATOR._stack))
+        depth = max(self._max_plate_nesting, self._outer_plate_depth)
         batched = latent.reshape((M,) + (1,) * depth + (D,))
         plate = dict(name=f"_{self._pyro_name}_init", size=M, dim=-depth - 1)
 
@@ -441,7 +381,7 @@ class AutoFlowMixture(AutoContinuous):
         def guide():
             self._delta_guide(latent, *args, **kwargs)
 
-        depth = max(self._max_plate_nesting, len(_DIM_ALLOCATOR._stack))
+        depth = max(self._max_plate_nesting, self._outer_plate_depth)
         if self._model_enumerates:
             elbo = TraceEnum_ELBO(max_plate_nesting=depth)
         else:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
+from pyro.distributions.util import sum_rightmost
 from torch.distributions import TransformedDistribution
-from torch.distributions.utils import _sum_rightmost
 
 from ..distributions.flow_mixture import FlowMixture
 from ..flows.base import Components
 
 
-class _LatentFlows:
+class LatentFlows:
     """K flows sharing one latent space, in the (..., K, D) layout.
 
     Wraps a ``TransformedDistribution`` (K = 1), a ``Components`` object with
@@ -68,7 +68,7 @@ class _LatentFlows:
         for t in self.transformed.transforms:
             y = t(u)
             event_dim = 1 - t.codomain.event_dim
-            log_det = log_det + _sum_rightmost(t.log_abs_det_jacobian(u, y), event_dim)
+            log_det = log_det + sum_rightmost(t.log_abs_det_jacobian(u, y), event_dim)
             u = y
         return u.unsqueeze(-2), log_det.unsqueeze(-1)
 

@@ -19,38 +19,14 @@ import pyro.distributions as dist
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
-from ._latent_flows import _LatentFlows
+from . import _langevin
+from ._latent_flows import LatentFlows
+from ._mala_adapt import WarmupAdaptation
+from ._mala_target import TARGETS, UnnormalizedTarget, component_log_targets
 
-TARGETS = ("tempered", "sharpened", "base", "explicit")
 PRECONDITIONERS = ("identity", "diagonal", "metric")
 _PAPER = contextvars.ContextVar("latent_mala_paper", default=False)  # set by LatentMALA.paper
 _MAX_ENERGY_ERROR = 1000.0  # as Pyro's HMC: a proposal this far below the current state diverged
-
-
-class _Unnormalized(dist.TorchDistribution):
-    """The kernel's unnormalized log π(z) as a site's distribution; event shape = the site's.
-
-    ``log_prob`` sums log π over the batched chains; ``sample`` draws N(0, I), a start only.
-    """
-
-    arg_constraints: dict = {}
-    has_rsample = False
-
-    def __init__(self, log_target: Callable, zeros: torch.Tensor) -> None:
-        self._log_target = log_target
-        self._zeros = zeros
-        super().__init__(torch.Size(), zeros.shape, validate_args=False)
-
-    @property
-    def support(self):
-        return dist.constraints.independent(dist.constraints.real, self._zeros.dim())
-
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        return torch.randn(torch.Size(sample_shape) + self._zeros.shape).to(self._zeros)
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        lt = self._log_target(value)  # (..., [C])
-        return lt.reshape(*value.shape[: value.dim() - self._zeros.dim()], -1).sum(-1)
 
 
 class LatentMALA(MCMCKernel):
@@ -69,12 +45,11 @@ class LatentMALA(MCMCKernel):
     With the position-dependent metric the two :math:`-\tfrac12 \log\det M` terms do not cancel
     and are kept.
 
-    Defaults: ``target="sharpened"`` with ``beta=2`` and ``independence_prob=0.5``. Measured on
-    spline flows trained on multimodal 2-D sets (``benchmarks/mala_bridges.py``), this mixes
-    (R-hat < 1.01 across chains) and puts far fewer draws on low-density bridges than naive
-    sampling, at the price of sharpening: it samples q_X^2, not q_X. The paper's scheme (tempered
-    target, MALA moves only) is :meth:`paper`; its chains stay in the mode they start in on
-    multimodal flows, and its tempered target shifts mode weights. For exact draws of a density
+    Defaults: ``target="sharpened"`` with ``beta=2`` and ``independence_prob=0.5``: the
+    independence moves carry every chain across modes and the sharpened target empties the
+    low-density bridges between them, at the price of sharpening: it samples q_X^2, not q_X. The
+    paper's scheme (tempered target, MALA moves only) is :meth:`paper`; its chains stay in the
+    mode they start in on multimodal flows, and its tempered target shifts mode weights. For exact draws of a density
     of yours use ``target="explicit"`` (with independence moves); for exact draws of the flow
     itself, naive sampling.
 
@@ -215,7 +190,7 @@ class LatentMALA(MCMCKernel):
             raise ValueError(
                 f"expected num_chains_batched None or >= 1, got {num_chains_batched!r}"
             )
-        self.flows = _LatentFlows(flow)
+        self.flows = LatentFlows(flow)
         self.target = target
         self.log_prob_fn = log_prob_fn
         self.beta = float(beta)
@@ -274,18 +249,7 @@ class LatentMALA(MCMCKernel):
 
     def _component_log_targets(self, zK: torch.Tensor):
         """log t_k(z) for every component: zK (..., K, D) -> (log t (..., K), x (..., K, D), log|det J| (..., K))."""
-        x, log_det = self.flows.push(zK)
-        if self.target == "base":
-            lt = self.flows.base_log_prob(zK)
-        elif self.target == "tempered":
-            lt = self.flows.base_log_prob(zK) - log_det
-        elif (
-            self.target == "sharpened"
-        ):  # beta log q_X(f(z)) + log|det J| = beta log q_Z - (beta-1) log|det J|
-            lt = self.beta * self.flows.base_log_prob(zK) - (self.beta - 1.0) * log_det
-        else:
-            lt = self.log_prob_fn(x) + log_det
-        return lt, x, log_det
+        return component_log_targets(self.flows, zK, self.target, self.beta, self.log_prob_fn)
 
     def log_target(self, z: torch.Tensor) -> torch.Tensor:
         """Unnormalized log π(z), summed over components for a mixture: (..., D) -> (...)."""
@@ -302,71 +266,27 @@ class LatentMALA(MCMCKernel):
         """
         shape = self._site_shape()
         zeros = torch.zeros(shape, dtype=self.flows.dtype, device=self.flows.device)
-        pyro.sample("z", _Unnormalized(self.log_target, zeros))
+        pyro.sample("z", UnnormalizedTarget(self.log_target, zeros))
 
-    # --- evaluation at a state -------------------------------------------------------------
+    # --- evaluation at a state and the Langevin proposal (see _langevin) ------------------
     def _evaluate(self, z: torch.Tensor) -> dict:
         """log t_k, its gradient, x and (metric) the Jacobian at z (C, D), for every k."""
-        C, K, D = z.shape[0], self.flows.num_components, self.dim
-        need_jac = self.preconditioner == "metric"
-        with torch.enable_grad():
-            zK = z.detach().unsqueeze(-2).expand(C, K, D).clone().requires_grad_(True)
-            lt, x, _ = self._component_log_targets(zK)  # (C, K), (C, K, D)
-            (grad,) = torch.autograd.grad(lt.sum(), zK, retain_graph=need_jac)
-            out = {"z": z.detach(), "lt": lt.detach(), "grad": grad.detach(), "x": x.detach()}
-            if need_jac:
-                rows = [
-                    torch.autograd.grad(x[..., d].sum(), zK, retain_graph=d < D - 1)[0]
-                    for d in range(D)
-                ]
-                out["jac"] = torch.stack(rows, -2)  # (C, K, D, D): [.., d, :] = dx_d / dz
-        return out
+        metric = self.preconditioner == "metric"
+        return _langevin.evaluate(self._component_log_targets, z, self.flows.num_components, metric)
 
-    @staticmethod
-    def _gather(t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """t (C, K, ...) at component c (C,) -> (C, ...)."""
-        idx = c.view(-1, 1, *([1] * (t.dim() - 2))).expand(-1, 1, *t.shape[2:])
-        return t.gather(1, idx).squeeze(1)
+    _gather = staticmethod(_langevin.gather)
+    _at = staticmethod(_langevin.at_component)
 
-    def _at(self, ev: dict, c: torch.Tensor) -> dict:
-        out = {"z": ev["z"], "lt": self._gather(ev["lt"], c), "grad": self._gather(ev["grad"], c)}
-        if "jac" in ev:
-            out["jac"] = self._gather(ev["jac"], c)
-        return out
-
-    def _proposal_mean(self, s: dict, step_size: float) -> torch.Tensor:
-        if self.preconditioner == "metric":
-            J = s["jac"]  # (C, D, D)
-            drift = torch.linalg.solve(J.transpose(-1, -2) @ J, s["grad"].unsqueeze(-1))
-            return s["z"] + step_size * drift.squeeze(-1)
-        return s["z"] + step_size * self._mass * s["grad"]
-
-    def _log_proposal(self, to: torch.Tensor, frm: dict, step_size: float) -> torch.Tensor:
-        """log q(to | frm) up to the constant -D/2 log(4πγ), shared by both directions: (C,)."""
-        r = to - self._proposal_mean(frm, step_size)  # (C, D)
-        if self.preconditioner == "metric":
-            J = frm["jac"]
-            quad = (J @ r.unsqueeze(-1)).squeeze(-1).square().sum(-1)  # r^T (J^T J) r
-            half_log_det_inv_m = torch.linalg.slogdet(J).logabsdet  # -1/2 log det M = log|det J|
-        else:
-            quad = (r.square() / self._mass).sum(-1)
-            half_log_det_inv_m = -0.5 * self._mass.log().sum().expand(r.shape[0])
-        return -quad / (4 * step_size) + half_log_det_inv_m
+    def _metric_or_mass(self) -> torch.Tensor | None:
+        """The diagonal mass (D,), or None for the pull-back metric."""
+        return None if self.preconditioner == "metric" else self._mass
 
     def _propose(self, s: dict, step_size: float) -> torch.Tensor:
-        mean = self._proposal_mean(s, step_size)
-        xi = torch.randn_like(mean)
-        if self.preconditioner == "metric":
-            noise = torch.linalg.solve(s["jac"], xi.unsqueeze(-1)).squeeze(-1)  # M^{1/2} xi
-        else:
-            noise = self._mass.sqrt() * xi
-        return mean + math.sqrt(2 * step_size) * noise
+        return _langevin.propose(s, step_size, self._metric_or_mass())
 
     def _log_accept_ratio(self, s: dict, s_new: dict, step_size: float) -> torch.Tensor:
         """log [π(z') q(z | z')] - log [π(z) q(z' | z)] for states at the same component: (C,)."""
-        forward = self._log_proposal(s_new["z"], s, step_size)
-        backward = self._log_proposal(s["z"], s_new, step_size)
-        return s_new["lt"] - s["lt"] + backward - forward
+        return _langevin.log_accept_ratio(s, s_new, step_size, self._metric_or_mass())
 
     # --- Pyro's MCMCKernel interface ---------------------------------------------------------
     def _reset(self, warmup_steps: int) -> None:
@@ -384,24 +304,13 @@ class LatentMALA(MCMCKernel):
         self._indep_count = 0
         self._accept_prob_mean = 0.0
         self._accept_prob_n = 0
-        self._da_restart()
-        self._welford = None
-
-    def _da_restart(self) -> None:
-        self._da_mu = math.log(10 * self._step_size)
-        self._da_t = 0
-        self._da_hbar = 0.0
-        self._da_xbar = 0.0
-
-    def _da_update(self, accept_prob: float, gamma=0.05, t0=10.0, kappa=0.75) -> None:
-        self._da_t += 1
-        t = self._da_t
-        eta = 1.0 / (t + t0)
-        self._da_hbar = (1 - eta) * self._da_hbar + eta * (self.target_accept_prob - accept_prob)
-        x = self._da_mu - math.sqrt(t) / gamma * self._da_hbar
-        w = t**-kappa
-        self._da_xbar = w * x + (1 - w) * self._da_xbar
-        self._step_size = math.exp(x)
+        self._adaptation = WarmupAdaptation(
+            self.init_step_size,
+            warmup_steps,
+            self.target_accept_prob,
+            adapt_step_size=self.adapt_step_size,
+            diagonal=self.preconditioner == "diagonal",
+        )
 
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
         initial = self._initial_params
@@ -512,34 +421,10 @@ class LatentMALA(MCMCKernel):
         return self._output()
 
     def _adapt(self, accept_prob: float | None) -> None:
-        t, W = self._t, self._warmup_steps
-        if self.adapt_step_size and accept_prob is not None:
-            self._da_update(accept_prob)
-        if self.preconditioner == "diagonal":
-            start, stop = int(0.25 * W), int(0.75 * W)
-            if start <= t < stop:
-                z = self._state["z"]  # (C, D)
-                n_b, mean_b = z.shape[0], z.mean(0)
-                m2_b = (z - mean_b).square().sum(0)
-                if self._welford is None:
-                    self._welford = [n_b, mean_b, m2_b]
-                else:  # Chan et al.'s pooled update of (count, mean, sum of squares)
-                    n_a, mean_a, m2_a = self._welford
-                    n = n_a + n_b
-                    delta = mean_b - mean_a
-                    self._welford = [
-                        n,
-                        mean_a + delta * n_b / n,
-                        m2_a + m2_b + delta.square() * n_a * n_b / n,
-                    ]
-            if t == stop - 1 and self._welford is not None and self._welford[0] > 1:
-                n, _, m2 = self._welford
-                var = m2 / (n - 1)
-                # Stan's regularization toward 1e-3, shrinking a noisy variance estimate
-                self._mass = (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))
-                self._da_restart()
-        if t == W - 1 and self.adapt_step_size:
-            self._step_size = math.exp(self._da_xbar)
+        mass = self._adaptation.update(self._t, accept_prob, self._state["z"])
+        if mass is not None:
+            self._mass = mass
+        self._step_size = self._adaptation.step_size
 
     def cleanup(self) -> None:
         self._initial_params = None

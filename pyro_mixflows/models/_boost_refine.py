@@ -133,9 +133,7 @@ class Refinement:
                 if self.rho_mode == "fixed":
                     rho = w_c
                 else:
-                    rho = search_rho(
-                        self._log_mix(x_va, exclude=c), comp.component_log_probs(x_va)[:, 0]
-                    )
+                    rho = search_rho(self._log_mix(x_va, exclude=c), comp(x_va)[:, 0])
                 keep = [j for j in range(len(self.stages)) if j != c]
                 lw = self.log_weights.clone()
                 lw[keep] = (

@@ -40,10 +40,10 @@ def weighted_model(comp: Components, resample: bool, batch: int) -> Callable:
     def model(x, w, draw, subsample=None):  # (N, D), (N,), bool
         pyro.module("component", comp)
         if draw:  # weighting="resample": the weights are in the draw, the loss is unweighted
-            return comp.component_log_probs(x[torch.multinomial(w, batch, replacement=True)])[:, 0]
+            return comp(x[torch.multinomial(w, batch, replacement=True)])[:, 0]
         if subsample is not None:
             x, w = x[subsample], w[subsample]
-        return w * comp.component_log_probs(x)[:, 0]  # (B,)
+        return w * comp(x)[:, 0]  # (B,)
 
     return model
 
@@ -59,7 +59,7 @@ def mixture_model(comp: Components, logit0: float, learned: bool) -> Callable:
             a = pyro.param("rho_logit", a)
         if subsample is not None:
             x, log_prev = x[subsample], log_prev[subsample]
-        log_g = comp.component_log_probs(x)[:, 0]  # (B,)
+        log_g = comp(x)[:, 0]  # (B,)
         return torch.logaddexp(F.logsigmoid(-a) + log_prev, F.logsigmoid(a) + log_g)
 
     return model
@@ -73,7 +73,7 @@ def joint_model(stages: nn.ModuleList, logits0: torch.Tensor, learned: bool) -> 
         logits = pyro.param("logits", logits0.clone()) if learned else logits0
         if subsample is not None:
             x = x[subsample]
-        log_probs = torch.cat([s.component_log_probs(x) for s in stages], -1)  # (B, C)
+        log_probs = torch.cat([s(x) for s in stages], -1)  # (B, C)
         return (logits.log_softmax(0) + log_probs).logsumexp(-1)
 
     return model

@@ -136,7 +136,7 @@ class VariationalBoosting:
                 (
                     log_density(x).double(),
                     self._log_mix(x).double(),
-                    comp.component_log_probs(x)[:, 0].double(),
+                    comp(x)[:, 0].double(),
                 )
             )
 

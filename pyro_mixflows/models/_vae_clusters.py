@@ -277,11 +277,11 @@ def refit_prior(
     diagonals of the covariances) and the weights (for ``weights="softmax"``; stick posteriors
     are left as they are) to it, with the new components ordered to overlap most with the
     guide's components, so that tied components stay tied. Full covariances decide the
-    partition: a cluster of codes elongated off the axes is one full component, while a
-    diagonal mixture can fit it better as two (one narrow) and merge two other clusters, a
-    solution that EM started from the current prior kept and training then emptied again. A new component whose codes came from another guide component
-    (one that covered two clusters) gets a copy of that component's encoder outputs (Gaussian
-    components only), so that the guide follows the split. By default the model calls it
+    partition: a cluster of codes elongated off the axes is one full component, where a
+    diagonal mixture may fit it as two (one narrow) and merge two other clusters. A new
+    component whose codes came from another guide component (one that covered two clusters)
+    gets a copy of that component's encoder outputs (Gaussian components only), so that the
+    guide follows the split. By default the model calls it
     itself at training steps 500, 1000 and 2000 (``refit_steps``); the draws use their own
     random stream (``seed``), so the caller's is left as it was.
 

@@ -7,7 +7,6 @@ the full mixture density in its entropy term.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import pyro
@@ -19,6 +18,7 @@ from torch import nn
 from ..distributions.kumaraswamy import Kumaraswamy
 from ..flows import FlowComponents
 from . import _vae_clusters as _clusters
+from . import _vae_importance as _importance
 from ._vae_guide import _ComponentDraw, _mlp, stick_breaking_log_weights
 
 __all__ = ["MixtureVAE", "stick_breaking_log_weights"]
@@ -27,107 +27,57 @@ WEIGHTS = ("softmax", "kumaraswamy", "beta")
 STICKS = ("global", "local")
 LIKELIHOODS = ("bernoulli", "normal")
 NOISE_SPEED = 3.0  # the Normal decoder's log scale is this times its parameter
-# checkpoints from before NOISE_SPEED saved log σ itself under the old name
 
 
 class MixtureVAE(PyroModule):
     """Variational autoencoder with a mixture prior and a mixture (or flow-mixture) posterior.
 
-    Generative model, c_n the cluster (the prior's component) of point n:
+    Generative model, with c_n the cluster (the prior's component) of point n:
 
     .. math::
         v_t \\sim \\mathrm{Beta}(1, α)\\ (t < T, \\text{DP only}), \\qquad
         c_n \\sim \\mathrm{Cat}(w), \\qquad z_n \\mid c_n \\sim \\mathcal{N}(μ^0_{c_n}, σ^0_{c_n}),
         \\qquad x_n \\mid z_n \\sim p_θ(x_n \\mid z_n),
 
-    with w = softmax of a global parameter (finite, ``weights="softmax"``) or the
-    stick-breaking weights w = π(v) of a Dirichlet process truncated at T: one set of sticks
-    shared by all points (``sticks="global"``, the default: a DP mixture prior over the codes)
-    or one set per point (``sticks="local"``, the form of Nalisnick et al.). The decoder is
-    Bernoulli (binary data) or a diagonal Normal with a learned per-feature scale.
-
-    Guide:
+    w the softmax of a global parameter (``weights="softmax"``) or the stick-breaking weights
+    π(v) of a Dirichlet process truncated at T, one set of sticks for the data set
+    (``sticks="global"``) or one per point (``sticks="local"``); a Bernoulli decoder or a
+    diagonal Normal one with a learned per-feature scale. Guide:
 
     .. math:: q(z \\mid x) = \\sum_k r_k(x)\\, q_k(z \\mid x), \\qquad
         z = g_k(μ_k(x) + σ_k(x) ⊙ ε),\\ ε \\sim \\mathcal{N}(0, I),
 
-    with g_k the identity (Gaussian components) or the k-th flow of a :class:`FlowComponents`
-    (``flow=...``), whose density follows by change of variables through ``inverse``. The
-    responsibilities r(x) are a softmax head of the encoder (finite weights and global
-    sticks; the global sticks then have their own non-amortized posterior q(v), Kumaraswamy
-    or Beta, started at the prior), or, for local sticks, the prior weights themselves,
-    r = π(v) with v ~ q(v | x). The component index k is an enumerated guide site and z | k is
-    reparameterized.
+    g_k the identity or the k-th flow of a :class:`FlowComponents` (``flow=...``); r(x) a softmax
+    head of the encoder (global sticks then have their own posterior q(v), Kumaraswamy or Beta),
+    or r = π(v), v ~ q(v | x), for local sticks. The index k is enumerated, z | k
+    reparameterized; train with ``TraceEnum_ELBO(max_plate_nesting=1)``, which computes:
 
-    **Tied components** (``tie_components=True``, the default). The guide's index k is the
-    model's cluster c: q(c, z | x) = r_c(x) q_c(z | x), each posterior component matched to its
-    prior component (as in Nalisnick, Hertel & Smyth, 2016). ``TraceEnum_ELBO`` enumerates c
-    in the guide and computes exactly
+    - tied components (``tie_components=True``, the default): k is the model's cluster c,
 
-    .. math:: \\mathcal{L} = \\sum_n \\sum_c r_c(x_n) \\Big(\\mathbb{E}_{q_c(z|x_n)}\\big[
-        \\log p(x_n \\mid z) + \\log \\mathcal{N}(z; μ^0_c, σ^0_c) - \\log q_c(z \\mid x_n)\\big]
-        + \\log w_c - \\log r_c(x_n)\\Big)
+      .. math:: \\mathcal{L} = \\sum_n \\sum_c r_c(x_n) \\Big(\\mathbb{E}_{q_c(z|x_n)}\\big[
+          \\log p(x_n \\mid z) + \\log \\mathcal{N}(z; μ^0_c, σ^0_c) - \\log q_c(z \\mid x_n)\\big]
+          + \\log w_c - \\log r_c(x_n)\\Big),
 
-    (inside E_{q(v)}, plus the stick term, with sticks), a bound looser than the untied one by
-    E_q[KL(q(c | z, x) ‖ p(c | z))]: it pays for every point whose posterior component does not
-    match the prior component that explains its code, which is what makes r(x) the cluster
-    posterior's approximation and the index mean the cluster. On the synthetic clusters of
-    ``benchmarks/vae_clusters.py`` (median of 3 seeds, ``infer.fit`` for 3000 steps, the
-    defaults) its :meth:`predict` reaches ARI 0.894 on binarized data (k-means 0.882) and 0.992
-    on continuous data (k-means 0.987); the untied objective reached 0.654 / 0.665. With 6
-    clusters in 50 features (seeds 3-5) it reaches 0.904 binarized (k-means 0.900) but 0.957
-    continuous (k-means 0.971): see docs/benchmarks.md.
+      so r(x) approximates the cluster posterior: use it to cluster;
+    - untied (``tie_components=False``): the stratified mixture ELBO, with the entropy of the
+      whole mixture q(z | x) (a tighter bound, whose k is not a cluster),
 
-    Local sticks tie the posterior responsibilities to the prior weights: r(x) can only move
-    away from the mean weights E[π(v)] by paying KL(q(v | x) ‖ p(v)), which a Kumaraswamy
-    posterior pays dearly for sharp weights. Trained on digits (``benchmarks/mixture_vae.py``,
-    T = 10) they stay near the GEM means: only 2-3 components are ever the most probable one
-    for a test image, and the 5-NN error of the posterior means is worse than a Gaussian
-    VAE's; global sticks with free responsibilities use 9-10 components.
+      .. math:: \\mathcal{L} = \\sum_n \\sum_k r_k(x_n) \\, \\mathbb{E}_{q_k(z|x_n)}
+          \\big[\\log p(x_n \\mid z) + \\log p(z \\mid v) - \\log q(z \\mid x_n)\\big],
 
-    **Untied objective** (``tie_components=False``). Train with
-    ``TraceEnum_ELBO(max_plate_nesting=1)``. It enumerates k in the guide (c is summed out
-    exactly in the model) and, because the z site's density is log q(z|x) - log r_k(x) (the full mixture), it
-    computes exactly the stratified mixture ELBO
+    each inside E_{q(v)} plus the stick term E_{q(v)}[log p(v) - log q(v)] when there are sticks.
+    :meth:`cluster_probs` is p(c | x) (exact p(c | z) importance-weighted over q(z | x)),
+    :meth:`predict` its argmax. The guide refits the prior by EM (:meth:`refit_prior`) at the
+    training steps ``refit_steps``, counted in guide calls with gradients on. Calling the module
+    gives a per-row ELBO estimate (:meth:`forward`), :meth:`importance_log_likelihood` a tighter
+    estimate of log p(x).
 
-    .. math:: \\mathcal{L} = \\mathbb{E}_{q(v)} \\Big[\\sum_n \\sum_k r_k(x_n)
-        \\, \\mathbb{E}_{q_k(z|x_n)} \\big[\\log p(x_n \\mid z) + \\log p(z \\mid v)
-        - \\log q(z \\mid x_n)\\big]\\Big] + \\mathbb{E}_{q(v)}\\big[\\log p(v) - \\log q(v)\\big]
+    Sites: "v" (sticks, DP only; outside the data plate when global), "c" (tied) or the auxiliary
+    "k" (untied), "latent" (z, event D) and the observed "x" (event P), in the plate "data" that
+    honours ``subsample`` (a LongTensor of row indices).
 
-    (for local sticks, v, q(v | x_n) and the stick term move inside the sum over n), one
-    reparameterized draw per component, no score-function term, and the entropy of the
-    whole mixture (not the per-component shortcut Σ_k r_k H[q_k]). The stick term is the
-    pathwise one-draw estimate with exact densities (TraceEnum_ELBO computes no analytic KLs);
-    the KL(Kumaraswamy ‖ Beta) registered by :mod:`pyro_mixflows.distributions` serves
-    :meth:`stick_kl`. The untied bound is the tighter one, but the guide's index k is then
-    free: :meth:`encode`'s probabilities describe how q(z | x) is split among its own
-    components (on the synthetic clusters, only 2 of 4 are ever the top one), not clusters.
-    With K = 1 and a fixed N(0, I) prior both objectives are exactly a Gaussian VAE trained
-    with ``Trace_ELBO``.
-
-    **Clustering.** :meth:`cluster_probs` is the cluster posterior p(c | x): exact p(c | z)
-    (:meth:`cluster_log_probs`) averaged over draws of q(z | x) with importance weights, and
-    :meth:`predict` its argmax. Use these to cluster, with either objective.
-
-    **Training the prior.** Gradient steps leave the tied model in a local optimum on some
-    draws: early in training one prior component loses its points and another covers two
-    clusters, and training never undoes it. By default the guide therefore calls
-    :meth:`refit_prior` at training steps 500, 1000 and 2000 (``refit_steps``): an EM fit of
-    the prior to draws of q(z | x), started from the current prior and from k-means++ seeds,
-    which never lowers the codes' likelihood under the prior. A refitted component that no
-    guide component follows (it took its codes from another one) gets a copy of that guide
-    component's encoder outputs, so that the guide splits with it; without the copy, training
-    pulls the prior back to the merged optimum within a few hundred steps. The steps are
-    counted by the guide itself (calls with gradients on), so this happens under
-    ``infer.fit`` as under ``SVI.step``; call :meth:`refit_prior` yourself for other schedules.
-    The Normal decoder's log scale is learned in units of 1/``NOISE_SPEED`` (3): Adam moves a
-    parameter by about the learning rate per step, and σ must fall from 1 to the data's noise
-    level before the codes carry the clusters.
-
-    Sites: "v" (sticks, DP only; outside the data plate when global), "c" (tied: the cluster,
-    in the model and enumerated in the guide) or "k" (untied: guide-only, enumerated,
-    auxiliary), "latent" (the code z, event D) and the observed "x" (event P), in the plate
-    "data" that honours ``subsample`` (a LongTensor of row indices) for minibatching.
+    Reference: Approximate Inference for Deep Latent Gaussian Mixtures (Nalisnick, Hertel &
+    Smyth, 2016).
 
     Args:
         data_dim: P, the number of observed features.
@@ -137,28 +87,27 @@ class MixtureVAE(PyroModule):
         hidden_dims: widths of the encoder's and the decoder's hidden layers.
         likelihood: "bernoulli" or "normal".
         alpha: DP concentration α of the stick prior Beta(1, α).
-        sticks: "global" (one posterior q(v) for the data set, free responsibilities) or
-            "local" (amortized q(v | x) per point whose π(v) are the responsibilities).
-        learn_prior: learn μ⁰, σ⁰ (and w in the finite case); otherwise they stay at their
-            initial values.
+        sticks: "global" or "local" (see above).
+        learn_prior: learn μ⁰, σ⁰ (and w in the finite case); otherwise they stay fixed.
         prior_spread: initial μ⁰_c are drawn from N(0, prior_spread²) (fixed generator);
             with K = 1 μ⁰ starts at 0 and σ⁰ at 1.
         flow: None for Gaussian components, or a :class:`FlowComponents` flow name.
         flow_kwargs: extra options for :class:`FlowComponents` (e.g. ``num_layers``).
-        tie_components: match posterior component k to prior component c = k (default) or
-            train the untied stratified mixture ELBO; see above.
-        refit_steps: training steps at which the guide calls :meth:`refit_prior` on the data
-            it was given (see "Training the prior" above); a training step is a guide call
-            with gradients on. None (default): (500, 1000, 2000) for tied Gaussian components
-            with a learnable prior and K >= 2, () (never) otherwise.
+        tie_components: the tied (default) or the untied objective, see above.
+        refit_steps: training steps at which the guide calls :meth:`refit_prior`. None
+            (default): (500, 1000, 2000) for tied Gaussian components with a learnable prior
+            and K >= 2, () (never) otherwise.
+
+    Raises:
+        ValueError: a bad size or option (``TypeError`` for a non-bool ``tie_components``).
 
     Example::
 
         >>> vae = MixtureVAE(64, 8, num_components=5)
         >>> x = torch.rand(3, 64).round()
         >>> probs, means = vae.encode(x)
-        >>> probs.shape, means.shape, vae.predict(x, num_samples=10).shape
-        (torch.Size([3, 5]), torch.Size([3, 5, 8]), torch.Size([3]))
+        >>> probs.shape, means.shape, vae.predict(x, num_samples=10).shape, vae(x).shape
+        (torch.Size([3, 5]), torch.Size([3, 5, 8]), torch.Size([3]), torch.Size([3]))
     """
 
     def __init__(
@@ -292,16 +241,14 @@ class MixtureVAE(PyroModule):
             return dist.Bernoulli(logits=out).to_event(1)
         return dist.Normal(out, self.decoder_log_scale.exp()).to_event(1)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # State dicts from before NOISE_SPEED hold log σ itself as "decoder_log_scale".
-        old, new = prefix + "decoder_log_scale", prefix + "decoder_log_scale_unit"
-        if self.likelihood == "normal" and old in state_dict and new not in state_dict:
-            state_dict[new] = state_dict.pop(old) / NOISE_SPEED
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     @property
     def decoder_log_scale(self) -> torch.Tensor:
-        """log σ, (P,), the Normal decoder's per-feature log scale (``likelihood="normal"``)."""
+        """log σ, (P,), the Normal decoder's per-feature log scale (``likelihood="normal"``).
+
+        It is ``NOISE_SPEED`` times the parameter ``decoder_log_scale_unit``, so that Adam, which
+        moves a parameter by about its learning rate per step, brings σ down to the data's
+        noise level that many times sooner.
+        """
         return NOISE_SPEED * self.decoder_log_scale_unit
 
     # --- model and guide ----------------------------------------------------------------
@@ -367,6 +314,32 @@ class MixtureVAE(PyroModule):
         return stick_breaking_log_weights(v)
 
     # --- evaluation ---------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        """The per-row ELBO of the marginal guide, estimated from S draws: (N, P) -> (N,).
+
+        .. math:: \\frac1S \\sum_{s=1}^S \\log \\frac{p(x, z_s)}{\\bar q(z_s \\mid x)},
+            \\qquad z_s \\sim \\bar q(z \\mid x),
+
+        the mean of :meth:`log_weights` (sticks integrated out): a lower bound of log p(x) in
+        expectation, differentiable through the reparameterized draws z_s. Train with
+        :meth:`model` and :meth:`guide`; :meth:`importance_log_likelihood` estimates log p(x)
+        more tightly.
+
+        Args:
+            x: (N, P).
+            num_samples: S >= 1.
+
+        Returns:
+            (N,).
+
+        Raises:
+            ValueError: x not of shape (N, P) or not finite, or a bad ``num_samples``.
+        """
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"expected num_samples to be an int >= 1, got {num_samples!r}")
+        self._check_x(x)
+        return self._draw_and_weigh(x, num_samples)[1].mean(0)
+
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-point posterior component probabilities and component means.
@@ -446,126 +419,16 @@ class MixtureVAE(PyroModule):
             mean_v = self._stick_prior(like).mean.expand(self.num_components - 1)
         return stick_breaking_log_weights(mean_v)  # (K,)
 
-    @torch.no_grad()
-    def log_weights(
-        self, x: torch.Tensor, num_samples: int, integrate_sticks: bool = True
-    ) -> torch.Tensor:
-        """Importance log-weights of draws from the guide (their mean is an ELBO).
-
-        p(x | v) is linear in the weights π(v) and the sticks are independent, so the sticks
-        integrate out exactly: the marginal prior over z is the mixture with the mean weights
-        π̄ = E[π(v)] (:meth:`prior_weights`; under q(v) for global sticks, which makes
-        E_{q(v)}[p(x | v)] the posterior predictive, under Beta(1, α) for local ones), and the
-        marginal guide is the mixture with responsibilities r̄(x) (:meth:`encode`). By default
-        (``integrate_sticks=True``) the log-weights are those of these marginals,
-
-        .. math:: \\log p(x \\mid z) + \\log \\sum_c π̄_c\\, p_c(z)
-            - \\log \\sum_k \\bar r_k(x)\\, q_k(z \\mid x), \\qquad z \\sim \\bar q(z \\mid x),
-
-        an estimator of the same log p(x) as the joint one with less variance. With
-        ``integrate_sticks=False`` the sticks are drawn too: for local sticks the weights are
-        log p(x, v, z) - log q(v, z | x), the training objective's terms; for global sticks,
-        v ~ q(v) once per draw and the weights are log p(x, z | v) - log q(z | x), without the
-        shared stick term log p(v) - log q(v). Finite weights ignore the flag.
-
-        Args:
-            x: (N, P).
-            num_samples: S >= 1.
-            integrate_sticks: see above.
-
-        Returns:
-            (S, N).
-        """
-        self._check_x(x)
-        return self._draw_and_weigh(x, num_samples, integrate_sticks)[1]
-
-    def _draw_and_weigh(
-        self, x: torch.Tensor, num_samples: int, integrate_sticks: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draws z (S, N, D) from the (marginal) guide and their importance log-weights (S, N)."""
-        S, N = num_samples, x.shape[0]
-        loc, scale, w = self._encode(x)
-        log_pv = log_qv = 0.0
-        if self.sticks is None or integrate_sticks:
-            log_w_q = self._posterior_log_weights(w, sample=False).expand(S, N, -1)  # (S, N, K)
-            log_w_p = self._mean_prior_log_weights()  # (K,)
-        elif self.sticks == "global":
-            v = self._stick_posterior(self.stick_raw).rsample((S, 1))  # (S, 1, T-1)
-            log_w_q = self._posterior_log_weights(w, sample=False).expand(S, N, -1)
-            log_w_p = stick_breaking_log_weights(v)  # (S, 1, T)
-        else:
-            q = self._stick_posterior(w)
-            v = q.rsample((S,))  # (S, N, T-1)
-            log_qv = q.log_prob(v).sum(-1)
-            log_pv = self._stick_prior(x).log_prob(v).sum(-1)
-            log_w_q = log_w_p = stick_breaking_log_weights(v)  # (S, N, T)
-        if self.num_components == 1:
-            k = torch.zeros(S, N, dtype=torch.long, device=x.device)
-        else:
-            k = dist.Categorical(logits=log_w_q).sample()  # (S, N)
-        draw = _ComponentDraw(loc, scale, log_w_q, k, self.flows)
-        z = draw.rsample()  # (S, N, D)
-        log_qz = torch.logsumexp(log_w_q + draw.component_log_probs(z), -1)
-        log_pz = self._prior_log_probs(z, log_w_p)
-        log_px = self._likelihood(z).log_prob(x)
-        return z, log_px + log_pz + log_pv - log_qz - log_qv
+    # --- importance sampling (the functions live in _vae_importance) ------------------
+    log_weights = _importance.log_weights
+    _draw_and_weigh = _importance.draw_and_weigh
+    importance_log_likelihood = _importance.importance_log_likelihood
 
     # --- clustering (the functions live in _vae_clusters) ------------------------------
     cluster_log_probs = _clusters.cluster_log_probs
     cluster_probs = _clusters.cluster_probs
     predict = _clusters.predict
     refit_prior = _clusters.refit_prior
-
-    @torch.no_grad()
-    def importance_log_likelihood(
-        self,
-        x: torch.Tensor,
-        num_samples: int = 500,
-        batch_size: int = 100,
-        integrate_sticks: bool = True,
-    ) -> torch.Tensor:
-        """Importance-sampled estimate of log p(x) per point, with the guide as proposal.
-
-        .. math:: \\log \\hat p(x) = \\log \\frac1S \\sum_{s=1}^S
-            \\frac{p(x, z_s)}{\\bar q(z_s \\mid x)}, \\qquad z_s \\sim \\bar q(z \\mid x),
-
-        with the sticks integrated out exactly (or drawn as well, see :meth:`log_weights`); for
-        global sticks p(x) is the posterior predictive E_{q(v)}[p(x | v)].
-
-        Its expectation is at least the ELBO and increases to log p(x) as S grows
-        (Importance Weighted Autoencoders, Burda et al., 2016, arXiv:1509.00519).
-
-        Args:
-            x: (N, P).
-            num_samples: S >= 1.
-            batch_size: draws evaluated at once (memory S_b·N·K·D).
-            integrate_sticks: passed to :meth:`log_weights`.
-
-        Returns:
-            (N,) estimates.
-
-        Raises:
-            ValueError: bad sizes, or a non-finite log-weight (the draw would otherwise be
-                dropped and bias the estimate).
-        """
-        for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"expected {name} to be an int >= 1, got {value!r}")
-        self._check_x(x)
-        chunks = []
-        done = 0
-        while done < num_samples:
-            s = min(batch_size, num_samples - done)
-            lw = self.log_weights(x, s, integrate_sticks)
-            if not bool(torch.isfinite(lw).all()):
-                bad = (~torch.isfinite(lw)).sum().item()
-                raise ValueError(
-                    f"expected finite importance log-weights, got {bad} non-finite of {lw.numel()}; "
-                    "check the data and the trained parameters"
-                )
-            chunks.append(torch.logsumexp(lw, 0))
-            done += s
-        return torch.logsumexp(torch.stack(chunks), 0) - math.log(num_samples)
 
     @torch.no_grad()
     def sample(self, num_samples: int, component: int | None = None) -> torch.Tensor:

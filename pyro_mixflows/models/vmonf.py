@@ -64,8 +64,8 @@ class VMoNF(PyroModule):
         >>> vm = VMoNF(FlowComponents(3, 2))
         >>> x = torch.randn(10, 2)
         >>> loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(vm.model, vm.guide, x)
-        >>> vm.assignment_probs(x).shape
-        torch.Size([10, 3])
+        >>> vm.assignment_probs(x).shape, vm(x).shape  # q(k | x), log p(x)
+        (torch.Size([10, 3]), torch.Size([10]))
     """
 
     def __init__(
@@ -150,12 +150,16 @@ class VMoNF(PyroModule):
 
     def weight_logits_estimate(self) -> torch.Tensor:
         """Point estimate of log w, (K,): the learned logits, uniform, or the posterior mean."""
+        return self._point_log_weights().detach()
+
+    def _point_log_weights(self) -> torch.Tensor:
+        """``weight_logits_estimate`` with its gradient: (K,)."""
         if self.weights == "dirichlet":
-            c = self.weight_concentration_q.detach()
+            c = self.weight_concentration_q
             return (c / c.sum()).log()
         if self.weights == "dirichlet_process":
-            return self._stick_posterior().mean.detach().clamp_min(1e-30).log()
-        return self._model_logits().detach()
+            return self._stick_posterior().mean.clamp_min(1e-30).log()
+        return self._model_logits()
 
     # --- amortized assignment -------------------------------------------------------------
     @property
@@ -341,7 +345,7 @@ class VMoNF(PyroModule):
         scalar.
         """
         rows = [t for t in (x, x_labelled) if t is not None]
-        lp = components.component_log_probs(rows[0] if len(rows) == 1 else torch.cat(rows))
+        lp = components(rows[0] if len(rows) == 1 else torch.cat(rows))
         lp = lp + log_w  # (B + L, K): log w_k + log p_k(x)
         loss = lp.new_zeros(())
         if x is not None:
@@ -363,6 +367,24 @@ class VMoNF(PyroModule):
         return loss
 
     # --- reading the fit ------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) of the fitted mixture per row: (N, D) -> (N,).
+
+        .. math:: \\log p(x_n) = \\log \\sum_k \\hat w_k\\, p_k(x_n),
+
+        with :math:`\\hat w` the weights' point estimate (:meth:`weight_logits_estimate`);
+        differentiable in the components' parameters and in the weights' parameters. The
+        training objectives are :meth:`model` / :meth:`guide` (or :meth:`exact_loss`).
+
+        Raises:
+            ValueError: x not of shape (N, D).
+        """
+        components = self.components
+        check_event(x, components.dim, "x")
+        if x.dim() != 2:
+            raise ValueError(f"expected x of shape (N, {components.dim}), got {tuple(x.shape)}")
+        return torch.logsumexp(self._point_log_weights() + components(x), -1)
+
     def mixture(self) -> FlowMixture:
         """The fitted density as a ``FlowMixture`` (weights at their point estimate)."""
         return FlowMixture(self.components, logits=self.weight_logits_estimate())

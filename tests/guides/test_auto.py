@@ -284,6 +284,16 @@ def test_subsampled_plate(float64):
     assert sub == pytest.approx(full, rel=1e-10)
 
 
+def test_first_call_inside_vectorized_particles_batches_candidates_left_of_them(float64):
+    # The initial fits batch their candidates in a plate left of the model's plates and of the
+    # ELBO's particle plate around the guide's first call (which a dim clash would refuse).
+    x = _data(6, loc=1.0)
+    guide = AutoFlowMixture(loc_scale_model, num_components=2, num_layers=1, init_steps=3)
+    elbo = TraceEnum_ELBO(max_plate_nesting=1, num_particles=3, vectorize_particles=True)
+    assert math.isfinite(elbo.loss(loc_scale_model, guide, x))
+    assert guide.batch_safe
+
+
 def _gmm(x, subsample=None):
     locs = pyro.sample("locs", dist.Normal(0.0, 5.0).expand([2]).to_event(1))
     with pyro.plate("data", len(x), subsample=subsample) as idx:

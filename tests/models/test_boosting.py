@@ -8,8 +8,8 @@ from pyro_mixflows import FlowComponents, FlowMixture
 from pyro_mixflows.flows import ConcatComponents
 from pyro_mixflows.models import BoostedFlowMixture
 from pyro_mixflows.models._boost_stages import fit_stage
+from pyro_mixflows.models._boost_weights import golden_section_max
 from pyro_mixflows.models.boosting import (
-    _golden_section_max,
     boosting_weights,
     fit_mixture_weights,
     rho_objective,
@@ -57,7 +57,7 @@ def test_search_rho_endpoints(float64):
 @pytest.mark.parametrize("peak", [0.0, 0.123456, 0.7, 1.0])
 def test_golden_section_finds_the_maximizer(peak):
     # Used for the variational weight, whose Monte Carlo objective need not be concave.
-    assert abs(_golden_section_max(lambda r: -(abs(r - peak) ** 1.5)) - peak) < 1e-6
+    assert abs(golden_section_max(lambda r: -(abs(r - peak) ** 1.5)) - peak) < 1e-6
 
 
 def test_search_rho_errors(float64):
@@ -161,7 +161,13 @@ def test_result_works_as_a_flow_mixture(float64):
     r = mix.responsibilities(x[:4])
     torch.testing.assert_close(r.sum(-1), torch.ones(4, dtype=torch.float64))
     torch.testing.assert_close(model.log_prob(x[:4]), mix.log_prob(x[:4]))
+    torch.testing.assert_close(model(x[:4]), mix.log_prob(x[:4]))  # calling it is log_prob
     assert math.isfinite(model.score(x))
+
+
+def test_calling_an_unfitted_model_says_so():
+    with pytest.raises(RuntimeError, match="expected a fitted model"):
+        BoostedFlowMixture(2, **SMALL)(torch.zeros(3, 2))
 
 
 def test_refit_pass_keeps_weights_normalized(float64):

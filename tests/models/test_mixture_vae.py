@@ -219,6 +219,21 @@ def test_importance_estimate_bounds_elbo_and_converges(float64):
     assert (gap_big.abs() < 0.1 * gap_elbo).all() and (gap_big.abs() < gap_10).all()
 
 
+@pytest.mark.parametrize("weights", ["softmax", "kumaraswamy"])
+def test_calling_the_module_is_the_mean_importance_log_weight(float64, weights):
+    x = _binary(4, 5)
+    vae = perturb(MixtureVAE(5, 2, num_components=3, weights=weights, hidden_dims=(6,)), 0.3)
+    pyro.set_rng_seed(7)
+    expected = vae.log_weights(x, 5).mean(0)
+    pyro.set_rng_seed(7)
+    elbo = vae(x, num_samples=5)
+    assert elbo.shape == (4,) and torch.allclose(elbo, expected)
+    elbo.sum().backward()  # differentiable through the reparameterized draws
+    assert vae.decoder[0].weight.grad is not None and vae.encoder[0].weight.grad is not None
+    with pytest.raises(ValueError, match="expected num_samples to be an int >= 1"):
+        vae(x, num_samples=0)
+
+
 def _component_log_marginals(vae, x):
     """log p_c(x) = log ∫ N(z; μ⁰_c, σ⁰_c) p(x | z) dz for a 1-D latent, by quadrature: (N, K)."""
     z = torch.linspace(-15, 15, 30_001).unsqueeze(-1)  # (M, 1)
@@ -602,84 +617,6 @@ def test_normal_decoder_log_scale_is_the_scaled_parameter():
     assert vae._likelihood(torch.zeros(2)).base_dist.scale[0].item() == pytest.approx(
         math.exp(-0.1 * NOISE_SPEED)
     )
-
-
-def _normal_vae_and_data():
-    vae = perturb(MixtureVAE(5, 2, num_components=3, hidden_dims=(4,), likelihood="normal"), 0.3)
-    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(2))
-    return vae, x
-
-
-def test_state_dict_from_before_noise_speed_loads_the_same_scale_and_likelihood():
-    # Before NOISE_SPEED the state dict held log σ itself as "decoder_log_scale".
-    from pyro_mixflows.models.mixture_vae import NOISE_SPEED
-
-    vae, x = _normal_vae_and_data()
-    old = vae.state_dict()
-    old["decoder_log_scale"] = NOISE_SPEED * old.pop("decoder_log_scale_unit")
-    fresh = MixtureVAE(5, 2, num_components=3, hidden_dims=(4,), likelihood="normal")
-    fresh.load_state_dict(old)  # strict: no missing or unexpected key
-    assert torch.allclose(fresh.decoder_log_scale, vae.decoder_log_scale)
-    assert torch.allclose(fresh.decoder_log_scale_unit, vae.decoder_log_scale_unit)
-    pyro.set_rng_seed(4)
-    expected = vae.importance_log_likelihood(x, num_samples=8)
-    pyro.set_rng_seed(4)
-    assert torch.allclose(fresh.importance_log_likelihood(x, num_samples=8), expected)
-    # a state dict of the current format loads unchanged
-    again = MixtureVAE(5, 2, num_components=3, hidden_dims=(4,), likelihood="normal")
-    again.load_state_dict(vae.state_dict())
-    assert torch.equal(again.decoder_log_scale_unit, vae.decoder_log_scale_unit)
-
-
-def test_fit_checkpoint_from_before_noise_speed_resumes_with_the_same_scale(tmp_path):
-    # A fit checkpoint stores parameters by param-store name; an old one holds
-    # "decoder_log_scale" (log σ), in the param store, the optimizer state and the best snapshot.
-    from pyro_mixflows.infer import fit
-    from pyro_mixflows.models.mixture_vae import NOISE_SPEED
-
-    vae, x = _normal_vae_and_data()
-    path = str(tmp_path / "vae.pt")
-    options = {
-        "num_steps": 4,
-        "eval_every": 2,
-        "seed": 0,
-        "loss": TraceEnum_ELBO(max_plate_nesting=1),
-    }
-    fit(vae.model, vae.guide, x, val_args=(x,), checkpoint=path, **options)
-    state = torch.load(path, weights_only=True)
-    unit = state["param_store"]["params"]["decoder_log_scale_unit"]
-    assert torch.equal(unit, vae.decoder_log_scale_unit.detach())
-    for table in (state["param_store"]["params"], state["param_store"]["constraints"]):
-        table["decoder_log_scale"] = table.pop("decoder_log_scale_unit")
-    state["param_store"]["params"]["decoder_log_scale"] = NOISE_SPEED * unit
-    adam = state["optim"].pop("decoder_log_scale_unit")
-    moments = adam["state"][0]
-    saved_moments = dict(moments)  # the gradient in log σ is NOISE_SPEED times smaller
-    moments["exp_avg"] = moments["exp_avg"] / NOISE_SPEED
-    moments["exp_avg_sq"] = moments["exp_avg_sq"] / NOISE_SPEED**2
-    state["optim"]["decoder_log_scale"] = adam
-    best = state["extra"]["fit"]["best"]
-    (index,) = [i for i, b in enumerate(best) if b.shape == unit.shape and torch.equal(b, unit)]
-    best[index] = NOISE_SPEED * best[index]
-    torch.save(state, path)
-
-    pyro.clear_param_store()
-    fresh = MixtureVAE(5, 2, num_components=3, hidden_dims=(4,), likelihood="normal")
-    fit(fresh.model, fresh.guide, x, val_args=(x,), checkpoint=path, resume=True, **options)
-    assert "decoder_log_scale" not in pyro.get_param_store()
-    assert torch.allclose(fresh.decoder_log_scale, vae.decoder_log_scale)
-    pyro.set_rng_seed(4)
-    expected = vae.importance_log_likelihood(x, num_samples=8)
-    pyro.set_rng_seed(4)
-    assert torch.allclose(fresh.importance_log_likelihood(x, num_samples=8), expected)
-    # the optimizer state came across under the new name, in the new units
-    from pyro_mixflows.infer._checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(path, restore_rng=False)
-    assert loaded["renamed"] == {"decoder_log_scale_unit": pytest.approx(1 / NOISE_SPEED)}
-    moved = loaded["optim"]["decoder_log_scale_unit"]["state"][0]
-    for key in ("exp_avg", "exp_avg_sq"):
-        assert torch.allclose(moved[key], saved_moments[key])
 
 
 def test_fit_resume_continues_the_refit_schedule(tmp_path):

@@ -39,6 +39,20 @@ def test_enumerated_model_loss_is_minus_log_likelihood(float64):
     assert torch.allclose(loss, -vm.mixture().log_prob(x).sum(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("weights", ["learned", "uniform", "dirichlet", "dirichlet_process"])
+def test_calling_the_module_is_the_fitted_log_likelihood(float64, weights):
+    vm = make(weights=weights, assignment="enumerate")
+    x = torch.randn(6, 2)
+    lp = vm(x)
+    assert lp.shape == (6,)
+    assert torch.allclose(lp, vm.mixture().log_prob(x), rtol=1e-12)
+    # differentiable in the components' parameters
+    lp.sum().backward()
+    assert all(p.grad is not None for p in vm.components.parameters())
+    with pytest.raises(ValueError, match=r"expected x of shape \(N, 2\)"):
+        vm(torch.zeros(2))
+
+
 def test_uniform_weights_are_fixed(float64):
     vm = make(weights="uniform", assignment="enumerate")
     x = torch.randn(5, 2)
