@@ -1,4 +1,4 @@
-"""Clustering metrics (NumPy only; Hungarian matching through SciPy, which ArviZ requires)."""
+"""Clustering metrics (NumPy only; Hungarian matching through SciPy) and the ArviZ conversion."""
 
 from __future__ import annotations
 
@@ -55,119 +55,6 @@ def balanced_accuracy(labels_true, labels_pred) -> float:
 # --- ArviZ conversion ------------------------------------------------------------------------
 
 
-def _mixture_of(source):
-    """The FlowMixture a source holds, else None: itself, or its ``distribution_`` (the
-    estimators' density in data units), ``mixture_`` or ``mixture`` (attribute or method)."""
-    from .distributions import FlowMixture
-
-    if isinstance(source, FlowMixture):
-        return source
-    for name in ("distribution_", "mixture_", "mixture"):
-        held = getattr(source, name, None)
-        if callable(held) and not isinstance(held, FlowMixture):
-            held = held()
-        if isinstance(held, FlowMixture):
-            return held
-    return None
-
-
-def _plate_frame(site, plate_name):
-    for frame in site["cond_indep_stack"]:
-        if frame.name == plate_name:
-            return frame
-    return None
-
-
-def _max_plate_nesting(trace) -> int:
-    dims = [
-        -f.dim
-        for s in trace.nodes.values()
-        if s["type"] == "sample"
-        for f in s["cond_indep_stack"]
-        if f.dim is not None
-    ]
-    return max(dims, default=0)
-
-
-def _pointwise_marginal(model, draw, args, kwargs, plate_name, max_plate_nesting):
-    """Per-point marginal log-likelihood (N,) and, for one enumerated site, p(site | x) (N, K).
-
-    The draw's global sites are conditioned on; every sample site inside ``plate_name`` must be
-    observed or enumerable: the enumerated sites are summed out exactly (parallel enumeration),
-    never sampled.
-    """
-    import pyro.poutine as poutine
-    from pyro.infer import config_enumerate
-
-    conditioned = poutine.condition(model, data=draw)
-    enumerated = poutine.enum(
-        config_enumerate(conditioned, default="parallel"),
-        first_available_dim=-max_plate_nesting - 1,
-    )
-    trace = poutine.trace(enumerated).get_trace(*args, **kwargs)
-    trace.compute_log_prob()
-    terms, enum_sites, data_dim = [], [], None
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or name in draw:
-            continue
-        frame = _plate_frame(site, plate_name)
-        if frame is None:
-            continue
-        data_dim = frame.dim
-        if site["infer"].get("_enumerate_dim") is not None:
-            if len(site["cond_indep_stack"]) > 1:
-                raise NotImplementedError(
-                    f"expected enumerated site {name!r} in the {plate_name!r} plate only, "
-                    "got it inside nested plates"
-                )
-            enum_sites.append(site)
-        elif not site["is_observed"]:
-            raise ValueError(
-                f"expected every latent site in plate {plate_name!r} to be enumerable, got "
-                f"{name!r} ({type(site['fn']).__name__}); its log-likelihood would use a "
-                "sampled value"
-            )
-        terms.append(site["log_prob"])
-    if not terms:
-        return None, None
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    num_enum = max(total.dim() - max_plate_nesting, 0)
-    marginal = total.logsumexp(tuple(range(num_enum))) if num_enum else total
-    while marginal.dim() < max_plate_nesting:
-        marginal = marginal.unsqueeze(0)
-    marginal = marginal.movedim(data_dim, 0)
-    marginal = marginal.reshape(marginal.shape[0], -1).sum(-1)  # (N,)
-    resp = None
-    if len(enum_sites) == 1:
-        edim = enum_sites[0]["infer"]["_enumerate_dim"]
-        lp = total - total.logsumexp(edim, keepdim=True)
-        n = lp.dim()
-        lp = lp.movedim((n + data_dim, n + edim), (0, 1))
-        resp = lp.reshape(lp.shape[0], lp.shape[1], -1)[..., 0].exp()  # (N, K)
-    return marginal, resp
-
-
-def _guide_draws(guide, num_samples, args, kwargs, plate_name):
-    import pyro.poutine as poutine
-
-    draws = []
-    for _ in range(num_samples):
-        trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        draws.append(
-            {
-                name: site["value"].detach()
-                for name, site in trace.nodes.items()
-                if site["type"] == "sample"
-                and not site["is_observed"]
-                and not site["infer"].get("is_auxiliary")
-                and _plate_frame(site, plate_name) is None
-            }
-        )
-    return draws
-
-
 def to_inference_data(
     source,
     *,
@@ -175,14 +62,16 @@ def to_inference_data(
     args: tuple = (),
     kwargs: dict | None = None,
     num_samples: int = 500,
+    num_chains: int | None = None,
     data=None,
     mixture_fn=None,
     log_likelihood: bool = True,
+    include_local: bool = False,
     plate_name: str = "data",
     coords: dict | None = None,
     dims: dict | None = None,
 ):
-    r"""ArviZ ``InferenceData`` from an MCMC run, an SVI guide or a flow mixture.
+    r"""ArviZ ``InferenceData`` from an MCMC run, an SVI guide, ``Predictive`` draws or a flow mixture.
 
     The ``log_likelihood`` group holds the *marginal* per-point log-likelihood
 
@@ -190,34 +79,53 @@ def to_inference_data(
 
     summed exactly over enumerated assignment sites (``az.from_pyro`` instead stores
     :math:`\log p(x_n \mid z_n^{(s)}, \theta^{(s)})` with a *sampled* assignment, which is wrong
-    for LOO and WAIC). With one enumerated site the posterior also carries
-    ``"responsibilities"`` p(z_n = k | x_n, θ) (chain, draw, point, component) and
-    ``"assignment"`` (their argmax).
+    for LOO and WAIC). The ``posterior`` group holds the global sites only, so ``az.summary``
+    lists one row per global coordinate; with ``include_local=True`` it also carries the
+    per-point ``"responsibilities"`` p(z_n = k | x_n, θ) (chain, draw, point, component) and
+    ``"assignment"`` (their argmax) of one enumerated site, and an MCMC run's sites in the data
+    plate.
 
     Sources:
 
     - ``pyro.infer.MCMC``: its draws by chain, ``"diverging"`` in ``sample_stats`` when the
-      kernel reports divergences; model and data default to the run's.
+      kernel reports divergences; the model defaults to the run's, the data go in ``args``.
     - an SVI guide (any callable, e.g. an ``AutoGuide``), with ``model`` and the data in
-      ``args``: ``num_samples`` draws of its global sites (one chain; sites in the
-      ``plate_name`` plate and auxiliary sites are left out).
+      ``args``: S = ``num_samples`` independent draws of its global sites (sites in the
+      ``plate_name`` plate and auxiliary sites are left out), split into ``num_chains`` chains.
+      A guide whose draws are all identical (``AutoDelta``, a guide of ``pyro.param`` values
+      only) is a point estimate: refused for S > 1, one draw for S = 1.
+    - samples as ``Predictive(model, guide=guide, num_samples=S)(*args)`` or
+      ``mcmc.get_samples()`` return them, with ``model``: a site of value shape ``shape`` may come
+      as (S, *shape) or with Predictive's plate dims, (S, 1, ..., 1, *shape); the model's value
+      shape says which dims to drop. Global latent sites go to ``posterior``, observed sites to
+      ``posterior_predictive``; latent sites in the data plate are left out (``Predictive`` draws
+      them given the globals, not from p(z | x)). A ``Predictive`` itself is read the same way:
+      its guide (and ``num_samples``) or its ``posterior_samples``.
     - a ``FlowMixture``, or any object with a ``distribution_``, ``mixture_`` or ``mixture``
       attribute (or method) holding one: a single plug-in draw with ``"weights"``. For the
       project's estimators that is ``distribution_``, the density in data units, so the
       log-densities equal ``score_samples(data)``.
     - with ``mixture_fn(draw) -> FlowMixture`` and ``data`` (N, D), every draw of an MCMC run or
-      guide is turned into a mixture: ``"weights"``, responsibilities and the exact
+      guide is turned into a mixture: ``"weights"`` (K,), responsibilities and the exact
       ``FlowMixture.log_prob(data)`` as log-likelihood.
+
+    **Chains of independent draws.** Guide and sample draws are independent, so splitting S of
+    them into chains changes no estimate; two chains (the default when S is even and at least 8)
+    let ArviZ report R-hat (about 1) and ESS (about S) without its one-chain warning.
 
     Args:
         source: the fit to convert (see above).
-        model: the Pyro model (required for a guide; defaults to ``source.kernel.model`` for MCMC).
+        model: the Pyro model (required for a guide or samples; defaults to the run's or the
+            ``Predictive``'s model).
         args: the model's positional arguments (the data).
         kwargs: the model's keyword arguments.
-        num_samples: guide draws S.
+        num_samples: guide draws S in all.
+        num_chains: chains the S independent draws are split into (S must be a multiple);
+            ``None``: 2 when S is even and >= 8, else 1. Not for an MCMC run (its own chains).
         data: observations (N, D) for the mixture path.
         mixture_fn: builds a ``FlowMixture`` from a dict of one draw's sites.
         log_likelihood: compute the log_likelihood group.
+        include_local: also keep the per-point variables in ``posterior`` (see above).
         plate_name: the data plate (the project's convention: "data").
         coords: extra ArviZ coordinates.
         dims: extra ArviZ dims.
@@ -232,59 +140,121 @@ def to_inference_data(
 
     Returns:
         ``arviz.InferenceData`` with ``posterior`` (+ ``log_likelihood``, ``observed_data``,
-        ``sample_stats`` where available).
+        ``posterior_predictive``, ``sample_stats`` where available).
 
     Raises:
-        ValueError: a guide without ``model``, or a latent non-enumerable site in the data plate.
+        ValueError: a guide or samples without ``model``, a point-mass guide with S > 1, samples
+            whose shapes do not end in the model's value shapes, or a latent non-enumerable site
+            in the data plate.
+        TypeError: an unknown source, or an MCMC run of a model that needs its data in ``args``.
 
     Example::
 
         >>> idata = to_inference_data(guide, model=model, args=(x,), num_samples=200)
+        >>> idata.posterior["weights"].shape  # doctest: +SKIP
+        (2, 100, 2)
         >>> az.loo(idata)  # doctest: +SKIP
     """
     import arviz as az
-    import pyro.poutine as poutine
     import torch
-    from pyro.infer import MCMC
+    from pyro.infer import MCMC, Predictive
+
+    from ._draws import (
+        chain_shape,
+        check_spread,
+        guide_draws,
+        mixture_of,
+        model_sites,
+        pointwise_marginal,
+        sample_dict_draws,
+    )
 
     kwargs = dict(kwargs or {})
-    posterior, sample_stats, shape = {}, {}, None
-    mixture = _mixture_of(source)
+    if isinstance(source, Predictive):
+        model = source.model if model is None else model
+        if source.guide is not None:
+            source, num_samples = source.guide, source.num_samples
+        else:
+            source = source.posterior_samples
+    mixture = None if isinstance(source, (MCMC, dict)) else mixture_of(source)
     if isinstance(source, MCMC):
-        grouped = source.get_samples(group_by_chain=True)
+        kind = "mcmc"
+    elif mixture is not None:
+        kind = "mixture"
+    elif isinstance(source, dict):
+        kind = "samples"
+    elif callable(source):
+        kind = "guide"
+    else:
+        raise TypeError(
+            "expected an MCMC run, a guide, Predictive samples or a FlowMixture holder, got "
+            f"{type(source).__name__}"
+        )
+    if kind in ("guide", "samples") and model is None:
+        raise ValueError(
+            f"expected model= with {'a guide' if kind == 'guide' else 'samples'} "
+            "as source, got model=None"
+        )
+    if kind == "guide" and (
+        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+    ):
+        raise ValueError(f"expected num_samples >= 1, got {num_samples!r}")
+    if kind in ("mcmc", "mixture") and num_chains is not None:
+        raise ValueError(
+            f"expected num_chains=None with {'an MCMC run' if kind == 'mcmc' else 'a mixture'} "
+            f"(its draws keep their own chains), got {num_chains!r}"
+        )
+    if kind == "mcmc":
         model = model if model is not None else getattr(source.kernel, "model", None)
-        if not args and source._args is not None:
-            args, kwargs = tuple(source._args), dict(source._kwargs or {}, **kwargs)
+
+    sites, nesting = {}, 0
+    if model is not None:
+        try:
+            sites, nesting = model_sites(model, args, kwargs, plate_name)
+        except TypeError as error:
+            if args or kwargs or kind != "mcmc":
+                raise
+            raise TypeError(
+                f"expected the run's data as args= (and kwargs=), got none: {error}"
+            ) from error
+
+    posterior, predictive, sample_stats = {}, {}, {}
+    if kind == "mcmc":
+        grouped = source.get_samples(group_by_chain=True)
         shape = (source.num_chains, source.num_samples)
         draws = [
             {k: v[c, s] for k, v in grouped.items()}
             for c in range(shape[0])
             for s in range(shape[1])
         ]
-        posterior = {k: v.detach().cpu().numpy() for k, v in grouped.items()}
+        posterior = {
+            k: v for k, v in grouped.items() if include_local or not sites.get(k, (0, 0, 0))[2]
+        }
         divergences = source.diagnostics().get("divergences")
         if isinstance(divergences, dict):
             diverging = np.zeros(shape, dtype=bool)
             for c, key in enumerate(sorted(divergences)):
                 diverging[c, list(divergences[key])] = True
             sample_stats["diverging"] = diverging
-    elif mixture is not None:
+    elif kind == "mixture":
         shape, draws = (1, 1), [{}]
         mixture_fn = mixture_fn or (lambda draw: mixture)
-    elif callable(source):
-        if model is None:
-            raise ValueError("expected model= with a guide as source, got model=None")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"expected num_samples >= 1, got {num_samples!r}")
-        with torch.no_grad():
-            draws = _guide_draws(source, num_samples, args, kwargs, plate_name)
-        shape = (1, num_samples)
-        for name in draws[0]:
-            posterior[name] = torch.stack([d[name] for d in draws]).cpu().numpy()[None]
     else:
-        raise TypeError(
-            f"expected an MCMC run, a guide, or a FlowMixture holder, got {type(source).__name__}"
-        )
+        if kind == "guide":
+            with torch.no_grad():
+                draws = guide_draws(source, num_samples, args, kwargs, plate_name)
+            what = getattr(source, "__name__", None) or type(source).__name__  # function or class
+            hint = "pass num_samples=1 to get the point estimate as one draw"
+        else:
+            draws, predictive = sample_dict_draws(source, sites)
+            what, hint = "samples", "pass one draw to get the point estimate"
+        check_spread(draws, what, hint)
+        shape = chain_shape(len(draws), num_chains)
+        posterior = {k: torch.stack([d[k] for d in draws]) for k in draws[0]}
+        posterior = {k: v.reshape(*shape, *v.shape[1:]) for k, v in posterior.items()}
+        predictive = {k: v.reshape(*shape, *v.shape[1:]) for k, v in predictive.items()}
+    posterior = {k: torch.as_tensor(v).detach().cpu().numpy() for k, v in posterior.items()}
+    predictive = {k: v.detach().cpu().numpy() for k, v in predictive.items()}
 
     loglik, resp, weights, observed = {}, [], [], {}
     if mixture_fn is not None:
@@ -304,29 +274,22 @@ def to_inference_data(
             if log_likelihood:
                 loglik["x"] = torch.stack(lls).reshape(*shape, -1).cpu().numpy()
     elif model is not None and log_likelihood:
-        with torch.no_grad(), poutine.block():
-            first = poutine.trace(poutine.condition(model, data=draws[0])).get_trace(
-                *args, **kwargs
-            )
-            observed = {
-                name: site["value"].detach().cpu().numpy()
-                for name, site in first.nodes.items()
-                if site["type"] == "sample"
-                and site["is_observed"]
-                and name not in draws[0]
-                and _plate_frame(site, plate_name) is not None
-            }
-            if observed:
-                nesting = _max_plate_nesting(first)
-                lls = []
+        observed = {
+            name: value.cpu().numpy()
+            for name, (_, is_observed, local, value) in sites.items()
+            if is_observed and local and name not in draws[0]
+        }
+        if observed:
+            lls = []
+            with torch.no_grad():
                 for draw in draws:
-                    ll, r = _pointwise_marginal(model, draw, args, kwargs, plate_name, nesting)
+                    ll, r = pointwise_marginal(model, draw, args, kwargs, plate_name, nesting)
                     lls.append(ll)
                     if r is not None:
                         resp.append(r)
-                name = next(iter(observed)) if len(observed) == 1 else "joint"
-                loglik[name] = torch.stack(lls).reshape(*shape, -1).cpu().numpy()
-    if resp:
+            name = next(iter(observed)) if len(observed) == 1 else "joint"
+            loglik[name] = torch.stack(lls).reshape(*shape, -1).cpu().numpy()
+    if resp and include_local:
         r = torch.stack(resp).reshape(*shape, *resp[0].shape)
         posterior["responsibilities"] = r.cpu().numpy()
         posterior["assignment"] = r.argmax(-1).cpu().numpy()
@@ -343,6 +306,7 @@ def to_inference_data(
     all_dims.update(dims or {})
     return az.from_dict(
         posterior=posterior,
+        posterior_predictive=predictive or None,
         log_likelihood=loglik or None,
         observed_data=observed or None,
         sample_stats=sample_stats or None,

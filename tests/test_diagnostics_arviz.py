@@ -44,17 +44,19 @@ def test_guide_log_likelihood_is_the_exact_marginal(setup):
     comps, x, model = setup
     guide = AutoNormal(pyro.poutine.block(model, hide=["z"]))
     guide(x)
-    idata = to_inference_data(guide, model=model, args=(x,), num_samples=40)
-    w = idata.posterior["weights"].values  # (1, 40, K)
-    ll = idata.log_likelihood["x"].values  # (1, 40, N)
-    resp = idata.posterior["responsibilities"].values  # (1, 40, N, K)
-    assert w.shape == (1, 40, K) and ll.shape == (1, 40, N) and resp.shape == (1, 40, N, K)
+    idata = to_inference_data(guide, model=model, args=(x,), num_samples=40, include_local=True)
+    # 40 independent draws as 2 chains of 20
+    w = idata.posterior["weights"].values.reshape(1, 40, K)
+    ll = idata.log_likelihood["x"].values.reshape(1, 40, N)
+    resp = idata.posterior["responsibilities"].values  # (2, 20, N, K)
+    assert resp.shape == (2, 20, N, K) and idata.log_likelihood["x"].shape == (2, 20, N)
+    resp = resp.reshape(1, 40, N, K)
     assert len(set(w[0, :, 0].round(8))) == 40  # real posterior draws, not one point
     for s in range(40):
         exact_ll, exact_resp = _exact(comps, w[0, s], x)
         assert torch.allclose(torch.as_tensor(ll[0, s]), exact_ll, rtol=1e-10, atol=1e-10)
         assert torch.allclose(torch.as_tensor(resp[0, s]), exact_resp, atol=1e-10)
-    assert (idata.posterior["assignment"].values == resp.argmax(-1)).all()
+    assert (idata.posterior["assignment"].values.reshape(1, 40, N) == resp.argmax(-1)).all()
     assert idata.observed_data["x"].shape == (N, 2)
 
     # What az.from_pyro would store: log p(x_n | z_n, w) with a sampled z_n. It differs.
@@ -84,7 +86,9 @@ def test_mcmc_on_an_enumerated_model(setup):
         warnings.simplefilter("ignore", UserWarning)
         mcmc = MCMC(kernel, num_samples=8, warmup_steps=4, num_chains=2, disable_progbar=True)
     mcmc.run(x)
-    idata = to_inference_data(mcmc)
+    with pytest.raises(TypeError, match="expected the run's data as args="):
+        to_inference_data(mcmc)  # the run's data are not public: the model needs them
+    idata = to_inference_data(mcmc, args=(x,))
     assert idata.posterior["weights"].shape == (2, 8, K)
     assert idata.sample_stats["diverging"].shape == (2, 8)
     w, ll = idata.posterior["weights"].values, idata.log_likelihood["x"].values
@@ -119,7 +123,7 @@ def test_estimator_inference_data_is_in_data_units_and_loo_says_why_not():
     X = make_two_moons(120, seed=0)[0] * 3 + 1  # off the unit scale
     fast = dict(flow="affine_coupling", max_steps=20, init_steps=10, init="kmeans")
     est = VariationalFlowMixture(2, random_state=0, **fast).fit(X)
-    idata = to_inference_data(est, data=X)
+    idata = to_inference_data(est, data=X, include_local=True)
     log_density = idata.posterior["log_density"].values[0, 0]
     assert log_density.shape == (120,)
     np.testing.assert_allclose(log_density, est.score_samples(X), rtol=1e-6)
@@ -196,6 +200,8 @@ def test_errors(setup):
         pass
 
     with pytest.raises(ValueError, match="expected every latent site in plate 'data'"):
+        to_inference_data(empty_guide, model=local_model, args=(x,), num_samples=1)
+    with pytest.raises(ValueError, match="got empty_guide: it draws no global latent site"):
         to_inference_data(empty_guide, model=local_model, args=(x,), num_samples=2)
     with pytest.raises(TypeError, match="expected an MCMC run"):
         to_inference_data(3.0)
