@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pyro_mixflows import VariationalFlowMixture
-from pyro_mixflows._table import atomic_dir
+from pyro_mixflows.cli._table import atomic_dir
 from pyro_mixflows.cli import FIT_FILES, main
 from pyro_mixflows.datasets import make_two_moons
 
@@ -403,7 +403,7 @@ def figures(monkeypatch):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pyro_mixflows import _report
+    from pyro_mixflows.cli import _report
 
     kept = {}
 
@@ -487,7 +487,7 @@ def test_unwritable_out_is_refused_before_any_work(moons, tmp_path, capsys, monk
         raise AssertionError("the fit must not start")
 
     monkeypatch.setattr(VariationalFlowMixture, "fit", no_fit)
-    monkeypatch.setattr("pyro_mixflows._table.read_table", no_fit)  # nor the data be read
+    monkeypatch.setattr("pyro_mixflows.cli.read_table", no_fit)  # nor the data be read
     (tmp_path / "afile").write_text("x")
     cases = [
         (str(tmp_path / "afile" / "run"), "is a file, not a folder"),
@@ -521,7 +521,7 @@ def test_the_write_probe_reports_what_the_os_says(tmp_path, monkeypatch):
     as root): whatever refuses the probe folder is reported with the OS's reason, exit 2."""
     import tempfile
 
-    from pyro_mixflows._table import CLIError, check_output_dir
+    from pyro_mixflows.cli._table import CLIError, check_output_dir
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")

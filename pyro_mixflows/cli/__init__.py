@@ -10,7 +10,7 @@ Bad input (a missing, empty, headerless or non-numeric file, one separated by so
 than commas, NaN/inf, a column count that differs from the fit, an unknown label column, K < 1,
 an existing or unwritable output, a file that is not a model) is refused with one message on
 stderr and exit code 2, before any work. CSV reading and output checks live in ``_table``, model
-files and ``sample --mala`` in ``_cli_io``, the report folder in ``_report``.
+files and ``sample --mala`` in ``_io``, the report folder in ``_report``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _cli_io, _report
+from . import _io, _report
 from ._report import EFFECTIVE_WEIGHT, FIT_FILES, PROG
 from ._table import (
     CLIError,
@@ -127,8 +127,8 @@ def _add_output_file(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pyro-mixflows`` and its three subcommands."""
-    from .datasets import DATASETS
-    from .flows import FLOWS
+    from ..datasets import DATASETS
+    from ..flows import FLOWS
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -347,7 +347,7 @@ def _classes(labels: list[str]) -> list[str]:
 
 
 def _estimator(args: argparse.Namespace, K: int, D: int):
-    from . import VariationalFlowMixture
+    from ..estimators import VariationalFlowMixture
 
     flow = args.flow or ("spline_coupling" if D >= 2 else "maf")
     if flow != "maf" and D < 2:
@@ -388,7 +388,7 @@ def _load_data(args: argparse.Namespace) -> tuple[Table, np.ndarray | None, str]
     if args.data is None:
         if args.labels is not None:
             raise CLIError("--labels needs a DATA.csv file; the demo set has no label column")
-        from .datasets import make
+        from ..datasets import make
 
         X, y = make(args.demo, DEMO_ROWS, seed=args.seed)
         return Table(X, [f"x{d}" for d in range(X.shape[1])]), y, f"demo:{args.demo}"
@@ -477,7 +477,7 @@ def run_fit(args: argparse.Namespace) -> int:
         args, est, table, source, classes, y, train, test, scores, labels, weights
     )
     if y_true is not None:
-        from .diagnostics import adjusted_rand_index
+        from ..diagnostics import adjusted_rand_index
 
         summary["demo"] = {
             "name": args.demo,
@@ -530,21 +530,21 @@ def _print_fit(args: argparse.Namespace, summary: dict) -> None:
 def run_score(args: argparse.Namespace) -> int:
     """``pyro-mixflows score``: see ``pyro-mixflows score --help``."""
     check_output_file(args.out, args.force)
-    est, meta = _cli_io.load_model(args.model, args.device)
+    est, meta = _io.load_model(args.model, args.device)
     D = est.n_features_in_
     columns = meta.get("columns")
     label_column = meta.get("label_column")
     if columns is not None:
         # Select the fit's columns by name when they are all present (any order, extra columns
         # such as the label column are ignored); otherwise fall back to the numeric columns.
-        if not set(columns) <= set(_cli_io.header(args.data)):
+        if not set(columns) <= set(_io.header(args.data)):
             columns = None
     if columns is not None:
         table = read_table(args.data, columns=columns)
     else:
         table = read_table(
             args.data,
-            label_column=label_column if label_column in _cli_io.header(args.data) else None,
+            label_column=label_column if label_column in _io.header(args.data) else None,
         )
     if table.X.shape[1] != D:
         fit_cols = f" ({', '.join(meta['columns'])})" if meta.get("columns") else ""
@@ -570,7 +570,7 @@ def run_score(args: argparse.Namespace) -> int:
     if args.proba:
         header += [f"p_{k}" for k in range(proba.shape[1])]
         cols += [proba[:, k] for k in range(proba.shape[1])]
-    _cli_io.emit(args.out, format_csv(header, cols))
+    _io.emit(args.out, format_csv(header, cols))
     return 0
 
 
@@ -582,22 +582,22 @@ def run_sample(args: argparse.Namespace) -> int:
     LatentMALA = None
     if args.mala:
         try:
-            from .infer.mala import LatentMALA
+            from ..infer.mala import LatentMALA
         except ImportError:
             raise CLIError(
                 "--mala needs the latent-MALA kernel (pyro_mixflows.infer.mala.LatentMALA), "
                 "which this installation does not have; sample without --mala"
             ) from None
-    est, meta = _cli_io.load_model(args.model, args.device)
+    est, meta = _io.load_model(args.model, args.device)
     columns = meta.get("columns") or [f"x{d}" for d in range(est.n_features_in_)]
     pyro.set_rng_seed(args.seed)
     n = args.num_samples
     if LatentMALA is None:
         X, z = est.sample(n)
     else:
-        X, z, _ = _cli_io.sample_mala(
+        X, z, _ = _io.sample_mala(
             LatentMALA, est, n, args.warmup, args.chains, args.target, args.quiet
         )
     cols = [X[:, d].astype(np.float64) for d in range(X.shape[1])] + [z]
-    _cli_io.emit(args.out, format_csv([*columns, "component"], cols))
+    _io.emit(args.out, format_csv([*columns, "component"], cols))
     return 0

@@ -22,8 +22,8 @@ def load_model(path: str, device: str | None = None):
     Anything that is not a model file written by ``fit`` (a CSV, a truncated file, random bytes,
     a pickle, another torch file) is refused with one line; pickles are never unpickled.
     """
-    from . import VariationalFlowMixture
-    from .infer._checkpoint import load_plain
+    from ..estimators import VariationalFlowMixture
+    from ..infer._checkpoint import load_plain
 
     if os.path.isdir(path):
         path = os.path.join(path, "model.pt")
