@@ -180,7 +180,8 @@ def write_fit(
         from .. import plotting
 
         X, cols = table.X, table.columns
-        _save(plotting.density_figure(X, cols, est.score_samples, samples), f"{tmp}/density.png")
+        figure = plotting.density_figure(X, cols, est.score_samples, samples, labels)
+        _save(figure, f"{tmp}/density.png")
         _save(plotting.clusters_figure(X, cols, labels, classes), f"{tmp}/clusters.png")
         training = summary["training"]
         n_train = summary["data"]["n_train"] - training["n_val"]
