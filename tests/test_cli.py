@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pyro_mixflows import VariationalFlowMixture
-from pyro_mixflows.cli._table import atomic_dir
 from pyro_mixflows.cli import FIT_FILES, main
+from pyro_mixflows.cli._table import atomic_dir
 from pyro_mixflows.datasets import make_two_moons
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,8 +217,7 @@ def test_bad_fit_arguments(moons, table, tmp_path, capsys):
     fails(["fit", data, "--flow", "glow"], capsys, "invalid choice: 'glow'")
     fails(["fit", data, "--device", "banana", "--out", out], capsys, "--device banana")
     fails(["fit", "--labels", "side", "--out", out], capsys, "--labels needs a DATA.csv")
-    labelled = table("a,b,c\n1,2,x\n3,4,y\n5,7,x\n", "labelled.csv")
-    fails(["fit", labelled, "--labels", "c", "--out", out], capsys, "expected some unlabelled rows")
+    fails(["fit", "--drop", "x0", "--out", out], capsys, "--drop needs a DATA.csv")
     one = table("a\n1\n2\n3\n", "one.csv")
     fails(["fit", one, "--flow", "affine_coupling", "--out", out], capsys, "--flow maf")
     binary = tmp_path / "bin.csv"
@@ -532,7 +531,7 @@ def test_unwritable_out_is_refused_before_any_work(moons, tmp_path, capsys, monk
         raise AssertionError("the fit must not start")
 
     monkeypatch.setattr(VariationalFlowMixture, "fit", no_fit)
-    monkeypatch.setattr("pyro_mixflows.cli.read_table", no_fit)  # nor the data be read
+    monkeypatch.setattr("pyro_mixflows.cli._columns.read_table", no_fit)  # nor the data be read
     (tmp_path / "afile").write_text("x")
     cases = [
         (str(tmp_path / "afile" / "run"), "is a file, not a folder"),
