@@ -3,17 +3,18 @@
 Axes-level helpers (``plot_density``, ``plot_clusters``, ``plot_responsibilities``,
 ``plot_loss``) draw into a given (or new) axes and return it; figure-level helpers
 (``density_figure``, ``clusters_figure``, ``loss_figure``) build the whole figure for data of any
-dimension (pairwise panels of the first ``MAX_PANELS`` columns for D > 2) and return it. The
-command line's report (``pyro-mixflows fit``) saves these figures; the tutorials use the same.
+dimension (for D > 2 on the plane of :func:`projection`, said in the title and axis labels) and
+return it. The command line's report (``pyro-mixflows fit``) saves these figures; the tutorials
+use the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-MAX_PANELS = 5  # pairwise figures show the first MAX_PANELS columns
 _CMAP = "tab10"
 
 
@@ -165,24 +166,108 @@ def plot_loss(
 
 
 # --- whole figures, for data of any dimension -------------------------------------------------
-def _pair_panels(P: int, columns: Sequence[str], diagonal, off_diagonal):
-    """A P x P grid of panels for the first P columns: ``diagonal(ax, i)`` on the diagonal,
-    ``off_diagonal(ax, i, j)`` (row i, column j) elsewhere; axis labels on the outer panels."""
-    import matplotlib.pyplot as plt
+def _point_size(n: int) -> float:
+    """Marker area (points^2) that keeps n points readable: large for a few rows, small for many."""
+    return float(np.clip(3000.0 / max(n, 1), 6.0, 36.0))
 
-    fig, axes = plt.subplots(P, P, figsize=(2.2 * P, 2.2 * P), squeeze=False)
-    for i in range(P):
-        for j in range(P):
-            ax = axes[i, j]
-            if i == j:
-                diagonal(ax, i)
-            else:
-                off_diagonal(ax, i, j)
-            if i == P - 1:
-                ax.set_xlabel(columns[j])
-            if j == 0:
-                ax.set_ylabel(columns[i])
-    return fig
+
+@dataclass(frozen=True)
+class Projection:
+    r"""A linear map of rows with D > 2 columns to a plane, for pictures: :math:`P = Z B`, where
+    :math:`Z = (X - \mu) / \sigma` are the standardized rows (N, D) and B (D, 2) the basis.
+
+    Attributes:
+        mean: (D,) column means μ of the data the projection was built on.
+        scale: (D,) column standard deviations σ (1 for a constant column).
+        basis: (D, 2) directions in the standardized space.
+        axis_labels: names of the two axes, e.g. ("LD1", "LD2") or ("PC1 (42 %)", "PC2 (17 %)").
+        description: what the axes are, for a title.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    basis: np.ndarray
+    axis_labels: tuple[str, str]
+    description: str
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        """The projected rows (M, 2) of X (M, D)."""
+        return ((np.asarray(X, dtype=np.float64) - self.mean) / self.scale) @ self.basis
+
+
+def projection(X: np.ndarray, labels: np.ndarray | None = None) -> Projection:
+    r"""The plane a user would show for rows X (N, D), D >= 2: the clusters' most separating
+    directions when ``labels`` (N,) name two or more clusters, else the principal components.
+
+    On the standardized columns Z: with C >= 3 clusters, the first two linear discriminants of
+    Fisher's criterion
+
+    .. math::
+        \max_w \frac{w^\top S_B w}{w^\top S_W w}
+
+    (S_B between-cluster, S_W within-cluster scatter; scikit-learn's
+    ``LinearDiscriminantAnalysis``), axes "LD1", "LD2"; with C = 2, the one discriminant LD1 and
+    the first principal component of Z with LD1 projected out; with one cluster (or no labels),
+    the first two principal components, each labelled with its share of the total variance.
+
+    Example:
+        >>> X = np.random.default_rng(0).normal(size=(60, 5))
+        >>> proj = projection(X, np.repeat([0, 1, 2], 20))
+        >>> proj(X).shape, proj.axis_labels
+        ((60, 2), ('LD1', 'LD2'))
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] < 2:
+        raise ValueError(f"expected rows of shape (N, D) with D >= 2, got {X.shape}")
+    mean = X.mean(0)
+    scale = X.std(0)
+    scale = np.where(scale > 0, scale, 1.0)
+    Z = (X - mean) / scale  # (N, D)
+    total = float((Z**2).sum()) or 1.0
+    classes = np.unique(labels) if labels is not None else np.zeros(1)
+    if len(classes) >= 2 and len(Z) > len(classes):
+        import warnings
+
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Variables are collinear": the picture is still fine
+            lda = LinearDiscriminantAnalysis(solver="svd").fit(Z, np.asarray(labels))
+        W = lda.scalings_  # (D, rank)
+        if W.shape[1] >= 2:
+            basis = W[:, :2]
+            return Projection(
+                mean, scale, basis, ("LD1", "LD2"), "the clusters' two linear discriminants"
+            )
+        if W.shape[1] == 1:
+            u = W[:, 0] / np.linalg.norm(W[:, 0])
+            rest = Z - np.outer(Z @ u, u)  # (N, D), LD1 projected out
+            v, share = _principal(rest, 1, total)
+            basis = np.stack([W[:, 0], v[:, 0]], 1)
+            return Projection(
+                mean,
+                scale,
+                basis,
+                ("LD1", f"PC1 across LD1 ({share[0]:.0f} %)"),
+                "LD1 of the clusters and PC1 across it",
+            )
+    V, share = _principal(Z, 2, total)
+    return Projection(
+        mean,
+        scale,
+        V,
+        (f"PC1 ({share[0]:.0f} %)", f"PC2 ({share[1]:.0f} %)"),
+        "the two principal components",
+    )
+
+
+def _principal(Z: np.ndarray, n: int, total: float) -> tuple[np.ndarray, list[float]]:
+    """The first n principal directions (D, n) of centred rows Z (N, D) and their shares of the
+    total variance ``total`` (sum of squares), in percent."""
+    _, sing, Vt = np.linalg.svd(Z - Z.mean(0), full_matrices=False)
+    sing = np.concatenate([sing, np.zeros(n)])[:n]
+    Vt = np.concatenate([Vt, np.zeros((n, Z.shape[1]))])[:n]
+    return Vt.T, [100.0 * float(s**2) / total for s in sing]
 
 
 def density_figure(
@@ -190,9 +275,12 @@ def density_figure(
     columns: Sequence[str],
     log_density: Callable[[np.ndarray], np.ndarray],
     samples: np.ndarray,
+    labels: np.ndarray | None = None,
 ):
     """The fitted density: a curve over a histogram (D = 1), contours with a colour bar (D = 2),
-    or pairwise panels of data (grey) and samples of the fit (orange) for D > 2."""
+    or for D > 2 the data (grey) and samples of the fit (orange) on one plane, the
+    :func:`projection` of the data (the clusters' most separating directions when ``labels`` (N,)
+    are given, else the principal components), said in the title and axis labels."""
     import matplotlib.pyplot as plt
 
     X = np.asarray(X)
@@ -207,26 +295,30 @@ def density_figure(
         ax.set_xlabel(columns[0])
         ax.legend()
         ax.set_title("fitted density")
+        fig.tight_layout()
     elif D == 2:
         fig, ax = plt.subplots(figsize=(6, 4.5))
         plot_density(log_density, X, ax=ax, resolution=120, levels=20, columns=columns)
         ax.set_aspect("auto")
         ax.set_title("fitted density")
+        fig.tight_layout()
     else:
-        P = min(D, MAX_PANELS)
-
-        def diagonal(ax, i):
-            ax.hist(X[:, i], bins=30, density=True, color="0.6", alpha=0.7)
-            ax.hist(samples[:, i], bins=30, density=True, color="C1", alpha=0.5)
-
-        def off_diagonal(ax, i, j):
-            ax.scatter(X[:, j], X[:, i], s=4, c="0.3", alpha=0.5, linewidths=0)
-            ax.scatter(samples[:, j], samples[:, i], s=4, c="C1", alpha=0.4, linewidths=0)
-
-        fig = _pair_panels(P, columns, diagonal, off_diagonal)
-        extra = f" (first {P} of {D} columns)" if D > P else ""
-        fig.suptitle(f"data (grey) and samples of the fit (orange){extra}")
-    fig.tight_layout()
+        samples = np.asarray(samples)
+        proj = projection(X, labels)
+        P, Q = proj(X), proj(samples)  # (N, 2), (S, 2)
+        fig, ax = plt.subplots(figsize=(7.5, 5.5), layout="constrained")
+        ax.scatter(
+            P[:, 0], P[:, 1], s=_point_size(N), c="0.3", alpha=0.5, linewidths=0,
+            label=f"data ({N} rows)",
+        )  # fmt: skip
+        ax.scatter(
+            Q[:, 0], Q[:, 1], s=_point_size(len(Q)), c="C1", alpha=0.5, linewidths=0,
+            label=f"samples of the fit ({len(Q)})",
+        )  # fmt: skip
+        ax.set_xlabel(proj.axis_labels[0])
+        ax.set_ylabel(proj.axis_labels[1])
+        ax.set_title(f"data and samples of the fit\n{D} columns projected on {proj.description}")
+        fig.legend(loc="outside right upper", markerscale=1.5, fontsize=8)
     return fig
 
 
@@ -237,19 +329,21 @@ def clusters_figure(
     class_names: Sequence[str] | None = None,
 ):
     """Rows coloured by their most probable component, named by ``class_names`` for a labelled
-    fit (stacked histogram for D = 1, a scatter for D = 2, pairwise panels with one legend for
-    D > 2)."""
+    fit: a stacked histogram (D = 1), a scatter (D = 2), or for D > 2 a scatter on the clusters'
+    two most separating directions (:func:`projection`), said in the title and axis labels. The
+    legend, outside the axes, is titled with the same word as the title ("class" for a labelled
+    fit, else "component")."""
     import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
 
     X, labels = np.asarray(X), np.asarray(labels)
     N, D = X.shape
     K = int(labels.max()) + 1 if len(labels) else 1
     names = component_names(K, class_names)
     present = [int(k) for k in np.unique(labels)]
-    title = "clusters (most probable " + ("class)" if class_names else "component)")
+    word = "class" if class_names else "component"
+    title = f"clusters (most probable {word})"
+    fig, ax = plt.subplots(figsize=(7.5 if D > 2 else 6.5, 5.5), layout="constrained")
     if D == 1:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
         ax.hist(
             [X[labels == k, 0] for k in present],
             bins=40,
@@ -258,33 +352,23 @@ def clusters_figure(
             label=[names[k] for k in present],
         )
         ax.set_xlabel(columns[0])
-        ax.legend(fontsize=7)
-    elif D == 2:
-        fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        plot_clusters(X, labels, ax=ax, names=names)
-        ax.set_aspect("auto")
-        ax.set_xlabel(columns[0])
-        ax.set_ylabel(columns[1])
     else:
-        fig = _pair_panels(
-            min(D, MAX_PANELS),
-            columns,
-            lambda ax, i: ax.hist(
-                [X[labels == k, i] for k in present],
-                bins=30,
-                stacked=True,
-                color=[_colour(k) for k in present],
-            ),
-            lambda ax, i, j: ax.scatter(
-                X[:, j], X[:, i], c=[_colour(int(k)) for k in labels], s=2, linewidths=0
-            ),
-        )
-        handles = [
-            Line2D([], [], marker="o", ls="none", color=_colour(k), label=names[k]) for k in present
-        ]
-        fig.legend(handles=handles, loc="upper right", fontsize=7, title="cluster")
-    fig.suptitle(title)
-    fig.tight_layout()
+        if D == 2:
+            P, axis_labels = X, (columns[0], columns[1])
+        else:
+            proj = projection(X, labels)
+            P, axis_labels = proj(X), proj.axis_labels
+            title += f"\n{D} columns projected on {proj.description}"
+        for k in present:
+            at = labels == k
+            ax.scatter(
+                P[at, 0], P[at, 1], s=_point_size(N), color=_colour(k), alpha=0.8, linewidths=0,
+                label=names[k],
+            )  # fmt: skip
+        ax.set_xlabel(axis_labels[0])
+        ax.set_ylabel(axis_labels[1])
+    fig.legend(loc="outside right upper", title=word, fontsize=8, markerscale=1.5)
+    ax.set_title(title)
     return fig
 
 

@@ -61,6 +61,7 @@ def settings() -> dict:
     """What decides the demo's numbers, as the code stands: the fit command's defaults, the
     demo set's size and the estimator's parameters the command builds for it."""
     from pyro_mixflows import cli
+    from pyro_mixflows.cli._fit import estimator
 
     args = cli.build_parser().parse_args(["fit", "--out", "unused"])
     defaults = {
@@ -68,7 +69,7 @@ def settings() -> dict:
         for k, v in sorted(vars(args).items())
         if k not in ("run", "out", "force", "quiet", "threads", "device")
     }
-    est = cli._estimator(args, 2, 2)
+    est = estimator(args, 2, 2)
     params = {k: _stable(v) for k, v in sorted(est.get_params().items())}
     return {"command": defaults, "demo_rows": cli.DEMO_ROWS, "estimator": params}
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pyro_mixflows import VariationalFlowMixture
-from pyro_mixflows._table import atomic_dir
 from pyro_mixflows.cli import FIT_FILES, main
+from pyro_mixflows.cli._table import atomic_dir
 from pyro_mixflows.datasets import make_two_moons
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,8 +217,7 @@ def test_bad_fit_arguments(moons, table, tmp_path, capsys):
     fails(["fit", data, "--flow", "glow"], capsys, "invalid choice: 'glow'")
     fails(["fit", data, "--device", "banana", "--out", out], capsys, "--device banana")
     fails(["fit", "--labels", "side", "--out", out], capsys, "--labels needs a DATA.csv")
-    labelled = table("a,b,c\n1,2,x\n3,4,y\n5,7,x\n", "labelled.csv")
-    fails(["fit", labelled, "--labels", "c", "--out", out], capsys, "expected some unlabelled rows")
+    fails(["fit", "--drop", "x0", "--out", out], capsys, "--drop needs a DATA.csv")
     one = table("a\n1\n2\n3\n", "one.csv")
     fails(["fit", one, "--flow", "affine_coupling", "--out", out], capsys, "--flow maf")
     binary = tmp_path / "bin.csv"
@@ -403,7 +402,7 @@ def figures(monkeypatch):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pyro_mixflows import _report
+    from pyro_mixflows.cli import _report
 
     kept = {}
 
@@ -417,7 +416,18 @@ def figures(monkeypatch):
         plt.close(fig)
 
 
-def test_report_plots_pairwise_panels_with_a_legend_for_more_than_two_columns(tmp_path):
+def _points(ax) -> int:
+    return sum(len(c.get_offsets()) for c in ax.collections)
+
+
+@pytest.mark.parametrize(
+    "K, axes",
+    [(3, ("LD1", "LD2")), (2, ("LD1", "PC1 across LD1 (")), (1, ("PC1 (", "PC2 ("))],
+)
+def test_figures_for_more_than_two_columns_show_a_projection(K, axes):
+    """D = 6: every row on one plane (the clusters' discriminants, or principal components for
+    one cluster), said in the axis labels and the title; the legend outside the axes, titled
+    with the title's word."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -426,17 +436,49 @@ def test_report_plots_pairwise_panels_with_a_legend_for_more_than_two_columns(tm
     from pyro_mixflows import plotting
 
     rng = np.random.default_rng(0)
-    X, samples = rng.normal(size=(50, 3)), rng.normal(size=(50, 3))
-    cols = ["a", "b", "c"]
-    density = plotting.density_figure(X, cols, lambda x: -x.sum(1), samples)
-    clusters = plotting.clusters_figure(X, cols, rng.integers(0, 3, 50), ["setosa", "virginica"])
-    for fig in (density, clusters):
-        assert len(fig.axes) == 9  # 3 x 3 panels
-        assert [ax.get_xlabel() for ax in fig.axes[6:]] == cols
-        assert [fig.axes[k].get_ylabel() for k in (0, 3, 6)] == cols
-    (legend,) = clusters.legends  # one legend for all panels, with the class names
-    assert [t.get_text() for t in legend.get_texts()] == ["setosa", "virginica", "component 2"]
+    labels = np.arange(90) % K
+    X = rng.normal(size=(90, 6)) + 3 * np.eye(6)[labels]  # cluster k shifted along column k
+    samples = rng.normal(size=(40, 6))
+    cols = list("abcdef")
+    clusters = plotting.clusters_figure(X, cols, labels, ["setosa", "virginica"][:K])
+    density = plotting.density_figure(X, cols, lambda x: -x.sum(1), samples, labels)
+    for fig in (clusters, density):
+        (ax,) = fig.axes
+        assert ax.get_xlabel().startswith(axes[0]) and ax.get_ylabel().startswith(axes[1])
+        projected = {3: "two linear discriminants", 2: "LD1 of the clusters", 1: "principal"}[K]
+        assert "6 columns projected on" in ax.get_title() and projected in ax.get_title()
+    assert _points(clusters.axes[0]) == 90 and _points(density.axes[0]) == 90 + 40
+    for fig in (clusters, density):  # points of a few pixels or more, not ~1 px
+        assert min(c.get_sizes().min() for c in fig.axes[0].collections) >= 6
+    (legend,) = clusters.legends  # a figure legend: outside the axes, not squeezing them
+    names = ["setosa", "virginica", "component 2"][:K]  # a third cluster has no class name
+    assert [t.get_text() for t in legend.get_texts()] == names
+    assert "most probable class" in clusters.axes[0].get_title()
+    assert legend.get_title().get_text() == "class"
+    unlabelled = plotting.clusters_figure(X, cols, labels)
+    assert "most probable component" in unlabelled.axes[0].get_title()
+    assert unlabelled.legends[0].get_title().get_text() == "component"
     plt.close("all")
+
+
+def test_projection_separates_the_clusters_and_explains_its_axes():
+    from pyro_mixflows.plotting import projection
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], 50)
+    X = rng.normal(size=(150, 5)) * [1, 1, 1, 5, 5]  # the clusters differ in columns 0 and 1 only
+    X[:, :2] += 4 * np.array([[0, 0], [1, 0], [0, 1]])[labels]
+    P = projection(X, labels)(X)  # (N, 2)
+    means = np.stack([P[labels == k].mean(0) for k in range(3)])
+    spread = max(P[labels == k].std(0).max() for k in range(3))
+    gaps = [np.linalg.norm(means[i] - means[j]) for i, j in ((0, 1), (0, 2), (1, 2))]
+    assert min(gaps) > 3 * spread  # LDA finds columns 0 and 1 despite the wide columns 3, 4
+    pca = projection(X)
+    assert pca.axis_labels[0].startswith("PC1 (") and pca.axis_labels[0].endswith(" %)")
+    share = float(pca.axis_labels[0][5:-3])
+    assert share == pytest.approx(100 / 5, abs=12)  # standardized columns: about 1/D each
+    with pytest.raises(ValueError, match=r"expected rows of shape \(N, D\) with D >= 2"):
+        projection(X[:, :1])
 
 
 def test_density_plot_has_a_colour_bar_and_loss_plot_marks_the_best_step():
@@ -466,10 +508,12 @@ def test_density_plot_has_a_colour_bar_and_loss_plot_marks_the_best_step():
 def test_a_labelled_fit_names_its_clusters_by_class(moons, tmp_path, figures):
     out = str(tmp_path / "run")
     assert main(["fit", moons[0], *TINY, "--labels", "side", "--out", out]) == 0
-    ax = figures["clusters.png"].axes[0]
-    names = {t.get_text() for t in ax.get_legend().get_texts()}
+    (ax,) = figures["clusters.png"].axes
+    (legend,) = figures["clusters.png"].legends
+    names = {t.get_text() for t in legend.get_texts()}
     assert names <= {"left", "right"} and names
-    assert "class" in figures["clusters.png"]._suptitle.get_text()
+    # The title and the legend use the same word.
+    assert "most probable class" in ax.get_title() and legend.get_title().get_text() == "class"
     assert any(a.get_ylabel() == "density" for a in figures["density.png"].axes)
     labels = [line.get_label() for line in figures["loss.png"].axes[0].get_lines()]
     assert any(label.startswith("best: step") for label in labels)
@@ -487,7 +531,7 @@ def test_unwritable_out_is_refused_before_any_work(moons, tmp_path, capsys, monk
         raise AssertionError("the fit must not start")
 
     monkeypatch.setattr(VariationalFlowMixture, "fit", no_fit)
-    monkeypatch.setattr("pyro_mixflows._table.read_table", no_fit)  # nor the data be read
+    monkeypatch.setattr("pyro_mixflows.cli._columns.read_table", no_fit)  # nor the data be read
     (tmp_path / "afile").write_text("x")
     cases = [
         (str(tmp_path / "afile" / "run"), "is a file, not a folder"),
@@ -521,7 +565,7 @@ def test_the_write_probe_reports_what_the_os_says(tmp_path, monkeypatch):
     as root): whatever refuses the probe folder is reported with the OS's reason, exit 2."""
     import tempfile
 
-    from pyro_mixflows._table import CLIError, check_output_dir
+    from pyro_mixflows.cli._table import CLIError, check_output_dir
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")

@@ -85,7 +85,7 @@ def _versions() -> dict:
     import pyro
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "pyro_mixflows": __version__,
@@ -110,7 +110,7 @@ def _jsonable(value):
 def summary(args, est, table, source, classes, y, train, test, scores, labels, weights) -> dict:
     """The contents of ``summary.json`` (everything but the timings and warnings)."""
     result = est.fit_result_
-    from .plotting import estimator_loss_rows
+    from ..plotting import estimator_loss_rows
 
     n_fit = len(train)
     n_val = estimator_loss_rows(est, n_fit)[1]
@@ -177,10 +177,11 @@ def write_fit(
         idata = inference_data(weights, proba, scores, table.X, table.columns)
         idata.to_netcdf(os.path.join(tmp, "posterior.nc"))
         _pyplot()
-        from . import plotting
+        from .. import plotting
 
         X, cols = table.X, table.columns
-        _save(plotting.density_figure(X, cols, est.score_samples, samples), f"{tmp}/density.png")
+        figure = plotting.density_figure(X, cols, est.score_samples, samples, labels)
+        _save(figure, f"{tmp}/density.png")
         _save(plotting.clusters_figure(X, cols, labels, classes), f"{tmp}/clusters.png")
         training = summary["training"]
         n_train = summary["data"]["n_train"] - training["n_val"]

@@ -69,13 +69,18 @@ def _looks_like_labels(values: list[str]) -> bool:
 
 
 def read_table(
-    path: str, *, label_column: str | None = None, columns: Sequence[str] | None = None
+    path: str,
+    *,
+    label_column: str | None = None,
+    columns: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
 ) -> Table:
     """Read the numeric columns (and optionally a label column) of a CSV file with a header row.
 
     A column is numeric when at least one of its cells parses as a number; every other cell of
     a numeric column must then be a finite number. Columns whose cells are all text are left
-    out (``Table.ignored``). ``columns`` selects the numeric columns by name instead.
+    out (``Table.ignored``), and so are the columns named in ``exclude``. ``columns`` selects the
+    numeric columns by name instead.
 
     Raises:
         CLIError: a missing or empty file, ragged rows, an unknown label column, no numeric
@@ -141,7 +146,7 @@ def read_table(
     else:
         chosen, ignored = [], []
         for j, name in enumerate(header):
-            if name == label_column:
+            if name == label_column or name in exclude:
                 continue
             if any(_parse(row[j]) is not None for row in cells):
                 chosen.append(j)

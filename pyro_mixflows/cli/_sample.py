@@ -1,86 +1,51 @@
-"""Model files and sampling for ``pyro-mixflows score`` and ``sample``: load a fitted model with one
-clean message for anything that is not one, write outputs, run latent MALA and report on it."""
+"""``pyro-mixflows sample``: naive ancestral draws from a fitted model, or latent-MALA chains with
+a report of what they sample (R-hat, ESS, component frequencies next to the fitted weights)."""
 
 from __future__ import annotations
 
-import csv
-import json
-import os
+import argparse
 import sys
 
 import numpy as np
 
-from ._report import PROG
-from ._table import CLIError, write_text_atomic
+from . import _io
+from ._table import CLIError, check_output_file, format_csv
 
 MALA_INDEPENDENCE_PROB = 0.5  # share of independence moves of `sample --mala`
 
 
-def load_model(path: str, device: str | None = None):
-    """The fitted estimator at ``path`` (a model.pt file or the folder fit wrote) and fit metadata.
+def run(args: argparse.Namespace) -> int:
+    """``pyro-mixflows sample``: see ``pyro-mixflows sample --help``."""
+    import pyro
 
-    Anything that is not a model file written by ``fit`` (a CSV, a truncated file, random bytes,
-    a pickle, another torch file) is refused with one line; pickles are never unpickled.
-    """
-    from . import VariationalFlowMixture
-    from .infer._checkpoint import load_plain
-
-    if os.path.isdir(path):
-        path = os.path.join(path, "model.pt")
-    if not os.path.exists(path):
-        raise CLIError(f"{path}: no such model file")
-    try:
-        state = load_plain(path, map_location="cpu")
-    except ValueError as err:
-        raise CLIError(f"{path}: not a pyro-mixflows model file: {err}") from None
-    except OSError as err:
-        raise CLIError(f"{path}: cannot read: {err.strerror or err}") from None
-    if not isinstance(state, dict) or not str(state.get("format", "")).startswith("pyro_mixflows"):
-        raise CLIError(
-            f"{path}: not a pyro-mixflows model file: a torch file written by another program"
-        )
-    try:
-        est = VariationalFlowMixture.load(path, device=device)
-    except Exception as err:  # the right format, broken contents
-        text = str(err).strip().splitlines()
-        raise CLIError(
-            f"{path}: a corrupt pyro-mixflows model file ({text[0] if text else type(err).__name__})"
-        ) from None
-    meta = {}
-    summary = os.path.join(os.path.dirname(os.path.abspath(path)), "summary.json")
-    try:
-        with open(summary) as f:
-            found = json.load(f)
-        if found.get("tool") == PROG and len(found["data"]["columns"]) == est.n_features_in_:
-            meta = found["data"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    return est, meta
-
-
-def header(path: str) -> list[str]:
-    """The header row of a CSV file ([] when it cannot be read; read_table says why)."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            return [c.strip() for c in next(csv.reader(f), [])]
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
-
-
-def emit(out: str | None, text: str) -> None:
-    """Write ``text`` to ``out`` atomically, or to standard output when ``out`` is None."""
-    if out is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    check_output_file(args.out, args.force)
+    LatentMALA = None
+    if args.mala:
+        try:
+            from ..infer.mala import LatentMALA
+        except ImportError:
+            raise CLIError(
+                "--mala needs the latent-MALA kernel (pyro_mixflows.infer.mala.LatentMALA), "
+                "which this installation does not have; sample without --mala"
+            ) from None
+    est, meta = _io.load_model(args.model, args.device)
+    columns = meta.get("columns") or [f"x{d}" for d in range(est.n_features_in_)]
+    pyro.set_rng_seed(args.seed)
+    n = args.num_samples
+    if LatentMALA is None:
+        X, z = est.sample(n)
     else:
-        write_text_atomic(out, text)
+        X, z, _ = sample_mala(LatentMALA, est, n, args.warmup, args.chains, args.target, args.quiet)
+    cols = [X[:, d].astype(np.float64) for d in range(X.shape[1])] + [z]
+    _io.emit(args.out, format_csv([*columns, "component"], cols))
+    return 0
 
 
-MALA_TARGETS = {
+MALA_TARGETS = {  # --target: what the chains sample (the first is the default)
+    "fitted": "the fitted density itself (target='base', exact, like sampling without --mala)",
     "sharpened": "the fitted density squared and renormalized (target='sharpened', beta=2): "
     "fewer rows on low-density bridges between components; separated components' weights move "
     "toward w^2 / sum w^2",
-    "fitted": "the fitted density itself (target='base', exact, like sampling without --mala)",
     "tempered": "the paper's tempered target q_Z(z) / |det J_f(z)|, with independence moves: "
     "fewer bridge rows, but component weights may shift",
 }
