@@ -22,6 +22,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from benchmarks import tables
+
 SETS = (
     "wine",
     "breast_cancer",
@@ -50,8 +52,11 @@ TWO_D = dict(
 )
 
 
-def load(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """The whole set (X, y); 2-D sets are 2,000 rows drawn with seed 0."""
+def load(name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The whole set (X, y); 2-D sets are 2,000 rows drawn with seed 0; the unlabelled tables of
+    ``benchmarks.tables`` (y is None) need the ``bench`` extra."""
+    if name in tables.TABLES:
+        return tables.load(name)
     from sklearn import datasets as sk
     from sklearn.decomposition import PCA
 
@@ -74,7 +79,22 @@ def load(name: str) -> tuple[np.ndarray, np.ndarray]:
         return X @ np.array([[0.6, -0.6], [-0.4, 0.8]]), y
     if name in TWO_D:
         return datasets.make(name, 2000, seed=0, **TWO_D[name])
-    raise ValueError(f"expected a set in {SETS}, got {name!r}")
+    raise ValueError(f"expected a set in {SETS + tuple(tables.TABLES)}, got {name!r}")
+
+
+def split(X: np.ndarray, y: np.ndarray | None, seed: int) -> tuple[np.ndarray, ...]:
+    """The 50/50 split of one seed (stratified by y, random where y is None), standardized on the
+    training half: (a, b, ya, yb), the halves (N_a, D), (N_b, D) and their classes (or None)."""
+    from sklearn.model_selection import train_test_split
+
+    if y is None:
+        a, b = train_test_split(X, test_size=0.5, random_state=seed)
+        ya = yb = None
+    else:
+        a, b, ya, yb = train_test_split(X, y, test_size=0.5, stratify=y, random_state=seed)
+    mean, std = a.mean(0), a.std(0)
+    std[std == 0] = 1.0
+    return (a - mean) / std, (b - mean) / std, ya, yb
 
 
 def run_one(name: str, seed: int, methods: tuple[str, ...]) -> list[tuple]:
@@ -82,17 +102,13 @@ def run_one(name: str, seed: int, methods: tuple[str, ...]) -> list[tuple]:
     import torch
     from sklearn.metrics import adjusted_rand_score
     from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
-    from sklearn.model_selection import train_test_split
 
     from pyro_mixflows import VariationalFlowMixture
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     X, y = load(name)
-    a, b, _, yb = train_test_split(X, y, test_size=0.5, stratify=y, random_state=seed)
-    mean, std = a.mean(0), a.std(0)
-    std[std == 0] = 1.0
-    a, b = (a - mean) / std, (b - mean) / std
+    a, b, _, yb = split(X, y, seed)
     K = len(np.unique(y))
     makers = {
         "VariationalFlowMixture": lambda: VariationalFlowMixture(K, random_state=seed),
