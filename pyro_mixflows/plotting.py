@@ -397,6 +397,29 @@ def loss_figure(
     return fig
 
 
+def candidates_figure(candidates: Sequence[dict], kept: dict, title: str):
+    """The held-out log-likelihood per row of every trained candidate against its steps, with the
+    kept model's level as a dashed line (a ``VariationalFlowMixture``'s ``candidates_``)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, c in enumerate(candidates):
+        curve = c.get("curve") or {}
+        if curve.get("steps"):
+            layers = c["capacity"].get("num_layers", "default")
+            label = f"{c['start']} start, flows ({layers} layers): stopped, {c['stop']}"
+            ax.plot(curve["steps"], curve["validation_log_likelihood"], "o-", ms=3,
+                    color=f"C{i % 10}", label=label)  # fmt: skip
+    ax.axhline(kept["validation_log_likelihood"], color="0.2", ls="--", lw=1.0,
+               label=f"kept: {kept['start']} start, Gaussian mixture")  # fmt: skip
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out log-likelihood per row (standardized data)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def estimator_loss_rows(estimator, n_rows: int) -> tuple[int, int]:
     """(training rows, held-out rows) that a ``VariationalFlowMixture`` fitted on ``n_rows``
     rows sums its training and held-out losses over (for per-row loss plots)."""

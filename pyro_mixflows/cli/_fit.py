@@ -30,6 +30,7 @@ def estimator(args: argparse.Namespace, K: int, D: int):
     data with D columns (a one-column table gets ``flow="maf"`` unless ``--flow`` says else);
     options the user left out keep the estimator's own defaults."""
     from ..estimators import VariationalFlowMixture
+    from ..estimators._params import check_params
 
     values = vars(args)
     if D < 2:
@@ -38,13 +39,8 @@ def estimator(args: argparse.Namespace, K: int, D: int):
         values = {**values, "flow": "maf"}
     est = VariationalFlowMixture(K, **estimator_options(values))
     try:
-        est._check_params()
+        check_params(est)
     except ValueError as err:
-        if args.dp:
-            raise CLIError(
-                "--dp needs VariationalFlowMixture(weights='dirichlet_process'), which this "
-                f"installation does not offer ({err}); use --components K instead"
-            ) from None
         raise CLIError(str(err)) from None
     return est
 
@@ -163,7 +159,6 @@ def run(args: argparse.Namespace) -> int:
             "adjusted_rand_index": adjusted_rand_index(compared, labels),
         }
     summary["warnings"] = notes + fit_notes
-    summary["selection"] = {"start": est.start_, "capacity": est.capacity_}
     summary["timings"] = {"read_s": read_s, "fit_s": fit_s, "score_s": score_s}
     _report.write_fit(
         args.out,
@@ -184,17 +179,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_fit(args: argparse.Namespace, summary: dict) -> None:
-    data, training = summary["data"], summary["training"]
+    data = summary["data"]
     est = summary["settings"]["estimator"]
     source = data["source"]
     if source.startswith("demo:"):
         source = f"demo set {source[5:]}"
-    stop = "early stopping" if training["converged"] else "step limit"
+    kept, stats = summary["selection"], summary["fit_stats"]
     ll = summary["held_out_log_likelihood"]
+    K = len(summary["weights"])
+    what = f"a Gaussian mixture of {K}" if kept["gaussian_mixture"] else f"{K} {est['flow']} flows"
+    trained = [c for c in kept["candidates"] if c["steps"] > 0]
+    steps = f"{len(trained)} candidates trained {stats['steps']} steps in all"
+    if len(trained) == 1:
+        steps = f"1 candidate trained {stats['steps']} steps"
     lines = [
-        f"fitted {len(summary['weights'])} {est['flow']} flows to {data['n_rows']} rows x "
-        f"{data['n_features']} columns ({source})",
-        f"  {training['n_iter']} steps ({stop}) in {summary['timings']['fit_s']:.1f} s",
+        f"fitted {what} to {data['n_rows']} rows x {data['n_features']} columns ({source})",
+        f"  {kept['description']}",
+        f"  fit in {summary['timings']['fit_s']:.1f} s on {stats['device']}"
+        + (f"; {steps}" if trained else ""),
         "  held-out log-likelihood: "
         + (
             f"{ll:.3f} per row ({data['n_test']} rows)"

@@ -32,9 +32,7 @@ ESTIMATOR_OPTIONS: dict[str, str | tuple[str, Callable[[Any], Any]]] = {
     "lr": "learning_rate",
     "seed": "random_state",
     "device": "device",
-    "init_steps": "init_steps",
-    "weight_decay": "weight_decay",
-    "quiet": ("progress_bar", lambda quiet: not quiet),
+    "quiet": ("verbose", lambda quiet: not quiet),
 }
 
 
@@ -106,16 +104,6 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return value
 
 
@@ -259,12 +247,6 @@ def _add_fit(sub) -> None:
         help="training steps at most; early stopping usually ends sooner" + _default("steps"),
     )
     fit.add_argument(
-        "--init-steps",
-        type=_int_at_least(0, "--init-steps"),
-        metavar="N",
-        help="pre-training steps on the initial clustering" + _default("init_steps"),
-    )
-    fit.add_argument(
         "--batch-size",
         type=_int_at_least(1, "--batch-size"),
         metavar="B",
@@ -283,14 +265,8 @@ def _add_fit(sub) -> None:
         metavar="L[:W,W][:WD]",
         help="a flow capacity to try from every start (repeat to try several; the best on "
         "held-out rows is kept, never worse than the Gaussian start): L layers, hidden widths, "
-        "weight decay, e.g. --capacity 0 --capacity 2:16 --capacity 4:32,32:1e-3 "
-        "(default: --layers/--hidden)",
-    )
-    fit.add_argument(
-        "--weight-decay",
-        type=_non_negative_float,
-        metavar="WD",
-        help="Adam's L2 penalty on all parameters" + _default("weight_decay"),
+        "weight decay (Adam's L2 penalty), e.g. --capacity 0 --capacity 2:16 --capacity "
+        "4:32,32:1e-3 (default: --layers/--hidden)",
     )
     fit.add_argument(
         "--restarts",

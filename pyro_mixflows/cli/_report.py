@@ -107,9 +107,47 @@ def _jsonable(value):
     return getattr(value, "__name__", str(value))
 
 
+START_NAMES = {
+    "em": "EM start, full covariances",
+    "em_diag": "EM start, diagonal covariances",
+    "em_dp": "Dirichlet-process Gaussian mixture",
+    "spectral": "spectral start",
+    "kmeans": "k-means start",
+    "random": "random start",
+    "merge": "merged Dirichlet-process components",
+}
+
+
+def selection(est) -> dict:
+    """What the fit kept, in numbers and in one sentence (``summary.json``'s "selection")."""
+    gaussian = est.num_layers_ == 0
+    start = START_NAMES.get(est.start_, f"{est.start_} start")
+    flows = [c for c in est.candidates_ if c["steps"] > 0 and c["capacity"].get("num_layers") != 0]
+    if gaussian:
+        why = (
+            "flows did not improve the held-out likelihood"
+            if flows
+            else "no flows were trained (num_layers 0)"
+        )
+        text = f"kept the Gaussian mixture ({start}): {why}"
+    else:
+        text = f"kept the flows from the {start}: better than the Gaussian mixture on held-out rows"
+    return {
+        "start": est.start_,
+        "capacity": est.capacity_,
+        "gaussian_mixture": gaussian,
+        "description": text,
+        "candidates": est.candidates_,
+    }
+
+
 def summary(args, est, table, source, classes, y, train, test, scores, labels, weights) -> dict:
     """The contents of ``summary.json`` (everything but the timings and warnings)."""
     result = est.fit_result_
+    if result is None:  # the kept model was not trained (EM's Gaussian mixture)
+        from ..infer import FitResult
+
+        result = FitResult(converged=True, stop_reason="not trained: EM's Gaussian mixture")
     from ..plotting import estimator_loss_rows
 
     n_fit = len(train)
@@ -147,6 +185,8 @@ def summary(args, est, table, source, classes, y, train, test, scores, labels, w
             "lower_bound": float(est.lower_bound_),
             "time_s": float(result.time),
         },
+        "selection": selection(est),
+        "fit_stats": est.fit_stats_,
         "held_out_log_likelihood": float(scores[test].mean()) if len(test) else None,
         "train_log_likelihood": float(scores[train].mean()),
         "weights": weights.tolist(),
@@ -183,15 +223,24 @@ def write_fit(
         figure = plotting.density_figure(X, cols, est.score_samples, samples, labels)
         _save(figure, f"{tmp}/density.png")
         _save(plotting.clusters_figure(X, cols, labels, classes), f"{tmp}/clusters.png")
-        training = summary["training"]
+        training, kept = summary["training"], summary["selection"]
         n_train = summary["data"]["n_train"] - training["n_val"]
-        figure = plotting.loss_figure(
-            training["loss"],
-            training["val_steps"],
-            training["val_loss"],
-            n_train,
-            training["n_val"],
-        )
+        if est.fit_result_ is None:  # an untrained Gaussian: what the flow candidates reached
+            chosen = max(
+                (c for c in kept["candidates"] if c["start"] == kept["start"] and not c["steps"]),
+                key=lambda c: c["validation_log_likelihood"],
+            )
+            figure = plotting.candidates_figure(kept["candidates"], chosen, kept["description"])
+        else:
+            figure = plotting.loss_figure(
+                training["loss"],
+                training["val_steps"],
+                training["val_loss"],
+                n_train,
+                training["n_val"],
+            )
+            figure.axes[0].set_title(f"loss of the kept model ({kept['description'][5:]})",
+                                     fontsize=9)  # fmt: skip
         _save(figure, f"{tmp}/loss.png")
         now = time.perf_counter()
         summary["timings"].update(write_s=now - t0, total_s=now - start)

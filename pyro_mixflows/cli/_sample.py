@@ -81,7 +81,7 @@ def sample_mala(kernel_cls, est, n: int, warmup: int, chains: int, target: str, 
     C, S, D = x.shape
     comp = out.get("component")
     comp = torch.zeros(C, S, dtype=torch.long) if comp is None else comp.long()
-    x_data = (x * est._scale + est._mean).detach().cpu().numpy()  # (C, S, D)
+    x_data = x.detach().cpu().numpy() * est.feature_scale_ + est.feature_mean_  # (C, S, D)
     flat = x_data.reshape(C * S, D)[:n]
     z = comp.reshape(-1)[:n].cpu().numpy()
     report = _mala_report(kernel, x_data, z, est.weights_, n)

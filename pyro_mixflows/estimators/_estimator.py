@@ -85,20 +85,23 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
     Attributes:
         labels_: (N,) component of every training row.
         distribution_: the fitted density in data units, a ``FlowMixture``.
-        mixture_: the fitted density on the standardized scale; module_: its ``VMoNF``.
-        weights_: (K,) mixing weights; n_components_: components in the fitted model.
-        start_: the kept start ("em", "em_diag", "spectral", ...); capacity_: the kept capacity
-            (``{"num_layers": 0}`` = the Gaussian start itself); num_layers_: its flow layers.
+        mixture_: the fitted density on the standardized scale (``module_``: its ``VMoNF``).
+        weights_: (K,) mixing weights (``n_components_`` of them).
+        start_: the kept start ("em", "em_diag", "spectral", ...).
+        capacity_: the kept capacity (``{"num_layers": 0}`` = the Gaussian start itself, with
+            ``num_layers_`` flow layers).
         candidates_: start, capacity, held-out log-likelihood (standardized units), training steps
             and why training stopped, for every candidate tried.
         fit_stats_: where the fit's time went: ``{"seconds": {stage: s}, "device": ...,
             "budget": {...}, "steps": total training steps}``.
         fit_result_: the kept candidate's training history (``FitResult``; None when the kept
             model was not trained, e.g. EM's Gaussian mixture).
-        converged_, n_iter_: whether training stopped on the held-out criterion, and its steps.
+        converged_: whether training stopped on the held-out criterion (``n_iter_`` steps).
         lower_bound_: the final log-likelihood (or ELBO) per training row, in data units.
         validation_log_likelihood_: held-out log-likelihood per row of the fitted model.
-        n_features_in_, feature_names_in_: as in scikit-learn.
+        feature_mean_: (D,) the per-feature mean of the standardization (and
+            ``feature_scale_``, the standard deviation).
+        n_features_in_: as in scikit-learn (and ``feature_names_in_``).
 
     Example::
 

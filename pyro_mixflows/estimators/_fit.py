@@ -224,6 +224,7 @@ def fit_mixture(X: np.ndarray, y: np.ndarray | None, settings: Settings, seed: i
             from pyro.infer import TraceEnum_ELBO
 
             elbo = TraceEnum_ELBO(max_plate_nesting=1)
+            pyro.clear_param_store()  # modules of equal layout share param-store names
             lower_bound = -float(elbo.loss(vm.model, vm.guide, x_train)) / len(x_train) - log_scale
     watch.seconds["total"] = time.perf_counter() - t0
     arch = settings.architecture_of(chosen.capacity)

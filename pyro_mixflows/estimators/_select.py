@@ -50,12 +50,19 @@ class Candidate:
         return float(self.val_log_probs.mean())
 
     def summary(self) -> dict:
+        """Plain values: start, capacity, held-out log-likelihood per row, training steps, why it
+        stopped, and its held-out curve (evaluation steps and mean log-likelihood per row)."""
+        n_val = max(self.val_log_probs.numel(), 1)
+        result = self.result
+        steps = [] if result is None else [int(s) for s in result.val_steps]
+        curve = [] if result is None else [-float(v) / n_val for v in result.val_losses]
         return {
             "start": self.start,
             "capacity": dict(self.capacity),
             "validation_log_likelihood": self.validation_log_likelihood,
             "steps": int(self.steps),
             "stop": self.stop,
+            "curve": {"steps": steps, "validation_log_likelihood": curve},
         }
 
 

@@ -22,23 +22,24 @@ from ._candidates import CandidateMixtures
 from ._select import TIE_STANDARD_ERRORS, paired_standard_error
 
 # Training rows up to which every step is a full batch (above: minibatches of MINIBATCH_ROWS).
-FULL_BATCH_ROWS = 2048
-MINIBATCH_ROWS = 512
-# Adam's step size, full batch and minibatch.
-LEARNING_RATE = 1e-3
+FULL_BATCH_ROWS = 256
+MINIBATCH_ROWS = 256
+# Adam's step size.
+LEARNING_RATE = 2e-3
 # Steps between held-out evaluations, and steps without improvement before a candidate stops.
-EVAL_EVERY = {"full": 10, "minibatch": 25}
-PATIENCE = {"full": 100, "minibatch": 250}
+EVAL_EVERY = {"full": 10, "minibatch": 10}
+PATIENCE = {"full": 50, "minibatch": 150}
 # Steps on the start's hard labels before the mixture's likelihood (partition starts only).
-PRETRAIN_STEPS = {"full": 50, "minibatch": 100}
+PRETRAIN_STEPS = {"full": 50, "minibatch": 50}
 # Steps every candidate trains before the learning-curve rule may stop it.
-PROBE_STEPS = {"full": 30, "minibatch": 100}
-# Steps at most: full batch, and minibatch epochs (capped).
-MAX_STEPS_FULL = 1500
-MAX_EPOCHS = 60
-MAX_STEPS_MINIBATCH = 4000
+PROBE_STEPS = {"full": 30, "minibatch": 50}
+# Steps at most.
+MAX_STEPS = {"full": 1500, "minibatch": 3000}
 # Evaluations the learning-curve rule takes its slope over.
 SLOPE_WINDOW = 3
+# A candidate behind another that is still training must be able to catch it within this many
+# patience windows at their recent rates.
+CATCH_UP_PATIENCES = 2
 
 
 @dataclass
@@ -73,8 +74,7 @@ def plan_budget(
 
     Full-batch steps up to ``FULL_BATCH_ROWS`` rows (the gradient is exact and cheap there, and an
     evaluation every few steps costs little), minibatches of ``MINIBATCH_ROWS`` above; at most
-    ``MAX_STEPS_FULL`` full-batch steps, or ``MAX_EPOCHS`` epochs of minibatches (capped at
-    ``MAX_STEPS_MINIBATCH``). ``max_steps``, ``batch_size`` and ``learning_rate`` override.
+    ``MAX_STEPS`` steps. ``max_steps``, ``batch_size`` and ``learning_rate`` override.
     """
     if batch_size is not None and batch_size >= n_train:
         batch_size = None
@@ -82,10 +82,7 @@ def plan_budget(
         batch_size = MINIBATCH_ROWS
     mode = "full" if batch_size is None else "minibatch"
     if max_steps is None:
-        if batch_size is None:
-            max_steps = MAX_STEPS_FULL
-        else:
-            max_steps = min(MAX_STEPS_MINIBATCH, MAX_EPOCHS * math.ceil(n_train / batch_size))
+        max_steps = MAX_STEPS[mode]
     return Budget(
         batch_size=batch_size,
         learning_rate=LEARNING_RATE if learning_rate is None else float(learning_rate),
@@ -192,16 +189,34 @@ class Race:
             return "patience"
         if trained < self.budget.probe_steps:
             return None
-        target = self._target(entry)
-        recent = [m for s, m in entry.history if s >= entry.pretrain][-(SLOPE_WINDOW + 1) :]
-        slope = 0.0
-        if len(recent) == SLOPE_WINDOW + 1:
-            slope = max(0.0, (recent[-1] - recent[0]) / (SLOPE_WINDOW * self.budget.eval_every))
+        slope = self._slope(entry)
+        # what is built already: reachable only by improving at its recent rate to the end
         reach = entry.best_mean + slope * (self.budget.max_steps - step)
-        return "cannot win" if reach < target else None
+        if reach < self._target(entry):
+            return "cannot win"
+        # a candidate ahead in this race: catch it within the horizon, or stop
+        horizon = CATCH_UP_PATIENCES * self.budget.patience
+        for other in self.entries:
+            if other is entry or other.stop is not None or other.best_mean <= entry.best_mean:
+                continue
+            if step - other.pretrain < self.budget.probe_steps:
+                continue
+            closing = slope - self._slope(other)
+            if closing <= 0 or other.best_mean - entry.best_mean > closing * horizon:
+                return "cannot win"
+        return None
+
+    def _slope(self, entry: Entry) -> float:
+        """The entry's recent rate of improvement (held-out mean per step, at least 0)."""
+        recent = [(s, m) for s, m in entry.history if s >= entry.pretrain][-(SLOPE_WINDOW + 1) :]
+        if len(recent) < 2:
+            return 0.0
+        (s0, m0), (s1, m1) = recent[0], recent[-1]
+        return max(0.0, (m1 - m0) / (s1 - s0))
 
     def _target(self, entry: Entry) -> float:
-        """The held-out mean this candidate must exceed to be kept over what exists already."""
+        """The held-out mean this candidate must exceed to be kept over what is built already
+        (the Gaussians by a tie's margin, other capacities' candidates, stopped candidates)."""
         target = -math.inf
         for lp, gaussian in self.rivals:
             margin = (
@@ -209,9 +224,18 @@ class Race:
             )
             target = max(target, float(lp.mean()) + margin)
         for other in self.entries:
-            if other is not entry and other.best_lp is not None:
+            if other is not entry and other.stop is not None and other.best_lp is not None:
                 target = max(target, other.best_mean)
         return target
+
+
+def adam_options(budget: Budget, device: torch.device) -> dict:
+    """``torch.optim.Adam``'s options for a budget: its step size and weight decay, and torch's
+    fused kernel on the CPU and CUDA (one kernel per parameter tensor)."""
+    options = {"lr": budget.learning_rate, "weight_decay": budget.weight_decay}
+    if device.type in ("cpu", "cuda"):
+        options["fused"] = True
+    return options
 
 
 def _slice_optim_state(state: dict, module: CandidateMixtures, keep: list[int]) -> dict:
@@ -243,7 +267,7 @@ def race(
     """Train the candidates of ``module`` until each has stopped; their entries, best state in
     ``best_state`` (rows of that candidate), ``steps`` and ``stop`` (see :class:`Race`)."""
     state = Race(module, x_val, budget, rivals, pretrain, final_labels)
-    options = {"lr": budget.learning_rate, "weight_decay": budget.weight_decay}
+    options = adam_options(budget, x_train.device)
     optim = pyro.optim.Adam(options)
     while True:
         pyro.clear_param_store()  # this module's parameters are registered under one name
@@ -295,7 +319,7 @@ def train_vmonf(
         raise ValueError("expected at least one unlabelled or held-out row; got only labels")
     extra = (x_train[labelled], y_train[labelled]) if bool(labelled.any()) else ()
     exact = vm.exact_loss_applies()
-    optim = {"lr": budget.learning_rate, "weight_decay": budget.weight_decay}
+    optim = adam_options(budget, x_train.device)
     pre = None
     steps = budget.max_steps
     if pretrain_labels is not None and budget.pretrain_steps > 0:

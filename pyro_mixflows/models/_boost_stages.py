@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..starts import kmeans
 from ..flows.components import Components
 from ..infer.fit import FitResult, fit
+from ..starts import kmeans
 from ._boost_weights import rho_objective, search_rho
 
 _CLIP_NORM = 100.0  # gradient norm clip of every parameter in training

@@ -34,11 +34,41 @@ def normalized_cut(affinity: torch.Tensor, labels: torch.Tensor, num_clusters: i
     return float(((volume - within) / volume.clamp_min(1e-12)).sum())
 
 
+# Below this many rows (or for this many eigenvectors of fewer rows) the dense eigensolver is used.
+DENSE_EIGEN_ROWS = 300
+
+
+def top_eigenvectors(matrix: torch.Tensor, k: int) -> torch.Tensor:
+    """The eigenvectors of the k largest eigenvalues of a symmetric k-NN matrix (N, N), sorted
+    by ascending eigenvalue: (N, k).
+
+    The matrix is sparse (about ``n_neighbors`` entries a row): Lanczos iterations (ARPACK's
+    ``eigsh`` from a fixed start vector, so the result is reproducible) cost a few sparse products
+    where the dense solver costs O(N^3); small matrices, and the rare case where Lanczos does not
+    converge, use the dense solver.
+    """
+    N = matrix.shape[0]
+    if N <= max(DENSE_EIGEN_ROWS, 4 * k):
+        return torch.linalg.eigh(matrix)[1][:, -k:]
+    import numpy as np
+    import scipy.sparse
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+    dense = matrix.detach().cpu().to(torch.float64).numpy()
+    try:
+        values, vectors = eigsh(
+            scipy.sparse.csr_matrix(dense), k=k, which="LA", v0=np.ones(N)
+        )  # fmt: skip
+    except ArpackNoConvergence:
+        return torch.linalg.eigh(matrix)[1][:, -k:]
+    order = np.argsort(values)
+    return torch.as_tensor(vectors[:, order], dtype=matrix.dtype, device=matrix.device)
+
+
 def _spectral_embedding(affinity: torch.Tensor, num_clusters: int) -> torch.Tensor:
     inv_sqrt_deg = affinity.sum(1).clamp_min(1e-12).rsqrt()
     normalized = inv_sqrt_deg[:, None] * affinity * inv_sqrt_deg[None, :]
-    _, vecs = torch.linalg.eigh(normalized)
-    embedding = vecs[:, -num_clusters:]
+    embedding = top_eigenvectors(normalized, num_clusters)
     return embedding / embedding.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
@@ -53,8 +83,8 @@ def sweep_bisection(affinity: torch.Tensor, min_size: int) -> torch.Tensor:
     N = affinity.shape[0]
     degree = affinity.sum(1).clamp_min(1e-12)
     inv_sqrt_deg = degree.rsqrt()
-    _, vecs = torch.linalg.eigh(inv_sqrt_deg[:, None] * affinity * inv_sqrt_deg[None, :])
-    order = (vecs[:, -2] * inv_sqrt_deg).argsort()
+    vecs = top_eigenvectors(inv_sqrt_deg[:, None] * affinity * inv_sqrt_deg[None, :], 2)
+    order = (vecs[:, 0] * inv_sqrt_deg).argsort()
     w = affinity[order][:, order]
     volume = degree[order].cumsum(0)  # (N,) volume of the first i + 1 points
     within = (2 * w.tril(-1).sum(1) + w.diagonal()).cumsum(0)

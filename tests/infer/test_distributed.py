@@ -11,7 +11,7 @@ import torch
 from pyro.infer import SVI, TraceEnum_ELBO
 
 from pyro_mixflows.infer import fit, shard_range
-from pyro_mixflows.infer.fit import _BatchSampler
+from pyro_mixflows.infer._fit_parts import BatchSampler
 from tests.infer._ddp_worker import LR, RANK_BATCH, SEED, STEPS, N
 from tests.infer.test_fit import make_data, make_pair
 
@@ -32,7 +32,7 @@ def _single_process(batch_size):
     if batch_size is not None:  # the schedule fit documents: rank r draws with seed + r
         for r in range(WORLD):
             n_r = shard_range(N, r, WORLD)[1] - shard_range(N, r, WORLD)[0]
-            samplers.append(_BatchSampler(n_r, batch_size, torch.Generator().manual_seed(SEED + r)))
+            samplers.append(BatchSampler(n_r, batch_size, torch.Generator().manual_seed(SEED + r)))
     losses = []
     for _ in range(STEPS):
         if samplers:

@@ -14,8 +14,6 @@ SMALL = dict(
     num_layers=2,
     hidden_dims=(8,),
     max_steps=20,
-    init_steps=10,
-    eval_every=10,
     batch_size=64,
     init="kmeans",
 )
@@ -82,6 +80,11 @@ def test_amortized_and_semi_supervised_fit(data):
     model.fit(X, y_partial)
     assert model.predict(X).shape == (150,)
     assert int(model.module_.step) > 0
+    # learned weights and z summed out: the candidates train side by side with the labels
+    # observed; the Gaussian start is trained too (its components must follow the classes)
+    model = VariationalFlowMixture(2, random_state=0, **SMALL).fit(X, y_partial)
+    assert [c["steps"] > 0 for c in model.candidates_] == [True, True]
+    assert (model.predict(X[:20]) == y[:20]).mean() >= 0.75  # components named by class
 
 
 def test_save_and_load_round_trip(fitted, data, tmp_path):
@@ -90,7 +93,16 @@ def test_save_and_load_round_trip(fitted, data, tmp_path):
     loaded = VariationalFlowMixture.load(path)
     assert np.array_equal(loaded.score_samples(data[0]), fitted.score_samples(data[0]))
     assert np.array_equal(loaded.predict(data[0]), fitted.predict(data[0]))
-    assert loaded.get_params()["n_components"] == 2
+    assert loaded.get_params() == fitted.get_params() | {"device": None}
+    # every fitted attribute survives, with its type
+    for name in ("labels_", "n_components_", "num_layers_", "capacity_", "start_", "candidates_",
+                 "converged_", "n_iter_", "lower_bound_", "validation_log_likelihood_",
+                 "fit_stats_", "n_features_in_", "merge_groups_"):  # fmt: skip
+        a, b = getattr(loaded, name), getattr(fitted, name)
+        assert type(a) is type(b), name
+        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, name
+    assert loaded.fit_result_.losses == fitted.fit_result_.losses
+    assert loaded.fit_result_.num_steps == fitted.fit_result_.num_steps
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
 
 
@@ -127,8 +139,10 @@ def test_load_refuses_foreign_files(tmp_path):
         (dict(flow="glow"), None, None, "expected flow in"),
         (dict(init="ward"), None, None, "expected init in"),
         (dict(batch_size=0), None, None, "batch_size"),
-        (dict(weight_decay=-1.0), None, None, "weight_decay >= 0"),
-        (dict(plateau_lr_factor=1.5), None, None, r"plateau_lr_factor None or in \(0, 1\)"),
+        (dict(capacities=[{"weight_decay": -1.0}]), None, None, "weight_decay >= 0"),
+        (dict(learning_rate=0.0), None, None, "learning_rate None or > 0"),
+        (dict(max_steps=0), None, None, "max_steps to be an int >= 1"),
+        (dict(device="tpu:9"), None, None, "expected device 'auto' or a usable torch device"),
         (
             dict(),
             lambda X: np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X),
@@ -160,81 +174,37 @@ def test_bad_input_is_refused_before_training(data, kwargs, X_fn, y_fn, match):
         VariationalFlowMixture(**params).fit(X, y)
 
 
-def test_plateau_refinement_never_loses_the_best_held_out_loss(data):
-    # With patience 1 the first phase stops at its first plateau; the second phase goes on from
-    # the best parameters at a tenth of the step size and keeps them unless it does better.
-    # A step size large enough that the held-out loss stalls within the 200 steps.
-    params = {**SMALL, "max_steps": 200, "patience": 1, "random_state": 0, "learning_rate": 1e-2}
-    once = VariationalFlowMixture(2, plateau_lr_factor=None, **params).fit(data[0])
-    twice = VariationalFlowMixture(2, plateau_lr_factor=0.1, **params).fit(data[0])
-    first = once.fit_result_
-    assert first.converged and len(twice.fit_result_.losses) > len(first.losses)
-    assert twice.fit_result_.losses[: len(first.losses)] == first.losses  # same first phase
-    assert twice.fit_result_.best_loss <= first.best_loss
-    assert twice.n_iter_ == twice.fit_result_.num_steps > once.n_iter_
-
-
-def test_a_training_run_is_refined_only_while_it_can_still_be_kept(data, monkeypatch):
-    """Each flow training run gets, as its floor, the best held-out loss of the candidates built
-    before it (Gaussian starts and flows trained earlier); a first pass that ends above the
-    floor skips the refinement at the lower step size."""
-    from pyro_mixflows import _pipeline, _stages
-
-    built, runs = [], []  # runs: (candidates built before, floor, [best loss of each pass])
-    real_candidate, real_train, real_fit = _pipeline.candidate, _stages.train, _stages._fit
-
-    def candidate(*args, **kwargs):
-        built.append(real_candidate(*args, **kwargs))
-        return built[-1]
-
-    def train(vm, split, schedule, floor=None):
-        runs.append((len(built), floor, []))
-        return real_train(vm, split, schedule, floor)
-
-    def fit(*args, **kwargs):
-        result = real_fit(*args, **kwargs)
-        runs[-1][2].append(result.best_loss)
-        return result
-
-    monkeypatch.setattr(_pipeline, "candidate", candidate)
-    monkeypatch.setattr(_stages, "train", train)
-    monkeypatch.setattr(_stages, "_fit", fit)
-    params = {**SMALL, "init": "em", "max_steps": 60, "patience": 1, "learning_rate": 1e-2}
-    # the estimator's flows first, then two weaker ones that end behind them
-    capacities = [{}, {"num_layers": 1, "hidden_dims": (2,)}, {"weight_decay": 1.0}]
-    VariationalFlowMixture(2, random_state=0, capacities=capacities, **params).fit(data[0])
-    assert len(runs) == 3  # one start: its Gaussian, then three flow capacities
-    skipped = 0
-    for n_before, floor, passes in runs:
-        assert floor == min(-float(c.val_log_probs.sum()) for c in built[:n_before])
-        if passes[0] > floor:  # beaten after the first pass: no refinement
-            assert len(passes) == 1
-            skipped += 1
-    assert runs[0][1] == -float(built[0].val_log_probs.sum())  # the first floor: the Gaussian's
-    assert runs[1][1] < runs[0][1]  # later floors include the flows trained before
-    assert skipped >= 1  # the weaker capacities' first passes ended above the floor
-
-
 def test_em_starts_are_not_pretrained(monkeypatch):
     """EM placed the Gaussians of its starts (full or diagonal covariances): flows trained from
     them start there, without a pre-fit to hard labels; partition starts are pre-trained."""
-    from pyro_mixflows import _stages
+    from pyro_mixflows.estimators import _fit
 
     pretrained = []
-    real_pretrain = _stages.pretrain
+    real_race = _fit.race
 
-    def pretrain(vm, x, labels, schedule):
-        pretrained.append(len(x))
-        return real_pretrain(vm, x, labels, schedule)
+    def race(module, x_train, x_val, budget, rivals, pretrain, *args):
+        pretrained.append(list(pretrain))
+        return real_race(module, x_train, x_val, budget, rivals, pretrain, *args)
 
-    monkeypatch.setattr(_stages, "pretrain", pretrain)
+    monkeypatch.setattr(_fit, "race", race)
     rng = np.random.default_rng(0)  # few rows in 12 independent dimensions: diagonal covariances
     X = np.concatenate([rng.normal(size=(60, 12)), rng.normal(size=(60, 12)) + 3.0])
     model = VariationalFlowMixture(2, random_state=0, **{**SMALL, "init": "em"}).fit(X)
     assert [c["start"] for c in model.candidates_] == ["em_diag", "em_diag"]
-    assert pretrained == []
+    assert pretrained == [[0]]
     VariationalFlowMixture(2, random_state=0, **{**SMALL, "init": "kmeans"}).fit(X)
-    assert len(pretrained) == 1
+    assert pretrained[1][0] > 0
+
+
+def test_fit_stats_say_where_the_time_went(fitted):
+    stats = fitted.fit_stats_
+    assert {"prepare", "starts", "train", "total"} <= set(stats["seconds"])
+    assert all(v >= 0 for v in stats["seconds"].values())
+    assert stats["seconds"]["total"] >= stats["seconds"]["train"]
+    assert stats["device"] == "cpu" and stats["budget"]["max_steps"] == SMALL["max_steps"]
+    assert stats["steps"] == sum(c["steps"] for c in fitted.candidates_) > 0
+    trained = [c for c in fitted.candidates_ if c["steps"] > 0]
+    assert all(c["stop"] in ("patience", "cannot win", "max_steps") for c in trained)
 
 
 def test_scoring_errors(fitted, data):
@@ -255,17 +225,12 @@ def test_scoring_errors(fitted, data):
 def test_dirichlet_process_option(data):
     X = data[0]
     model = VariationalFlowMixture(
-        6,
-        weights="dirichlet_process",
-        weight_concentration=0.5,
-        merge=None,
-        random_state=0,
-        **SMALL,
+        6, weights="dirichlet_process", weight_concentration=0.5, random_state=0, **SMALL
     ).fit(X)
     w = model.weights_
-    assert model.n_components_ == 6 and model.merge_groups_ is None
-    assert w.shape == (6,) and w.sum() == pytest.approx(1.0, abs=1e-5)
-    assert 1 <= model.effective_n_components_ <= 6
+    assert model.merge_groups_.shape == (6,) and w.shape == (model.n_components_,)
+    assert w.sum() == pytest.approx(1.0, abs=1e-5)
+    assert 1 <= model.effective_n_components_ <= model.n_components_
     proba = model.predict_proba(X)
     empty = w < 0.01
     assert np.all(proba[:, empty] == 0)
@@ -304,7 +269,3 @@ def test_dirichlet_process_merge_finds_the_clusters_and_round_trips(tmp_path):
         X, np.where(np.arange(len(y)) % 10 == 0, y, -1)
     )
     assert labelled.merge_groups_ is None and labelled.n_components_ == 6
-    with pytest.raises(ValueError, match="merge"):
-        VariationalFlowMixture(6, weights="dirichlet_process", merge="ncut").fit(X)
-    with pytest.raises(ValueError, match="merge_ratio"):
-        VariationalFlowMixture(6, weights="dirichlet_process", merge_ratio=0.0).fit(X)

@@ -10,11 +10,9 @@ from sklearn.datasets import load_iris
 from sklearn.mixture import GaussianMixture
 
 from pyro_mixflows import VariationalFlowMixture
-from pyro_mixflows._stages import Candidate, select
+from pyro_mixflows.estimators._select import Candidate, select
 
-FAST = dict(
-    flow="affine_coupling", num_layers=1, hidden_dims=(8,), max_steps=30, eval_every=10, patience=2
-)
+FAST = dict(flow="affine_coupling", num_layers=1, hidden_dims=(8,), max_steps=30)
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +24,12 @@ def iris():
 def _candidate(lp, start="em", layers=0, trained=False):
     from pyro_mixflows import FlowComponents
 
-    class _Module:  # select reads the flow layers' parameter count only
-        components = FlowComponents(1, 2, num_layers=layers, hidden_dims=(4,))
-
-    return Candidate(start, {"num_layers": layers}, _Module(), object() if trained else None, lp)
+    comps = FlowComponents(1, 2, num_layers=layers, hidden_dims=(4,))
+    size = sum(p.numel() for p in comps.layers.parameters())
+    return Candidate(
+        start, {"num_layers": layers}, None, lp, object() if trained else None,
+        flow_parameters=size,
+    )  # fmt: skip
 
 
 def test_select_never_goes_below_the_gaussian_start():
@@ -120,6 +120,9 @@ def test_no_overfitting_warning_on_a_well_posed_fit(iris):
         (dict(n_init=0), "n_init"),
         (dict(reg_covar=-1.0), "reg_covar"),
         (dict(init="ward"), "expected init in"),
+        (dict(capacities=[{"hidden_dims": 8}]), "hidden_dims to be a sequence"),
+        (dict(weight_concentration=0.0), "weight_concentration > 0"),
+        (dict(verbose="loud"), "verbose to be a bool"),
     ],
 )
 def test_new_options_are_checked_before_work(iris, kwargs, match):

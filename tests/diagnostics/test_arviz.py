@@ -121,7 +121,7 @@ def test_estimator_inference_data_is_in_data_units_and_loo_says_why_not():
     from pyro_mixflows.datasets import make_two_moons
 
     X = make_two_moons(120, seed=0)[0] * 3 + 1  # off the unit scale
-    fast = dict(flow="affine_coupling", max_steps=20, init_steps=10, init="kmeans")
+    fast = dict(flow="affine_coupling", max_steps=20, init="kmeans")
     est = VariationalFlowMixture(2, random_state=0, **fast).fit(X)
     idata = to_inference_data(est, data=X, include_local=True)
     log_density = idata.posterior["log_density"].values[0, 0]

@@ -7,7 +7,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import config_enumerate
 
-from .distributions import FlowMixture
+from ..distributions import FlowMixture
 
 
 def mixture_of(source):

@@ -13,7 +13,7 @@ from pyro_mixflows import VariationalFlowMixture
 from pyro_mixflows.cli import ESTIMATOR_OPTIONS, build_parser, estimator_options, main
 from pyro_mixflows.cli._columns import looks_like_target
 from pyro_mixflows.datasets import make_two_moons
-from tests.test_cli import TINY, fails, read_csv, write_csv
+from tests.cli.test_cli import TINY, fails, read_csv, write_csv
 
 
 def numbers(rng, n: int) -> list[str]:
@@ -135,14 +135,14 @@ def test_options_left_out_keep_the_estimators_defaults():
     for dest in ESTIMATOR_OPTIONS:
         if dest not in ("dp", "quiet", "seed"):  # flags, and the command's own seed 0
             assert getattr(args, dest) is None, dest
-    assert estimator_options(vars(args)) == {"random_state": 0, "progress_bar": True}
+    assert estimator_options(vars(args)) == {"random_state": 0, "verbose": True}
     given = build_parser().parse_args(["fit", "--steps", "20", "--hidden", "8", "--dp", "-q"])
     assert estimator_options(vars(given)) == {
         "max_steps": 20,
         "hidden_dims": (8,),
         "weights": "dirichlet_process",
         "random_state": 0,
-        "progress_bar": False,
+        "verbose": False,
     }
 
 

@@ -1,0 +1,83 @@
+"""Public starts: a Gaussian mixture placed in flow components is exactly that mixture."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.mixture import GaussianMixture
+
+from pyro_mixflows import FlowMixture
+from pyro_mixflows.datasets import make_two_moons
+from pyro_mixflows.diagnostics import adjusted_rand_index
+from pyro_mixflows.starts import (
+    Start,
+    choose_covariance,
+    em_start,
+    kmeans_start,
+    partition_start,
+    spectral_start,
+)
+from pyro_mixflows.starts._partition import knn_affinity, top_eigenvectors
+
+
+@pytest.fixture
+def blobs():
+    rng = np.random.default_rng(0)
+    X = np.concatenate(
+        [rng.normal(size=(80, 3)) @ np.diag([1, 2, 0.5]), rng.normal(size=(60, 3)) + 5]
+    )
+    return torch.as_tensor(X)
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_em_start_placed_in_flows_is_scikit_learns_mixture(blobs, float64, covariance):
+    start = em_start(blobs, 2, covariance=covariance, random_state=0)
+    assert isinstance(start, Start) and start.name == {"full": "em", "diag": "em_diag"}[covariance]
+    gm = GaussianMixture(2, covariance_type=covariance, n_init=5, random_state=0).fit(blobs.numpy())
+    components = start.components(num_layers=2, hidden_dims=(8,))  # flow layers at the identity
+    mixture = FlowMixture(components, logits=start.logits)
+    with torch.no_grad():
+        np.testing.assert_allclose(mixture.log_prob(blobs).numpy(), gm.score_samples(blobs.numpy()),
+                                   rtol=1e-8)  # fmt: skip
+    assert np.array_equal(start.labels.numpy(), gm.predict(blobs.numpy()))
+
+
+def test_spectral_start_follows_the_moons(float64):
+    X, y = make_two_moons(400, seed=0)
+    x = torch.as_tensor((X - X.mean(0)) / X.std(0))
+    start = spectral_start(x, 2, generator=torch.Generator().manual_seed(0))
+    assert adjusted_rand_index(y, start.labels.numpy()) > 0.95
+    km = kmeans_start(x, 2, generator=torch.Generator().manual_seed(0))
+    assert km.name == "kmeans" and adjusted_rand_index(y, km.labels.numpy()) < 0.6
+    # the start's Gaussians are the clusters' moments (plus the ridge)
+    members = x[start.labels == 0]
+    torch.testing.assert_close(start.loc[0], members.mean(0))
+    assert start.weights.sum().item() == pytest.approx(1.0)
+
+
+def test_partition_start_errors(blobs):
+    with pytest.raises(ValueError, match=r"expected labels in \[0, 2\)"):
+        partition_start(blobs, torch.full((len(blobs),), 2), 2)
+    with pytest.raises(ValueError, match=r"expected x \(N, D\) and labels \(N,\)"):
+        partition_start(blobs, torch.zeros(3, dtype=torch.long))
+    start = partition_start(blobs, torch.zeros(len(blobs), dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="expected FlowComponents with 3 components"):
+        start.place(em_start(blobs, 2, random_state=0).components(num_layers=0))
+
+
+def test_covariance_choice(blobs):
+    # elliptical clusters with plenty of rows: full covariances, settled by BIC alone
+    assert choose_covariance(blobs, 2, random_state=0) == "full"
+    rng = np.random.default_rng(1)  # few rows in 12 independent dimensions: diagonal covariances
+    X = np.concatenate([rng.normal(size=(60, 12)), rng.normal(size=(60, 12)) + 3.0])
+    assert choose_covariance(torch.as_tensor(X), 2, random_state=0) == "diag"
+
+
+def test_sparse_eigenvectors_match_the_dense_solver(float64):
+    X, _ = make_two_moons(500, seed=1)
+    W = knn_affinity(torch.as_tensor(X), 10)
+    d = W.sum(1).rsqrt()
+    M = d[:, None] * W * d[None, :]
+    dense = torch.linalg.eigh(M)[1][:, -3:]
+    sparse = top_eigenvectors(M, 3)
+    for k in range(3):  # equal up to sign
+        assert abs(float(dense[:, k] @ sparse[:, k])) == pytest.approx(1.0, abs=1e-6)
