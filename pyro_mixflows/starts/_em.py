@@ -15,6 +15,8 @@ EM_STARTS = {"em": "full", "em_diag": "diag", "em_dp": "full"}
 COVARIANCES = {"full": "em", "diag": "em_diag", "dirichlet_process": "em_dp"}
 # Folds of the cross-validation that picks full or diagonal covariances.
 CV_FOLDS = 5
+# EM restarts of each fold's fits (a comparison of the two covariance types, not the final fit).
+CV_RESTARTS = 1
 # Diagonal covariances win the cross-validation only when their mean held-out log-density is
 # higher by more than this many standard errors of the paired per-row differences.
 CV_STANDARD_ERRORS = 2.0
@@ -120,7 +122,8 @@ def choose_covariance(
     so the cross-validation cannot choose "diag"). Otherwise ``CV_FOLDS``-fold cross-validation:
     every row gets its held-out log-density under both (fitted without its fold); "diag" wins only
     when its mean is higher by more than ``CV_STANDARD_ERRORS`` standard errors of the paired
-    differences. "full" with fewer than ``CV_FOLDS`` * 2K rows or one feature.
+    differences (each fold's mixtures with ``CV_RESTARTS`` EM restarts: they compare two model
+    families). "full" with fewer than ``CV_FOLDS`` * 2K rows or one feature.
     """
     from sklearn.model_selection import KFold
 
@@ -135,9 +138,10 @@ def choose_covariance(
     if full.bic(X) <= diag.bic(X):
         return "full"
     rows = {name: np.empty(len(X)) for name in ("full", "diag")}
+    folds = dict(options, n_init=min(n_init, CV_RESTARTS))
     for train, test in KFold(CV_FOLDS, shuffle=True, random_state=random_state).split(X):
         for name, lp in rows.items():
-            gm = gaussian_mixture(X[train], K, covariance=name, **options)
+            gm = gaussian_mixture(X[train], K, covariance=name, **folds)
             lp[test] = gm.score_samples(X[test])
     diff = rows["diag"] - rows["full"]
     se = diff.std(ddof=1) / math.sqrt(len(diff))
