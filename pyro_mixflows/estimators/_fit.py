@@ -26,7 +26,6 @@ import torch
 from ..diagnostics import adjusted_rand_index
 from ..flows import FlowComponents
 from ..infer import FitResult
-from ..models.dp import density_connected_groups, responsibilities
 from ..models.vmonf import VMoNF
 from ..starts import (
     Start,
@@ -38,14 +37,12 @@ from ..starts import (
 )
 from ..starts._em import COVARIANCES, EM_STARTS, gaussian_mixture, start_from_gaussian_mixture
 from ._candidates import CandidateMixtures
+from ._dp import dp_starts
 from ._select import Candidate, overfit_gap, select
 from ._train import Budget, plan_budget, race, train_vmonf
 
 # Dirichlet-process fits: components with at least this weight are "effective".
 EFFECTIVE_WEIGHT_THRESHOLD = 0.01
-# The DP merge stage joins components whose density bridge is at least this fraction of the
-# sparser one's median density (``density_connected_groups``' ratio).
-MERGE_RATIO = 0.25
 # A partition is "clean" (its clusters are separated by gaps of low density) when its normalized
 # cut per cluster on the 10-nearest-neighbour graph is below this; measured on standardized data:
 # two moons 0.0005, two circles 0.0001, pinwheel (5 arms) 0.008, overlapping blobs 0.016, iris 0.05.
@@ -53,8 +50,6 @@ CLEAN_NCUT_PER_CLUSTER = 0.01
 # The spectral start is not tried when its partition agrees this well (adjusted Rand index) with
 # EM's: the two would train the same flows twice.
 SAME_START_ARI = 0.99
-# Starts that are candidates as Gaussian mixtures only: the Dirichlet-process Gaussian mixture.
-GAUSSIAN_ONLY = ("em_dp",)
 # The Gaussian start itself, as a capacity: no flow layers.
 GAUSSIAN = {"num_layers": 0}
 
@@ -168,37 +163,37 @@ def fit_mixture(X: np.ndarray, y: np.ndarray | None, settings: Settings, seed: i
         pyro.set_rng_seed(seed)
         generator = torch.Generator().manual_seed(int(torch.randint(2**31, ()).item()))
         data = prepare(X, y, settings, generator)
-    K, merge_labels, groups = settings.n_components, None, None
+    K, groups = settings.n_components, None
     dp = settings.weights == "dirichlet_process"
     if dp and not data.semi_supervised:
-        with watch("merge"):
-            merge_labels, K, groups = merge_stage(data, settings, seed, generator)
-    with watch("starts"):
-        starts = make_starts(data, K, settings, generator, seed, merge_labels)
+        with watch("starts"):
+            starts, groups = dp_starts(data.x_train, settings, seed)
+            gaussian_only = {s.name for s in starts[1:]}  # EM's mixture as it is
+    else:
+        gaussian_only = set()
+        with watch("starts"):
+            starts = make_starts(data, K, settings, generator, seed)
     budget = plan_budget(
         int(data.train_mask.sum()),
         max_steps=settings.max_steps,
         batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
     )
-    # The Gaussian starts are candidates as they are, unless something besides the components
-    # needs training: sticks or Dirichlet weights, the amortized classifier, labelled rows.
-    train_gaussian = (
-        settings.weights in ("dirichlet", "dirichlet_process")
-        or settings.assignment == "amortized"
-        or data.semi_supervised
-    )
+    # The Gaussian starts are candidates as they are (their Dirichlet or stick weights are the
+    # conjugate posterior of their partition), unless something besides the components needs
+    # training: the amortized classifier, labelled rows.
+    train_gaussian = settings.assignment == "amortized" or data.semi_supervised
     candidates: list[Candidate] = []
     with watch("gaussians"):
         for start in starts:
-            if start.name in GAUSSIAN_ONLY or not train_gaussian:
+            if start.name in gaussian_only or not train_gaussian:
                 vm = build(data, start.num_components, settings.architecture_of(GAUSSIAN), settings)
                 place(vm, start, settings.weight_concentration)
                 candidates.append(_scored(vm, GAUSSIAN, start.name, data))
     capacities = [c for c in settings.capacities if settings.architecture_of(c)["num_layers"] > 0]
     if train_gaussian or not capacities:
         capacities = [GAUSSIAN, *capacities] if train_gaussian else [GAUSSIAN]
-    trainable = [s for s in starts if s.name not in GAUSSIAN_ONLY]
+    trainable = [s for s in starts if s.name not in gaussian_only]
     with watch("train"):
         for capacity in capacities:
             if capacity is GAUSSIAN and not train_gaussian:
@@ -283,22 +278,16 @@ def em_stage_start(x, K: int, settings: Settings, seed: int, covariance: str) ->
     return start_from_gaussian_mixture(gm, x, COVARIANCES[covariance])
 
 
-def make_starts(
-    data: Data, K: int, settings: Settings, generator, seed: int, merge_labels=None
-) -> list[Start]:
+def make_starts(data: Data, K: int, settings: Settings, generator, seed: int) -> list[Start]:
     """The starts of ``settings.init``, in the order of preference when held-out rows tie.
 
     "auto": EM's Gaussian mixture (full or diagonal covariances, ``choose_covariance``), and before
     it the spectral partition when that one is clean (``CLEAN_NCUT_PER_CLUSTER``: clusters apart by
     low-density gaps, where EM cuts curved clusters wrongly) and differs from EM's
     (``SAME_START_ARI``). Labelled rows or a DP fit: a partition start only ("auto" and "em" mean
-    "spectral" there). ``merge_labels``: the DP merge stage's groups (then the DP Gaussian mixture
-    is a second, Gaussian-only start).
+    "spectral" there).
     """
     x = data.x_train
-    if merge_labels is not None:
-        dp_gauss = em_stage_start(x, settings.n_components, settings, seed, "dirichlet_process")
-        return [partition_start(x, merge_labels(x), K, name="merge"), dp_gauss]
     y = data.y_train
     semi = data.semi_supervised
     dp = settings.weights == "dirichlet_process"
@@ -477,35 +466,3 @@ def _history(entry, n_val: int) -> FitResult:
         num_steps=entry.steps,
         stop_reason=entry.stop or "num_steps",
     )
-
-
-def merge_stage(data: Data, settings: Settings, seed: int, generator):
-    """Dirichlet-process fits: a DP mixture of T Gaussians (affine components, T the truncation)
-    from a T-way spectral start, then its components' density-connected groups.
-
-    Returns a function from standardized rows to group labels, the number of components of the
-    final fit (the number of groups, at least 2 for the truncation), and the groups (T,).
-    """
-    T = settings.n_components
-    stage = replace(settings, capacities=[GAUSSIAN], init="spectral")
-    start = make_starts(data, T, stage, generator, seed)[0]
-    vm = build(data, T, stage.architecture_of(GAUSSIAN), stage)
-    place(vm, start, stage.weight_concentration)
-    budget = plan_budget(
-        int(data.train_mask.sum()), max_steps=settings.max_steps, batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-    )  # fmt: skip
-    train_vmonf(vm, data.x_train, None, data.x_val, budget, start.labels,
-                _progress(settings, "Dirichlet-process Gaussians"))  # fmt: skip
-    weights = vm.weight_logits_estimate().exp().detach()
-    groups = density_connected_groups(
-        vm.components, weights, data.xs, threshold=EFFECTIVE_WEIGHT_THRESHOLD, ratio=MERGE_RATIO,
-        generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
-
-    @torch.no_grad()
-    def labels(x: torch.Tensor) -> torch.Tensor:
-        r = responsibilities(vm.components, weights.to(x.device), x, EFFECTIVE_WEIGHT_THRESHOLD)
-        return groups.to(x.device)[r.argmax(-1)]
-
-    return labels, max(2, int(groups.max()) + 1), groups.cpu().numpy()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._em import choose_covariance, em_start
+from ._em import choose_covariance, choose_num_components, em_start
 from ._kmeans import kmeans
 from ._partition import (
     INIT_METHODS,
@@ -40,6 +40,7 @@ __all__ = [
     "INIT_METHODS",
     "Start",
     "choose_covariance",
+    "choose_num_components",
     "eigengap_num_clusters",
     "em_start",
     "initial_labels",

@@ -146,3 +146,54 @@ def choose_covariance(
     diff = rows["diag"] - rows["full"]
     se = diff.std(ddof=1) / math.sqrt(len(diff))
     return "diag" if diff.mean() > CV_STANDARD_ERRORS * se else "full"
+
+
+# The scan of ``choose_num_components`` stops for a covariance type once this many consecutive K
+# have scored below its best so far.
+SCAN_PATIENCE = 3
+
+
+def choose_num_components(
+    x: torch.Tensor,
+    max_components: int,
+    *,
+    n_init: int = 5,
+    reg_covar: float = 1e-6,
+    random_state: int | None = None,
+) -> tuple[int, str]:
+    """The number of Gaussian components, and their covariance type, that predict held-out rows
+    best: a held-out choice of K for the Dirichlet-process option.
+
+    For K = 1, 2, ... up to ``max_components``, with full and diagonal covariances, every row of
+    x (N, D) gets its held-out log-density under EM's mixture fitted without its fold
+    (``CV_FOLDS`` folds, ``CV_RESTARTS`` restarts); the (K, covariance) of the best mean is kept, as
+    ``select_n_components`` keeps the K of the best cross-validated score. A covariance type's scan
+    stops once ``SCAN_PATIENCE`` consecutive K have scored below its best so far.
+
+    Returns:
+        ``(K, covariance)``.
+    """
+    from sklearn.model_selection import KFold
+
+    X = _numpy(x)
+    N, D = X.shape
+    folds = list(KFold(min(CV_FOLDS, N), shuffle=True, random_state=random_state).split(X))
+    options = dict(n_init=min(n_init, CV_RESTARTS), reg_covar=reg_covar, random_state=random_state)
+    rows: dict[tuple[int, str], np.ndarray] = {}
+    for covariance in ("full", "diag") if D > 1 else ("full",):
+        best, behind = -np.inf, 0
+        for K in range(1, max_components + 1):
+            if min(len(train) for train, _ in folds) < 2 * K:
+                break
+            lp = np.empty(N)
+            for train, test in folds:
+                gm = gaussian_mixture(X[train], K, covariance=covariance, **options)
+                lp[test] = gm.score_samples(X[test])
+            rows[K, covariance] = lp
+            if lp.mean() > best:
+                best, behind = lp.mean(), 0
+            else:
+                behind += 1
+                if behind >= SCAN_PATIENCE:
+                    break
+    return max(rows, key=lambda key: (rows[key].mean(), -key[0]))

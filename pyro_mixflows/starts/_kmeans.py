@@ -1,4 +1,4 @@
-"""k-means++ with restarts, in torch, for placing mixture components before training."""
+"""k-means++ with restarts (scikit-learn's ``KMeans``) on torch tensors."""
 
 from __future__ import annotations
 
@@ -13,40 +13,29 @@ def kmeans(
     max_iter: int = 100,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's algorithm from k-means++ seeds; the best of ``n_init`` runs by inertia.
+    """Lloyd's algorithm from k-means++ seeds; the best of ``n_init`` runs by inertia
+    (scikit-learn's ``KMeans``; its seed drawn from ``generator``).
 
     Args:
         x: points, (N, D).
         num_clusters: K <= N.
 
     Returns:
-        ``(centers, labels)``: (K, D) and (N,).
+        ``(centers, labels)``: (K, D) and (N,), on x's device, centers in x's dtype.
+
+    Example::
+
+        >>> centers, labels = kmeans(torch.randn(100, 2), 3, generator=torch.Generator().manual_seed(0))
+        >>> centers.shape, labels.shape
+        (torch.Size([3, 2]), torch.Size([100]))
     """
+    from sklearn.cluster import KMeans
+
     N = x.shape[0]
     if num_clusters > N:
         raise ValueError(f"expected at most N={N} clusters, got {num_clusters}")
-    best = None
-    for _ in range(n_init):
-        first = torch.randint(N, (1,), generator=generator).item()
-        centers = x[first : first + 1]
-        for _ in range(1, num_clusters):
-            d2 = torch.cdist(x, centers).square().min(1).values
-            probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1.0 / N)
-            nxt = torch.multinomial(probs.cpu().float(), 1, generator=generator).item()
-            centers = torch.cat([centers, x[nxt : nxt + 1]])
-        for _ in range(max_iter):
-            labels = torch.cdist(x, centers).argmin(1)
-            new = torch.stack(
-                [
-                    x[labels == k].mean(0) if (labels == k).any() else centers[k]
-                    for k in range(num_clusters)
-                ]
-            )
-            if torch.allclose(new, centers):
-                break
-            centers = new
-        labels = torch.cdist(x, centers).argmin(1)
-        inertia = (x - centers[labels]).square().sum()
-        if best is None or inertia < best[0]:
-            best = (inertia, centers, labels)
-    return best[1], best[2]
+    seed = int(torch.randint(2**31 - 1, (), generator=generator))
+    X = x.detach().cpu().to(torch.float64).numpy()
+    fitted = KMeans(num_clusters, n_init=n_init, max_iter=max_iter, random_state=seed).fit(X)
+    centers = torch.as_tensor(fitted.cluster_centers_, dtype=x.dtype, device=x.device)
+    return centers, torch.as_tensor(fitted.labels_, dtype=torch.long, device=x.device)

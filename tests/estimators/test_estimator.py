@@ -249,17 +249,21 @@ def _blobs(n=150, seed=0):
 
 def test_dirichlet_process_merge_finds_the_clusters_and_round_trips(tmp_path):
     X, y = _blobs()
-    model = VariationalFlowMixture(
-        6, weights="dirichlet_process", random_state=0, **{**SMALL, "max_steps": 60}
-    ).fit(X)
-    groups = model.merge_groups_
-    assert groups.shape == (6,) and set(groups[groups >= 0].tolist()) == {0, 1}
-    assert (groups >= 0).sum() > 2  # the first stage split the two blobs into several pieces
+    fits = [
+        VariationalFlowMixture(T, weights="dirichlet_process", random_state=0, **SMALL).fit(X)
+        for T in (4, 8)
+    ]
+    model = fits[0]
+    groups = model.merge_groups_  # the cluster of every Gaussian piece the held-out rows chose
+    assert set(groups.tolist()) == {0, 1}
     assert model.n_components_ == 2 and model.weights_.shape == (2,)
     assert model.effective_n_components_ == 2
     assert model.num_layers_ in (0, SMALL["num_layers"])
     assert np.isfinite(model.validation_log_likelihood_)
     assert adjusted_rand_index(y, model.predict(X)) == 1.0
+    # the truncation caps the pieces, it does not set their number
+    assert np.array_equal(fits[1].merge_groups_, groups)
+    assert np.array_equal(fits[1].predict(X), model.predict(X))
     model.save(tmp_path / "dp.pt")
     loaded = VariationalFlowMixture.load(tmp_path / "dp.pt")
     assert loaded.n_components_ == 2 and loaded.num_layers_ == model.num_layers_

@@ -81,3 +81,14 @@ def test_sparse_eigenvectors_match_the_dense_solver(float64):
     sparse = top_eigenvectors(M, 3)
     for k in range(3):  # equal up to sign
         assert abs(float(dense[:, k] @ sparse[:, k])) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_number_of_components_by_held_out_likelihood():
+    from pyro_mixflows.starts import choose_num_components
+
+    rng = np.random.default_rng(0)
+    centers = np.array([[0, 0], [8, 0], [0, 8]])
+    X = np.concatenate([rng.normal(size=(80, 2)) + c for c in centers])
+    K, covariance = choose_num_components(torch.as_tensor(X), 8, random_state=0)
+    assert K == 3 and covariance in ("full", "diag")
+    assert choose_num_components(torch.as_tensor(X), 2, random_state=0)[0] == 2  # the cap holds
