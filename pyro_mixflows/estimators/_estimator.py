@@ -96,6 +96,10 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
             "budget": {...}, "steps": total training steps}``.
         fit_result_: the kept candidate's training history (``FitResult``; None when the kept
             model was not trained, e.g. EM's Gaussian mixture).
+        clusters_from_: "flows", or "gaussian start" where the kept flows moved the core of a
+            cluster into another component: ``predict`` then reports the Gaussian start's
+            clusters (with a warning); ``core_agreement_`` is the share of the start's confidently
+            assigned training rows that the flows keep in their component (NaN for a Gaussian).
         converged_: whether training stopped on the held-out criterion (``n_iter_`` steps).
         lower_bound_: the final log-likelihood (or ELBO) per training row, in data units.
         validation_log_likelihood_: held-out log-likelihood per row of the fitted model.
@@ -249,6 +253,9 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         self.lower_bound_ = outcome.lower_bound
         self.validation_log_likelihood_ = outcome.validation_log_likelihood
         self.merge_groups_ = outcome.merge_groups
+        self.cluster_module_ = outcome.cluster_module
+        self.clusters_from_ = "flows" if outcome.cluster_module is None else "gaussian start"
+        self.core_agreement_ = outcome.core_agreement
         self.fit_stats_ = {
             "seconds": dict(outcome.seconds),
             "device": str(settings.device),
@@ -258,6 +265,15 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         with torch.no_grad():
             self.labels_ = self._proba(self._standardize(X)).argmax(-1).cpu().numpy()
         _warn_overfit(*outcome.overfit_gap, D)
+        if self.cluster_module_ is not None:
+            warnings.warn(
+                f"the flows moved the cores of clusters between components (only "
+                f"{self.core_agreement_:.0%} of the rows the Gaussian start assigns confidently "
+                "keep their component): predict and predict_proba report the Gaussian start's "
+                "clusters (clusters_from_ = 'gaussian start'); score_samples is the flows' "
+                "density, and mixture_.responsibilities gives the flows' own clusters",
+                stacklevel=2,
+            )
         if self.weights != "dirichlet_process":
             _warn_dead_components(self.weights_, self.labels_)
         return self
@@ -324,14 +340,18 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """p(k | x) under the fitted mixture: (N, D) -> (N, K).
 
-        For a Dirichlet-process fit, components below the effective-weight threshold get
+        Where the kept flows took the core of one cluster into another component
+        (``clusters_from_ == "gaussian start"``), these are the Gaussian start's responsibilities
+        (its components are the flows' starting points, component for component). For a
+        Dirichlet-process fit, components below the effective-weight threshold get
         probability 0 and the rest are renormalized, so no point lands on an empty component.
         """
         return self._proba(self._check_X(X)).cpu().numpy()
 
     def _proba(self, xs: torch.Tensor) -> torch.Tensor:
         """``predict_proba`` on standardized rows: (N, D) -> (N, K)."""
-        mixture = self.mixture_
+        cluster_module = getattr(self, "cluster_module_", None)
+        mixture = self.mixture_ if cluster_module is None else cluster_module.mixture()
         joint = mixture.logits + mixture.component_log_probs(xs)  # (N, K)
         if self.weights == "dirichlet_process":
             keep = torch.as_tensor(self.weights_ >= EFFECTIVE_WEIGHT_THRESHOLD, device=joint.device)

@@ -16,6 +16,7 @@ into its fitted attributes. The stages:
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field, replace
 
@@ -136,6 +137,8 @@ class Outcome:
     validation_log_likelihood: float
     overfit_gap: tuple[float, float]
     merge_groups: np.ndarray | None
+    cluster_module: VMoNF | None  # the Gaussian start whose clusters ``predict`` reports, or None
+    core_agreement: float
     seconds: dict[str, float]
     budget: dict
 
@@ -206,6 +209,14 @@ def fit_mixture(X: np.ndarray, y: np.ndarray | None, settings: Settings, seed: i
         chosen = select(candidates, [s.name for s in starts])
         vm = chosen.module
         gap = overfit_gap(vm.mixture(), data.x_train, data.x_val)  # before any refit
+        cluster_module, agreement = None, math.nan
+        start_gaussian = next(
+            (c for c in candidates if c.gaussian and c.start == chosen.start), None
+        )
+        if not chosen.gaussian and start_gaussian is not None:
+            agreement = core_agreement(vm, start_gaussian.module, data.x_train)
+            if agreement < CORE_AGREEMENT:  # a flow took the core of another's cluster
+                cluster_module = start_gaussian.module.eval()
     if chosen.result is None and chosen.start in EM_STARTS and len(data.val_idx) > 0:
         with watch("refit"):  # the kept Gaussian is EM's: refit on every row, as GaussianMixture
             start = em_stage_start(data.xs, chosen.module.components.num_components, settings,
@@ -238,12 +249,32 @@ def fit_mixture(X: np.ndarray, y: np.ndarray | None, settings: Settings, seed: i
         validation_log_likelihood=chosen.validation_log_likelihood - log_scale,
         overfit_gap=gap,
         merge_groups=groups,
+        cluster_module=cluster_module,
+        core_agreement=agreement,
         seconds=watch.seconds,
         budget=budget.describe(),
     )
 
 
 COVARIANCE_OF = {name: cov for cov, name in COVARIANCES.items()}
+# Kept flows report their own clusters when at least this share of the training rows that their
+# Gaussian start assigns confidently (responsibility >= CONFIDENT) keep that start's component.
+CORE_AGREEMENT = 0.9
+CONFIDENT = 0.9
+
+
+@torch.no_grad()
+def core_agreement(flows: VMoNF, gaussian: VMoNF, x: torch.Tensor) -> float:
+    """The share of the rows x (N, D) that the Gaussian start assigns confidently (responsibility
+    at least ``CONFIDENT``) which the flows assign to the same component. Flows start from that
+    Gaussian mixture, component for component: they refine its clusters where this is high, and
+    a component has taken the core of another's cluster where it is low."""
+    r = gaussian.mixture().responsibilities(x)  # (N, K)
+    confident = r.max(-1).values >= CONFIDENT
+    if not bool(confident.any()):
+        return 1.0
+    same = flows.mixture().responsibilities(x).argmax(-1) == r.argmax(-1)
+    return float(same[confident].float().mean())
 
 
 def prepare(X: np.ndarray, y, settings: Settings, generator: torch.Generator) -> Data:

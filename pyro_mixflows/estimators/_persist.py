@@ -44,6 +44,9 @@ def save(est, path: str | os.PathLike) -> None:
         "mean": est._mean.cpu(),
         "scale": est._scale.cpu(),
         "module": {k: v.cpu() for k, v in est.module_.state_dict().items()},
+        "cluster_module": None
+        if est.cluster_module_ is None
+        else {k: v.cpu() for k, v in est.cluster_module_.state_dict().items()},
         "fitted": plain(
             {
                 "n_components_": int(est.n_components_),
@@ -57,6 +60,8 @@ def save(est, path: str | os.PathLike) -> None:
                 "validation_log_likelihood_": float(est.validation_log_likelihood_),
                 "labels_": est.labels_,
                 "merge_groups_": est.merge_groups_,
+                "clusters_from_": est.clusters_from_,
+                "core_agreement_": float(est.core_agreement_),
                 "fit_stats_": est.fit_stats_,
                 "fit_result_": None if result is None else dataclasses.asdict(result),
             }
@@ -111,4 +116,9 @@ def load(cls, path: str | os.PathLike, device=None):
     vm = model._build(model.n_features_in_, model.n_components_, model.capacity_)
     vm.load_state_dict(state["module"])
     model.module_ = vm.to(device).eval()
+    model.cluster_module_ = None
+    if state.get("cluster_module") is not None:  # the Gaussian start whose clusters it reports
+        gaussian = model._build(model.n_features_in_, model.n_components_, {"num_layers": 0})
+        gaussian.load_state_dict(state["cluster_module"])
+        model.cluster_module_ = gaussian.to(device).eval()
     return model
