@@ -16,7 +16,8 @@ from ..distributions import FlowMixture
 from ..flows import RescaledComponents
 from ..models.vmonf import VMoNF
 from . import _persist
-from ._fit import EFFECTIVE_WEIGHT_THRESHOLD, Settings, fit_mixture
+from ._data import Settings
+from ._fit import EFFECTIVE_WEIGHT_THRESHOLD, fit_mixture
 from ._params import check_params, check_y
 
 # A component is reported dead when its weight falls below this fraction of 1/K.

@@ -18,14 +18,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyro
 import torch
 
 from ..diagnostics import adjusted_rand_index
-from ..flows import FlowComponents
 from ..infer import FitResult
 from ..models.vmonf import VMoNF
 from ..starts import (
@@ -37,10 +36,11 @@ from ..starts import (
     partition_start,
 )
 from ..starts._em import COVARIANCES, EM_STARTS, gaussian_mixture, start_from_gaussian_mixture
-from ._candidates import CandidateMixtures
+from ._capacity import GAUSSIAN, build, place, scored, train_capacity
+from ._data import Data, Settings, prepare
 from ._dp import dp_starts
 from ._select import Candidate, overfit_gap, select
-from ._train import Budget, plan_budget, race, train_vmonf
+from ._train import plan_budget
 
 # Dirichlet-process fits: components with at least this weight are "effective".
 EFFECTIVE_WEIGHT_THRESHOLD = 0.01
@@ -51,72 +51,6 @@ CLEAN_NCUT_PER_CLUSTER = 0.01
 # The spectral start is not tried when its partition agrees this well (adjusted Rand index) with
 # EM's: the two would train the same flows twice.
 SAME_START_ARI = 0.99
-# The Gaussian start itself, as a capacity: no flow layers.
-GAUSSIAN = {"num_layers": 0}
-
-
-@dataclass
-class Settings:
-    """The estimator's parameters as the stages read them."""
-
-    n_components: int
-    architecture: dict  # flow, num_layers, hidden_dims, count_bins
-    capacities: list[dict]
-    weights: str = "learned"
-    weight_concentration: float = 1.0
-    assignment: str = "enumerate"
-    init: str = "auto"
-    n_init: int = 5
-    reg_covar: float = 1e-6
-    max_steps: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    validation_fraction: float = 0.1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    verbose: bool = False
-
-    def architecture_of(self, capacity: dict) -> dict:
-        """The constructor's architecture with a capacity's overrides."""
-        arch = dict(self.architecture)
-        arch.update({k: v for k, v in capacity.items() if k in arch})
-        arch["hidden_dims"] = tuple(arch["hidden_dims"])
-        return arch
-
-
-@dataclass
-class Data:
-    """Standardized rows and which of them are held out.
-
-    Attributes:
-        mean, scale: (D,) the training rows' per-feature mean and standard deviation.
-        xs: all rows standardized, (N, D).
-        train_mask: (N,) bool, True for the training rows.
-        val_idx: (n_val,) indices of the held-out rows (unlabelled rows only).
-        y: (N,) long labels (-1 = unlabelled) or None.
-    """
-
-    mean: torch.Tensor
-    scale: torch.Tensor
-    xs: torch.Tensor
-    train_mask: torch.Tensor
-    val_idx: torch.Tensor
-    y: torch.Tensor | None
-
-    @property
-    def x_train(self) -> torch.Tensor:
-        return self.xs[self.train_mask]
-
-    @property
-    def x_val(self) -> torch.Tensor:
-        return self.xs[self.val_idx]
-
-    @property
-    def y_train(self) -> torch.Tensor | None:
-        return None if self.y is None else self.y[self.train_mask]
-
-    @property
-    def semi_supervised(self) -> bool:
-        return self.y is not None and bool((self.y >= 0).any())
 
 
 @dataclass
@@ -192,7 +126,7 @@ def fit_mixture(X: np.ndarray, y: np.ndarray | None, settings: Settings, seed: i
             if start.name in gaussian_only or not train_gaussian:
                 vm = build(data, start.num_components, settings.architecture_of(GAUSSIAN), settings)
                 place(vm, start, settings.weight_concentration)
-                candidates.append(_scored(vm, GAUSSIAN, start.name, data))
+                candidates.append(scored(vm, GAUSSIAN, start.name, data))
     capacities = [c for c in settings.capacities if settings.architecture_of(c)["num_layers"] > 0]
     if train_gaussian or not capacities:
         capacities = [GAUSSIAN, *capacities] if train_gaussian else [GAUSSIAN]
@@ -277,30 +211,6 @@ def core_agreement(flows: VMoNF, gaussian: VMoNF, x: torch.Tensor) -> float:
     return float(same[confident].float().mean())
 
 
-def prepare(X: np.ndarray, y, settings: Settings, generator: torch.Generator) -> Data:
-    """Standardize X (N, D) per feature and hold out ``validation_fraction`` of the unlabelled
-    rows (at least one row stays in training)."""
-    device = settings.device
-    x = torch.as_tensor(X, dtype=torch.get_default_dtype(), device=device)
-    N, D = x.shape
-    mean = x.mean(0)
-    scale = x.std(0) if N > 1 else torch.ones(D, dtype=x.dtype, device=device)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    xs = (x - mean) / scale
-    perm = torch.randperm(N, generator=generator).to(device)
-    labelled = torch.zeros(N, dtype=torch.bool, device=device)
-    y_t = None
-    if y is not None:
-        y_t = torch.as_tensor(y, device=device)
-        labelled = y_t >= 0
-    unlabelled = perm[~labelled[perm]]
-    n_val = min(int(settings.validation_fraction * N), max(0, len(unlabelled) - 1))
-    val_idx = unlabelled[:n_val]
-    train_mask = torch.ones(N, dtype=torch.bool, device=device)
-    train_mask[val_idx] = False
-    return Data(mean, scale, xs, train_mask, val_idx, y_t)
-
-
 def em_stage_start(x, K: int, settings: Settings, seed: int, covariance: str) -> Start:
     gm = gaussian_mixture(
         x, K, covariance=covariance, n_init=settings.n_init, reg_covar=settings.reg_covar,
@@ -350,150 +260,3 @@ def make_starts(data: Data, K: int, settings: Settings, generator, seed: int) ->
         rank[counts.argsort(descending=True, stable=True)] = torch.arange(K, device=counts.device)
         labels = rank[labels]
     return [partition_start(x, labels, K, name=init)]
-
-
-def build(data: Data, K: int, arch: dict, settings: Settings) -> VMoNF:
-    """A ``VMoNF`` of K components (full affine maps under ``arch``'s flow layers)."""
-    components = FlowComponents(K, data.xs.shape[1], affine="full", **arch)
-    vm = VMoNF(
-        components,
-        weights=settings.weights,
-        concentration=settings.weight_concentration,
-        assignment=settings.assignment,
-    )
-    return vm.to(device=data.xs.device, dtype=data.xs.dtype)
-
-
-def place(vm: VMoNF, start: Start, concentration: float) -> None:
-    """Set the components' affine maps and the mixture weights of ``vm`` from a start.
-
-    Weights: "learned" logits = log weights; "dirichlet" q = Dirichlet(alpha + n_k); Dirichlet
-    process: q(v) = the sticks' conjugate posterior given the start's labels,
-    Beta(1 + n_k, alpha + n_{k+1} + ... + n_K) (a small alpha puts the prior's sticks so close
-    to 1 that float32 draws and their gradients break).
-    """
-    start.place(vm.components)
-    K = start.num_components
-    counts = torch.bincount(start.labels, minlength=K).to(start.loc.dtype)
-    with torch.no_grad():
-        if vm.weights == "learned":
-            vm.weight_logits.copy_(start.logits)
-        elif vm.weights == "dirichlet":
-            vm.weight_concentration_q = concentration + counts
-        elif vm.weights == "dirichlet_process":
-            after = counts.flip(0).cumsum(0).flip(0)[1:]  # n_{k+1} + ... + n_K for k < K
-            vm.stick_a = 1.0 + counts[:-1]
-            vm.stick_b = (concentration + after).clamp_min(1.0)
-
-
-def flow_parameters(vm: VMoNF) -> int:
-    return sum(p.numel() for p in vm.components.layers.parameters())
-
-
-@torch.no_grad()
-def _scored(vm: VMoNF, capacity: dict, name: str, data: Data, **fields) -> Candidate:
-    vm.eval()
-    x_val = data.x_val
-    lp = vm.mixture().log_prob(x_val) if len(x_val) else x_val.new_zeros(0)
-    return Candidate(name, dict(capacity), vm, lp, flow_parameters=flow_parameters(vm), **fields)
-
-
-def _batched(settings: Settings) -> bool:
-    """Whether the candidates train side by side (``CandidateMixtures``): point-estimate or fixed
-    weights and z summed out in the model."""
-    return settings.weights in ("learned", "uniform") and settings.assignment == "enumerate"
-
-
-def _progress(settings: Settings, what: str) -> bool | str:
-    return what if settings.verbose else False
-
-
-def train_capacity(
-    data: Data,
-    starts: list[Start],
-    capacity: dict,
-    settings: Settings,
-    budget: Budget,
-    built: list[Candidate],
-) -> list[Candidate]:
-    """The flows of one capacity trained from every start: one batched race when the settings
-    allow it (``_batched``), else one ``VMoNF`` per start."""
-    if not starts:
-        return []
-    arch = settings.architecture_of(capacity)
-    K = starts[0].num_components
-    y_train = data.y_train
-    n_train = int(data.train_mask.sum())
-    final = torch.full((n_train,), -1, dtype=torch.long, device=data.xs.device)
-    if y_train is not None:
-        final = torch.where(y_train >= 0, y_train, final)
-    pretrain = [0 if s.name in EM_STARTS else budget.pretrain_steps for s in starts]
-    if not _batched(settings):
-        found = []
-        for start, steps in zip(starts, pretrain, strict=True):
-            vm = build(data, K, arch, settings)
-            place(vm, start, settings.weight_concentration)
-            labels = torch.where(final >= 0, final, start.labels) if steps else None
-            result = train_vmonf(
-                vm, data.x_train, y_train, data.x_val, budget, labels,
-                _progress(settings, f"{start.name} start, {_describe(arch)}"),
-            )  # fmt: skip
-            stop = "patience" if result.converged else "max_steps"
-            found.append(
-                _scored(
-                    vm, capacity, start.name, data, result=result, steps=result.num_steps, stop=stop
-                )  # fmt: skip
-            )
-        return found
-    C = len(starts)
-    components = FlowComponents(C * K, data.xs.shape[1], affine="full", **arch)
-    components = components.to(device=data.xs.device, dtype=data.xs.dtype)
-    components.set_gaussian(
-        torch.cat([s.loc for s in starts]), torch.cat([s.scale_tril for s in starts])
-    )
-    learned = settings.weights == "learned"
-    logits = torch.stack([s.logits for s in starts]) if learned else torch.zeros(C, K)
-    labels = torch.stack(
-        [torch.where(final >= 0, final, s.labels) if p else final for s, p in zip(starts, pretrain, strict=True)]
-    )  # fmt: skip
-    module = CandidateMixtures(components, C, logits.to(data.xs), labels, learn_weights=learned)
-    rivals = [(c.val_log_probs, c.gaussian) for c in built]
-    entries = race(
-        module, data.x_train, data.x_val, budget, rivals, pretrain, final.expand(C, -1),
-        _progress(settings, f"{_describe(arch)} from {', '.join(s.name for s in starts)}"),
-    )  # fmt: skip
-    found = []
-    for start, entry in zip(starts, entries, strict=True):
-        vm = build(data, K, arch, settings)
-        with torch.no_grad():
-            for name, p in vm.components.named_parameters():
-                p.copy_(entry.best_state[name])
-            if learned:
-                vm.weight_logits.copy_(entry.best_state["logits"])
-        result = _history(entry, len(data.val_idx))
-        found.append(
-            _scored(
-                vm, capacity, start.name, data, result=result, steps=entry.steps, stop=entry.stop
-            )  # fmt: skip
-        )
-    return found
-
-
-def _describe(arch: dict) -> str:
-    return f"{arch['num_layers']} {arch['flow']} layers {tuple(arch['hidden_dims'])}"
-
-
-def _history(entry, n_val: int) -> FitResult:
-    """A ``FitResult`` of one raced candidate (held-out losses as sums over the held-out rows)."""
-    steps = [s for s, _ in entry.history]
-    val = [-m * max(n_val, 1) for _, m in entry.history]
-    return FitResult(
-        losses=list(entry.losses),
-        val_losses=val,
-        val_steps=steps,
-        best_step=entry.best_step,
-        best_loss=-entry.best_mean * max(n_val, 1) if entry.best_lp is not None else None,
-        converged=entry.stop in ("patience", "cannot win"),
-        num_steps=entry.steps,
-        stop_reason=entry.stop or "num_steps",
-    )

@@ -177,16 +177,16 @@ def test_bad_input_is_refused_before_training(data, kwargs, X_fn, y_fn, match):
 def test_em_starts_are_not_pretrained(monkeypatch):
     """EM placed the Gaussians of its starts (full or diagonal covariances): flows trained from
     them start there, without a pre-fit to hard labels; partition starts are pre-trained."""
-    from pyro_mixflows.estimators import _fit
+    from pyro_mixflows.estimators import _capacity
 
     pretrained = []
-    real_race = _fit.race
+    real_race = _capacity.race
 
     def race(module, x_train, x_val, budget, rivals, pretrain, *args):
         pretrained.append(list(pretrain))
         return real_race(module, x_train, x_val, budget, rivals, pretrain, *args)
 
-    monkeypatch.setattr(_fit, "race", race)
+    monkeypatch.setattr(_capacity, "race", race)
     rng = np.random.default_rng(0)  # few rows in 12 independent dimensions: diagonal covariances
     X = np.concatenate([rng.normal(size=(60, 12)), rng.normal(size=(60, 12)) + 3.0])
     model = VariationalFlowMixture(2, random_state=0, **{**SMALL, "init": "em"}).fit(X)
