@@ -41,8 +41,9 @@ SLOPE_WINDOW = 3
 # patience windows at their recent rates.
 CATCH_UP_PATIENCES = 2
 # The last candidate running, once it stops improving, goes on from its best state for another
-# patience window at this fraction of the step size.
+# patience window at this fraction of the step size (minibatches: their noise sets the plateau).
 REFINE_LR_FACTOR = 0.1
+REFINE = {"full": False, "minibatch": True}
 
 
 @dataclass
@@ -130,6 +131,7 @@ class Race:
 
     def __init__(self, module, x_val, budget: Budget, rivals, pretrain, final_labels) -> None:
         self.module = module
+        self.mode = "full" if budget.batch_size is None else "minibatch"
         self.optim = None  # the driver's pyro.optim optimizer (its step size is lowered to refine)
         self.x_val = x_val
         self.budget = budget
@@ -193,7 +195,7 @@ class Race:
             return None
         trained = step - entry.pretrain
         if step - entry.best_step >= self.budget.patience and trained > 0:
-            alone = len(self.active) == 1 and self.optim is not None
+            alone = len(self.active) == 1 and self.optim is not None and REFINE[self.mode]
             return "refine" if alone and not entry.refined else "patience"
         if trained < self.budget.probe_steps:
             return None
