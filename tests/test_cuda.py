@@ -111,3 +111,22 @@ def test_dirichlet_process_merge_on_cuda():
     assert model.n_components_ == 2 and model.effective_n_components_ == 2
     assert next(model.module_.parameters()).device.type == "cuda"
     assert np.isfinite(model.score_samples(X)).all()
+
+
+def test_the_estimator_trains_its_candidates_on_cuda_by_default(tmp_path):
+    import numpy as np
+
+    from pyro_mixflows import VariationalFlowMixture
+    from pyro_mixflows.datasets import make_two_moons
+
+    X, _ = make_two_moons(400, seed=0)
+    model = VariationalFlowMixture(2, random_state=0, max_steps=60).fit(X)  # device="auto"
+    assert model.fit_stats_["device"].startswith("cuda")
+    assert next(model.module_.parameters()).device.type == "cuda"
+    assert sum(c["steps"] for c in model.candidates_) > 0
+    assert np.isfinite(model.score_samples(X)).all() and model.predict(X).shape == (400,)
+    model.save(tmp_path / "m.pt")
+    on_cpu = VariationalFlowMixture.load(tmp_path / "m.pt", device="cpu")
+    np.testing.assert_allclose(
+        on_cpu.score_samples(X), model.score_samples(X), rtol=1e-4, atol=1e-4
+    )

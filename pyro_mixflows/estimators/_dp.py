@@ -56,9 +56,9 @@ def ridgeline_log_dips(start: Start, num_points: int = RIDGE_POINTS) -> torch.Te
     """For every pair of the start's Gaussians, the lowest log-density of their two-piece mixture on
     their ridgeline minus the lower of its two ends: (K, K), 0 on the diagonal (<= 0; 0 where the
     pair is unimodal along the ridgeline)."""
-    loc = start.loc.detach().to(torch.float64)
-    tril = start.scale_tril.detach().to(torch.float64)
-    log_w = start.weights.detach().to(torch.float64).clamp_min(1e-300).log()
+    loc = start.loc.detach().cpu().to(torch.float64)  # K x K small solves: on the CPU
+    tril = start.scale_tril.detach().cpu().to(torch.float64)
+    log_w = start.weights.detach().cpu().to(torch.float64).clamp_min(1e-300).log()
     K = loc.shape[0]
     precision = torch.cholesky_inverse(tril)  # (K, D, D)
     alpha = torch.linspace(0, 1, num_points, dtype=torch.float64)[:, None, None]  # (M, 1, 1)
