@@ -127,14 +127,10 @@ def fit_mixture(X: np.ndarray, y: np.ndarray | None, settings: Settings, seed: i
                 vm = build(data, start.num_components, settings.architecture_of(GAUSSIAN), settings)
                 place(vm, start, settings.weight_concentration)
                 candidates.append(scored(vm, GAUSSIAN, start.name, data))
-    capacities = [c for c in settings.capacities if settings.architecture_of(c)["num_layers"] > 0]
-    if train_gaussian or not capacities:
-        capacities = [GAUSSIAN, *capacities] if train_gaussian else [GAUSSIAN]
+    flows = [c for c in settings.capacities if settings.architecture_of(c)["num_layers"] > 0]
     trainable = [s for s in starts if s.name not in gaussian_only]
     with watch("train"):
-        for capacity in capacities:
-            if capacity is GAUSSIAN and not train_gaussian:
-                continue
+        for capacity in [GAUSSIAN, *flows] if train_gaussian else flows:
             group_budget = replace(budget, weight_decay=float(capacity.get("weight_decay", 0.0)))
             candidates += train_capacity(
                 data, trainable, capacity, settings, group_budget, candidates
