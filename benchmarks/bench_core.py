@@ -14,27 +14,25 @@ configuration share the same machine load, one optimization step (loss + backwar
   ``log_prob`` in a ``pyro.factor``, run by the same ``SVI`` + ``TraceEnum_ELBO``;
 - ``c``: the batched model as a plain PyTorch loss (no Pyro): ``-logsumexp(log w + comps.component_log_probs(x))``
   with ``torch.optim.Adam`` -- the eager floor;
-- ``a_comp``: ``a`` with the component pass compiled the way ``fit(compile=True)`` does it
-  (``pyro_mixflows.infer._compile.CompiledPass``: ``torch.compile`` of ``component_log_probs``,
-  forward and backward, for the batch shape), the rest of the Pyro step eager (Pyro validation
-  stays on here, while fit's compiled loop turns it off after its first step);
 - ``c_comp``: ``c`` with the whole loss (component pass + log-sum-exp) under ``torch.compile``;
 - ``a_marg``: the mixture written with its marginal, ``pyro.sample("x", FlowMixture(comps,
   logits), obs=x)`` in the data plate (no discrete site), ``SVI`` + ``Trace_ELBO``: the way to
   write a flow mixture in Pyro when z is not needed;
 - ``a_exact``: ``VMoNF(comps, assignment="enumerate")`` trained by ``SVI`` with its closed-form
-  loss ``vm.exact_loss`` (the value and gradients of ``TraceEnum_ELBO``, plain PyTorch inside;
-  what the estimator trains with);
-- ``a_exact_comp``: ``a_exact`` with the loss kernel compiled whole, as ``fit(compile=True)``
-  does it for that loss;
-- ``a_mt``: ``a`` with ``pyro_mixflows.infer.MultiTensorAdam({"lr": ..., "fused": True})``
-  in place of ``pyro.optim.Adam``: one fused update call for all parameter tensors;
-- ``a_before`` (with ``--baseline DIR``, an older copy of the ``pyro_mixflows`` package
-  directory): ``a`` with that copy's ``FlowComponents``, e.g. the eager step as it was before a
-  change (``git archive <commit> pyro_mixflows | tar -x -C /tmp/old``).
+  loss ``vm.exact_loss`` (the value and gradients of ``TraceEnum_ELBO``, plain PyTorch inside);
+- ``a_cand``: the estimator's training loss, ``CandidateMixtures`` (the flows of C starts side by
+  side, here C = 1) trained by ``SVI`` with its closed-form loss ``module.loss``;
+- ``a_fused``: ``a`` with ``pyro.optim.Adam({"lr": ..., "fused": True})``, torch's fused Adam
+  kernel (one kernel per parameter tensor), the estimator's optimizer;
+- ``a_before`` (with ``--baseline DIR``, an older checkout or its ``pyro_mixflows`` directory):
+  ``a`` with that copy's ``FlowComponents``, e.g. the step as it was before a change
+  (``git archive <commit> | tar -x -C /tmp/old``).
 
-The compiled variants are compiled during the warm-up (their first-call time, compile included,
-is printed as "compile s"), so the timed rounds are steady state.
+The variants are built in ``benchmarks.core_variants``.
+
+``c_comp`` is compiled during the warm-up (its first-call time, compile included, is printed as
+"c_comp 1st s"), so the timed rounds are steady state. Every variant has a Pyro param store of its
+own (``ParamStoreDict.scope``, entered outside the timed step).
 
 Reported: medians in milliseconds; the ratios a/c, a_mod/c and b/a as medians of the per-round
 ratios (the steps of one round run back to back, so slow drifts of the machine's load cancel); the FLOP rate of ``c`` at
@@ -46,9 +44,9 @@ leave the resident set at once, fitted by a line in N*K.
 
     python -m benchmarks.bench_core             # the full table (~10-15 min on a loaded machine)
     python -m benchmarks.bench_core --quick     # a smoke run (~1 min)
-    python -m benchmarks.bench_core --methods a c a_comp c_comp --Ds 2 --Ns 512 --Ks 2 4
+    python -m benchmarks.bench_core --methods a a_cand c c_comp --Ds 2 --Ns 512 --Ks 2 4
     python -m benchmarks.bench_core --device cuda --Ds 16 --Ns 65536 --Ks 32   # on a GPU
-    python -m benchmarks.bench_core --baseline /tmp/old/pyro_mixflows --methods a_before a_exact_comp
+    python -m benchmarks.bench_core --baseline /tmp/old --methods a_before a a_cand
 
 One thread (``torch.set_num_threads(1)``) unless ``--threads`` says otherwise; float32. With
 ``--device cuda`` every variant runs on the GPU, each timed step ends with a synchronize, the
@@ -69,269 +67,10 @@ import warnings
 
 import pyro
 import pyro.distributions as dist
-import pyro.distributions.transforms as T
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
-from pyro.nn import DenseNN, PyroModule
 
-from pyro_mixflows import FlowComponents, FlowMixture, VMoNF
-from pyro_mixflows.infer import MultiTensorAdam
-from pyro_mixflows.infer._compile import CompiledKernel, CompiledPass
-
-NUM_LAYERS = 4
-HIDDEN = (64, 64)
-BINS = 8
-BOUND = 5.0
-
-
-def make_components(
-    K: int, D: int, flow: str, device: torch.device | None = None, package=None
-) -> FlowComponents:
-    """``package``: another copy of ``pyro_mixflows`` to take ``FlowComponents`` from."""
-    cls = FlowComponents if package is None else package.FlowComponents
-    comps = cls(
-        K, D, flow=flow, num_layers=NUM_LAYERS, hidden_dims=HIDDEN, count_bins=BINS, bound=BOUND
-    )
-    return comps if device is None else comps.to(device)
-
-
-# --- (a) the batched mixture in SVI ---------------------------------------------------------
-def setup_a(
-    x: torch.Tensor,
-    K: int,
-    D: int,
-    flow: str,
-    compiled: bool = False,
-    package=None,
-    name: str | None = None,
-    optim=None,
-):
-    """``package``: where ``FlowComponents`` comes from (another copy for ``a_before``);
-    ``optim``: the Pyro optimizer (default ``pyro.optim.Adam``)."""
-    comps = make_components(K, D, flow, x.device, package)
-    if compiled:  # what fit(compile=True) installs for its training steps
-        comps.component_log_probs = CompiledPass(comps)
-    name = name or ("a_comp" if compiled else "a")
-
-    def model(x):
-        pyro.module(f"{name}_comps", comps)
-        logits = pyro.param(f"{name}_logits", torch.zeros(K, device=x.device))
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
-            pyro.sample("x", comps.component(z), obs=x)
-
-    def guide(x):
-        pass
-
-    optim = optim if optim is not None else pyro.optim.Adam({"lr": 1e-3})
-    svi = SVI(model, guide, optim, TraceEnum_ELBO(max_plate_nesting=1))
-    return lambda: svi.step(x)
-
-
-def setup_a_mt(x: torch.Tensor, K: int, D: int, flow: str):
-    """``a`` with ``MultiTensorAdam`` and torch's fused Adam kernel in place of Pyro's Adam."""
-    optim = MultiTensorAdam({"lr": 1e-3, "fused": True})
-    return setup_a(x, K, D, flow, optim=optim, name="a_mt")
-
-
-# set by --baseline: an older copy of the package (bench_fit_step.load_baseline)
-BASELINE = None
-
-
-def setup_a_before(x: torch.Tensor, K: int, D: int, flow: str):
-    """``a`` with the baseline copy's ``FlowComponents``."""
-    if BASELINE is None:
-        raise SystemExit("method a_before needs --baseline DIR")
-    return setup_a(x, K, D, flow, package=BASELINE, name="a_before")
-
-
-def setup_a_comp(x: torch.Tensor, K: int, D: int, flow: str):
-    return setup_a(x, K, D, flow, compiled=True)
-
-
-class _MixtureModel(PyroModule):
-    def __init__(self, comps: FlowComponents) -> None:
-        super().__init__()
-        self.comps = comps  # a plain nn.Module: its parameters are the module's parameters
-        self.logits = torch.nn.Parameter(
-            torch.zeros(comps.num_components, device=comps.affine.loc.device)
-        )
-
-    def forward(self, x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample(
-                "z", dist.Categorical(logits=self.logits), infer={"enumerate": "parallel"}
-            )
-            pyro.sample("x", self.comps.component(z), obs=x)
-
-
-class _EmptyGuide(PyroModule):
-    def forward(self, x):
-        pass
-
-
-def setup_a_mod(x: torch.Tensor, K: int, D: int, flow: str):
-    model = _MixtureModel(make_components(K, D, flow, x.device))
-    loss_fn = TraceEnum_ELBO(max_plate_nesting=1)(model, _EmptyGuide())
-    optim = torch.optim.Adam(loss_fn.parameters(), lr=1e-3)
-
-    def step():
-        optim.zero_grad()
-        loss = loss_fn(x)
-        loss.backward()
-        optim.step()
-        return loss.item()
-
-    return step
-
-
-# --- (a_marg) the marginal FlowMixture as the observed site, no discrete latent -------------
-def setup_a_marg(x: torch.Tensor, K: int, D: int, flow: str):
-    comps = make_components(K, D, flow, x.device)
-
-    def model(x):
-        pyro.module("a_marg_comps", comps)
-        logits = pyro.param("a_marg_logits", torch.zeros(K, device=x.device))
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", FlowMixture(comps, logits=logits), obs=x)
-
-    def guide(x):
-        pass
-
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
-    return lambda: svi.step(x)
-
-
-# --- (a_exact) VMoNF's closed-form loss, the estimator's training loss -----------------------
-def setup_a_exact(x: torch.Tensor, K: int, D: int, flow: str, compiled: bool = False):
-    vm = VMoNF(make_components(K, D, flow, x.device), assignment="enumerate").to(x.device)
-    vm._pyro_name = "a_exact_comp" if compiled else "a_exact"  # its own param-store names
-    if compiled:  # what fit(compile=True) installs for VMoNF.exact_loss: the whole kernel
-        vm.__dict__["_loss_kernel"] = CompiledKernel(VMoNF._loss_kernel)
-    svi = SVI(vm.model, vm.guide, pyro.optim.Adam({"lr": 1e-3}), vm.exact_loss)
-    return lambda: svi.step(x)
-
-
-def setup_a_exact_comp(x: torch.Tensor, K: int, D: int, flow: str):
-    return setup_a_exact(x, K, D, flow, compiled=True)
-
-
-# --- (b) the naive model: a Python list of K Pyro flows -------------------------------------
-def pyro_flow(D: int, flow: str) -> list:
-    """Pyro transforms with the architecture of one ``FlowComponents`` component.
-
-    Coupling layers alternate which half conditions (through a reversing ``T.Permute``), as in
-    ``FlowComponents``; the per-component elementwise affine end of ``FlowComponents`` has no
-    learnable counterpart among Pyro's transforms and is left out, which only makes ``b`` cheaper.
-    """
-    half = D // 2
-    mods = []
-    for i in range(NUM_LAYERS):
-        if flow == "spline_coupling":
-            n = D - half
-            net = DenseNN(half, list(HIDDEN), param_dims=[n * BINS, n * BINS, n * (BINS - 1)])
-            # quadratic order + identity on the conditioner half = the NSF coupling layer of
-            # FlowComponents (3B - 1 parameters per transformed coordinate)
-            mods.append(
-                T.SplineCoupling(D, half, net, BINS, BOUND, order="quadratic", identity=True)
-            )
-        else:
-            mods.append(T.affine_coupling(D, hidden_dims=list(HIDDEN)))
-        if i < NUM_LAYERS - 1:
-            mods.append(T.Permute(torch.arange(D - 1, -1, -1)))
-    return mods
-
-
-def setup_b(x: torch.Tensor, K: int, D: int, flow: str):
-    flows = [pyro_flow(D, flow) for _ in range(K)]
-    modules = [torch.nn.ModuleList(t for t in f if isinstance(t, torch.nn.Module)) for f in flows]
-    for m in modules:
-        m.to(x.device)
-    for f in flows:  # Permute keeps its index tensor outside any module
-        for t in f:
-            if isinstance(t, T.Permute):
-                t.permutation = t.permutation.to(x.device)
-    zeros = torch.zeros(D, device=x.device)
-    base = dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
-
-    def model(x):
-        logits = pyro.param("b_logits", torch.zeros(K, device=x.device))
-        lps = []
-        for k, f in enumerate(flows):
-            pyro.module(f"b_flow{k}", modules[k])
-            # a fresh view: Pyro transforms cache their last inverse by tensor identity
-            lps.append(dist.TransformedDistribution(base, f).log_prob(x.view_as(x)))
-        lp = torch.logsumexp(torch.stack(lps, -1) + torch.log_softmax(logits, -1), -1)  # (N,)
-        with pyro.plate("data", x.shape[0]):
-            pyro.factor("x", lp)
-
-    def guide(x):
-        pass
-
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), TraceEnum_ELBO(max_plate_nesting=1))
-    return lambda: svi.step(x)
-
-
-# --- (c) plain PyTorch ----------------------------------------------------------------------
-def setup_c(x: torch.Tensor, K: int, D: int, flow: str, compiled: bool = False):
-    comps = make_components(K, D, flow, x.device)
-    logits = torch.nn.Parameter(torch.zeros(K, device=x.device))
-    optim = torch.optim.Adam([logits, *comps.parameters()], lr=1e-3)
-
-    def loss_fn(x):
-        lp = comps.component_log_probs(x) + torch.log_softmax(logits, -1)  # (N, K)
-        return -torch.logsumexp(lp, -1).sum()
-
-    if compiled:
-        loss_fn = torch.compile(loss_fn, fullgraph=True, dynamic=False)
-
-    def step():
-        optim.zero_grad()
-        loss = loss_fn(x)
-        loss.backward()
-        optim.step()
-        return loss.item()
-
-    return step
-
-
-def setup_c_comp(x: torch.Tensor, K: int, D: int, flow: str):
-    return setup_c(x, K, D, flow, compiled=True)
-
-
-METHODS = {
-    "a": setup_a,
-    "a_mod": setup_a_mod,
-    "b": setup_b,
-    "c": setup_c,
-    "a_comp": setup_a_comp,
-    "c_comp": setup_c_comp,
-    "a_marg": setup_a_marg,
-    "a_exact": setup_a_exact,
-    "a_exact_comp": setup_a_exact_comp,
-    "a_before": setup_a_before,
-    "a_mt": setup_a_mt,
-}
-RATIOS = (
-    ("a", "c"),
-    ("a_mod", "c"),
-    ("b", "a"),
-    ("a", "a_comp"),
-    ("c", "c_comp"),
-    ("b", "a_comp"),
-    ("a_marg", "c"),
-    ("a_exact", "c"),
-    ("a", "a_exact"),
-    ("b", "a_exact"),
-    ("a", "a_exact_comp"),
-    ("a_exact_comp", "c_comp"),
-    ("b", "a_exact_comp"),
-    ("a_before", "a"),
-    ("a_before", "a_exact"),
-    ("a_before", "a_exact_comp"),
-    ("a_mt", "c"),
-    ("a", "a_mt"),
-)
+from benchmarks import core_variants
+from benchmarks.core_variants import BINS, BOUND, HIDDEN, METHODS, NUM_LAYERS, RATIOS
 
 
 def matmul_flops_per_step(K: int, N: int, D: int, flow: str) -> float:
@@ -367,37 +106,38 @@ def matmul_rate(device: torch.device = torch.device("cpu"), reps: int = 5) -> fl
 def bench_config(
     flow: str, D: int, N: int, K: int, budget_s: float, methods, device=torch.device("cpu")
 ) -> dict:
-    pyro.clear_param_store()
     torch.manual_seed(0)
     x = torch.randn(N, D, device=device)
-    steps = {m: METHODS[m](x, K, D, flow) for m in methods}
-    first, second = {}, {}
-    for m, step in steps.items():  # warm-up (param store, Adam state, allocator, compile)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        first[m] = time.perf_counter() - t0
-    for m, step in steps.items():  # a second warm-up round: the steady-state cost of a round
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        second[m] = time.perf_counter() - t0
+    store = pyro.get_param_store()
+    stores = {m: {"params": {}, "constraints": {}} for m in methods}  # a param store each
+    steps = {}
+    for m in methods:
+        with store.scope(stores[m]):
+            steps[m] = METHODS[m](x, K, D, flow)
+
+    def timed(m: str) -> float:
+        with store.scope(stores[m]):
+            t0 = time.perf_counter()
+            steps[m]()
+            _sync(device)
+            return time.perf_counter() - t0
+
+    first = {m: timed(m) for m in steps}  # warm-up (param store, Adam state, allocator, compile)
+    second = {m: timed(m) for m in steps}  # a second warm-up round: the cost of a round
     per_round = sum(second.values())
     reps = int(min(15, max(3, budget_s / max(per_round, 1e-9))))
     times = {m: [] for m in steps}
     for _ in range(reps):
-        for m, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            _sync(device)
-            times[m].append(time.perf_counter() - t0)
+        for m in steps:
+            times[m].append(timed(m))
     out = {"reps": reps, **{m: statistics.median(t) for m, t in times.items()}}
     out["compile_s"] = {m: first[m] for m in steps if m.endswith("_comp")}
     if device.type == "cuda" and "a" in steps:  # peak memory of one step of (a)
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        steps["a"]()
+        with store.scope(stores["a"]):
+            steps["a"]()
         _sync(device)
         out["peak_bytes"] = torch.cuda.max_memory_allocated(device) - before
     # ratios as medians of per-round ratios: the two steps of a round ran back to back
@@ -421,7 +161,7 @@ def memory_child(N: int, K: int, D: int, flow: str, method: str = "a") -> None:
     """Print the peak resident-memory increase (bytes) over two SVI steps of ``method`` here.
 
     The peak (VmHWM) is reset after set-up by writing 5 to /proc/self/clear_refs, so import and
-    set-up peaks (and, for ``a_comp``, the compile) do not hide the step's own; the increase is
+    set-up peaks (and, for ``c_comp``, the compile) do not hide the step's own; the increase is
     VmHWM after the steps minus VmRSS before them.
     """
     torch.set_num_threads(1)
@@ -517,20 +257,20 @@ def main() -> None:
         "--memory-methods",
         nargs="+",
         default=["a"],
-        choices=["a", "a_comp"],
+        choices=[m for m in METHODS if m != "a_before"],
+        metavar="M",
         help="variants whose peak memory per step is tabulated (default a)",
     )
     parser.add_argument(
         "--baseline",
         metavar="DIR",
-        help="an older copy of the pyro_mixflows package directory, for method a_before",
+        help="an older checkout (or its pyro_mixflows directory), for method a_before",
     )
     args = parser.parse_args()
-    global BASELINE
     if args.baseline:
         from benchmarks.bench_fit_step import load_baseline
 
-        BASELINE = load_baseline(os.path.abspath(args.baseline))
+        core_variants.BASELINE = load_baseline(os.path.abspath(args.baseline))
     elif "a_before" in args.methods:
         parser.error("method a_before needs --baseline DIR")
     if args.memory_child:
@@ -561,7 +301,7 @@ def main() -> None:
     n_mm = 4096 if device.type == "cuda" else 1024
     print(f"float32 {n_mm}x{n_mm} matmul: {peak / 1e9:.1f} GFLOP/s (this run, {device})")
     ratios = [(a, b) for a, b in RATIOS if a in methods and b in methods]
-    floor = next((m for m in ("c_comp", "c", "a_comp", "a") if m in methods), methods[0])
+    floor = next((m for m in ("c_comp", "c", "a") if m in methods), methods[0])
     t_start = time.perf_counter()
     for flow in args.flows:
         print(f"\n{flow}: median ms per SVI step (loss + backward + Adam)")

@@ -1,63 +1,78 @@
-"""Steady-state training step of ``VariationalFlowMixture`` at the demo's scale, eager vs compiled.
+"""One training step of the estimator's default model at the demo's scale, now and before.
 
-The estimator trains through ``pyro_mixflows.infer.fit``: one step is ``fit``'s ``_step`` (the
-``TraceEnum_ELBO`` loss of ``VMoNF.model`` with z enumerated, backward, the non-finite guard and
-the per-parameter Pyro Adam) on a minibatch of 256 of 810 rows (the demo: two moons, 1000 rows,
-10% test and 10% validation held out), K = 2 spline-coupling components, D = 2, the estimator's
-architecture (4 layers, hidden (32, 32), 8 bins). Variants, timed interleaved round-robin so that
-they share the machine's load:
+The demo's scale: two moons, 1000 rows standardized, 900 training rows (the estimator holds out
+10 %), D = 2, K = 2, the estimator's default flows (spline coupling, 4 layers, hidden (32, 32),
+8 bins, full affine ends). Variants, each a (rows per step, C candidates) cell:
 
-- ``eager``: today's step (``fit(compile=False)``), Pyro validation on (Pyro's default);
-- ``compiled``: the same step with the component pass compiled as ``fit(compile=True)`` does it;
-- ``eager_nv``, ``compiled_nv``: the same two with Pyro validation off (what validation costs);
-- ``exact``, ``exact_comp``: the step the estimator takes now, with the closed-form loss
-  ``VMoNF.exact_loss`` (same values and gradients as the ELBO, no Pyro tracing or enumeration)
-  and its optimizer (fused Adam, all parameter tensors in one call), eager and with the whole loss compiled as ``fit(compile=True)`` does it;
-- ``plain``: the floor without Pyro: ``-logsumexp(log w + component_log_probs(x))`` and one
-  ``torch.optim.Adam``, eager;
-- ``plain_comp``: ``plain`` with the whole loss under ``torch.compile``.
+- ``new full C=1``, ``new full C=2``: the estimator's step now. The flows of C starts train side
+  by side as one ``CandidateMixtures`` (C K components in one batched pass) through
+  ``pyro_mixflows.infer.fit(module.model, module.guide, x, loss=module.loss,
+  optim=pyro.optim.Adam(options))`` with the options the estimator uses (torch's fused Adam, the
+  step size of its budget); every training row in each step (its step up to 1024 training rows).
+- ``new 256 C=1``, ``new 256 C=2``: the same with ``batch_size=256`` (its step above 1024 rows).
+- ``old full C=1``, ``old 256 C=1`` (with ``--baseline DIR``): the same step of an older copy of
+  the package, whose estimator trained one ``VMoNF`` per candidate through
+  ``fit(vm.model, vm.guide, x, loss=vm.exact_loss, optim=MultiTensorAdam(options),
+  batch_size=256)`` (its defaults: step size 5e-4, fused Adam, eager); ``full`` is the same with
+  ``batch_size=None``.
+- ``old full C=2``, ``old 256 C=2``: that estimator trained its candidates one after another, so
+  a step of two candidates is a step of each of two ``VMoNF``: the sums, step for step, of the
+  step of the ``C=1`` model and of a second one timed in the same rounds.
 
-- ``before`` (with ``--baseline DIR``): the eager step of an older copy of the package.
+A step is timed inside ``fit``: its callback reads the clock after every update, and a step's time
+is the interval between two consecutive callbacks (the batch's indices, the loss, backward, the
+non-finite guard, Adam, ``fit``'s bookkeeping). The first update of each ``fit`` call, which also
+holds ``fit``'s set-up, is not counted; nor are the estimator's held-out evaluations. Rounds
+interleave the variants (each runs ``--steps`` updates per round, in one ``fit`` call, on its own
+module, optimizer and Pyro param store, kept from round to round), so a change of the machine's
+load hits all of them. One torch thread. Weights and flows start where their constructors put
+them (the starts' Gaussians change no cost).
 
-Every variant has its own module and parameter names, so none shares the param store. Reported:
-median and 10th-percentile ms per step, ratios as medians of the per-round ratios and as ratios of
-the 10th percentiles, and the first-call (compile) time of the compiled variants. On a shared
-machine a step that loses its core to another process takes about twice as long, so the step
-times are bimodal there; the 10th percentile estimates the step on a core of its own.
+Reported per variant: the median, 10th and 90th percentile ms per step; per (rows, C): new / old
+as the median over rounds of the ratio of the round's median steps, and as the ratio of the 10th
+percentiles (on a shared machine a step that loses its core takes about twice as long: the 10th
+percentile estimates the step on a core of its own).
 
-    python -m benchmarks.bench_fit_step            # 60 rounds
-    python -m benchmarks.bench_fit_step --rounds 200 --threads 1
-    # an older copy of the package (e.g. from `git archive`), its eager step as variant "before":
-    python -m benchmarks.bench_fit_step --baseline /tmp/old/pyro_mixflows
+    python -m benchmarks.bench_fit_step                             # the new step alone
+    python -m benchmarks.bench_fit_step --baseline /tmp/old         # before and after, one run
+    python -m benchmarks.bench_fit_step --baseline /tmp/old --rounds 40 --steps 11
+
+``DIR`` is an older checkout (or its ``pyro_mixflows`` directory), e.g. from
+``git archive <commit> | tar -x -C /tmp/old``; it is imported by path as ``pyro_mixflows_before``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import os
 import statistics
 import sys
 import time
-from functools import partial
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+import numpy as np
 import pyro
 import torch
-from pyro.infer import TraceEnum_ELBO
 
-from pyro_mixflows import VariationalFlowMixture
+from pyro_mixflows import FlowComponents, VariationalFlowMixture, fit
 from pyro_mixflows.datasets import make_two_moons
-from pyro_mixflows.infer.fit import _step
+from pyro_mixflows.estimators._candidates import CandidateMixtures
+from pyro_mixflows.estimators._train import adam_options, plan_budget
 
-BATCH = 256
+N_ROWS, N_TRAIN, K, MINIBATCH = 1000, 900, 2, 256
+ARCHITECTURE = ("flow", "num_layers", "hidden_dims", "count_bins")
 
 
 def load_baseline(path: str):
-    """Import the ``pyro_mixflows`` package directory ``path`` (an older copy) as another name."""
+    """Import the ``pyro_mixflows`` package at ``path`` (a package directory or the checkout that
+    holds one) as ``pyro_mixflows_before``."""
+    if os.path.isfile(os.path.join(path, "pyro_mixflows", "__init__.py")):
+        path = os.path.join(path, "pyro_mixflows")
     init = os.path.join(path, "__init__.py")
     if not os.path.isfile(init):
-        raise SystemExit(f"expected a pyro_mixflows package directory, got {path!r}")
+        raise SystemExit(f"expected a pyro_mixflows package directory or checkout, got {path!r}")
     spec = importlib.util.spec_from_file_location(
         "pyro_mixflows_before", init, submodule_search_locations=[path]
     )
@@ -67,154 +82,193 @@ def load_baseline(path: str):
     return module
 
 
-def setup_fit_step(
-    x: torch.Tensor,
-    compiled: bool,
-    validate: bool = True,
-    name: str = "",
-    package=None,
-    exact: bool = False,
-):
-    if package is None:
-        est, run = VariationalFlowMixture(2), _step
-    else:  # the baseline copy's estimator and fit step
-        est = package.VariationalFlowMixture(2)
-        run = importlib.import_module(package.__name__ + ".infer.fit")._step
-    vm = est._build(x.shape[1])
-    vm._pyro_name = name  # its own parameter names: variants never share the param store
-    elbo = TraceEnum_ELBO(max_plate_nesting=1)
-    if exact:  # the closed-form loss the estimator trains with, as fit wraps a callable loss
-        from pyro_mixflows.infer._fit_parts import _CallableLoss
+class StepClock:
+    """``fit``'s callback: the seconds between consecutive updates of one ``fit`` call."""
 
-        elbo = _CallableLoss(vm.exact_loss)
-    options = {"lr": est.learning_rate}
-    optim = pyro.optim.Adam(options)
-    if exact:  # the estimator's optimizer now: fused Adam, all tensors in one call
-        from pyro_mixflows.infer._adam import MultiTensorAdam
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.times: list[float] = []
 
-        optim = MultiTensorAdam({**options, "fused": True})
-    objective = elbo(vm.model, vm.guide)
-    if compiled:  # imported here, so that the eager variants also run on older checkouts
-        from pyro_mixflows.infer import _compile
-
-        hot = _compile.HotPath(True, [vm], 10**9, None, loss=elbo if exact else None)
-        run = partial(hot.step, 1, run)
-    generator = torch.Generator().manual_seed(0)
-
-    def step():
-        idx = torch.randperm(len(x), generator=generator)[:BATCH]
-        with pyro.validation_enabled(validate):
-            return run(objective, elbo, vm.model, vm.guide, optim, (x,), {"subsample": idx}, False)
-
-    return step
+    def __call__(self, step: int, loss: float) -> bool:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.times.append(now - self.last)
+        self.last = now
+        return False
 
 
-def setup_plain(x: torch.Tensor, compiled: bool):
-    comps = VariationalFlowMixture(2)._build(x.shape[1]).components
-    logits = torch.nn.Parameter(torch.zeros(2))
-    optim = torch.optim.Adam([logits, *comps.parameters()], lr=5e-4)
-    generator = torch.Generator().manual_seed(0)
+@dataclass
+class Variant:
+    """One timed model: ``run(clock, num_steps)`` trains it ``num_steps`` updates in one ``fit``
+    call in its own param store; ``rounds`` holds each round's step times."""
 
-    def loss_fn(xb):
-        lp = comps.component_log_probs(xb) + torch.log_softmax(logits, -1)  # (B, K)
-        return -torch.logsumexp(lp, -1).sum()
-
-    if compiled:
-        loss_fn = torch.compile(loss_fn, fullgraph=True, dynamic=False)
-
-    def step():
-        idx = torch.randperm(len(x), generator=generator)[:BATCH]
-        optim.zero_grad()
-        loss = loss_fn(x[idx])
-        loss.backward()
-        optim.step()
-        return loss.item()
-
-    return step
+    name: str
+    rows: int
+    candidates: int
+    run: Callable[[StepClock, int], None]
+    rounds: list[list[float]] = field(default_factory=list)
 
 
-VARIANTS = {
-    "eager": lambda x: setup_fit_step(x, False, name="eager"),
-    "compiled": lambda x: setup_fit_step(x, True, name="compiled"),
-    "eager_nv": lambda x: setup_fit_step(x, False, validate=False, name="eager_nv"),
-    "compiled_nv": lambda x: setup_fit_step(x, True, validate=False, name="compiled_nv"),
-    "exact": lambda x: setup_fit_step(x, False, name="exact", exact=True),
-    "exact_comp": lambda x: setup_fit_step(x, True, name="exact_comp", exact=True),
-    "plain": lambda x: setup_plain(x, False),
-    "plain_comp": lambda x: setup_plain(x, True),
-}
+def _in_own_store(train: Callable[[StepClock, int], None]) -> Callable[[StepClock, int], None]:
+    """``train`` run in a param store of its own (kept between calls), so that models whose
+    parameters have the same names never share them."""
+    state = {"params": {}, "constraints": {}}
+
+    def run(clock: StepClock, num_steps: int) -> None:
+        with pyro.get_param_store().scope(state):
+            train(clock, num_steps)
+
+    return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=60)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument(
-        "--baseline",
-        metavar="DIR",
-        help="an older copy of the pyro_mixflows package directory: its eager estimator step "
-        "is timed as variant 'before', interleaved with the others",
-    )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    pyro.set_rng_seed(0)
-    X, _ = make_two_moons(1000, seed=0)
+def new_step(x: torch.Tensor, C: int, batch_size: int | None) -> Callable:
+    """The estimator's training step now: C candidates side by side (``_fit.train_capacity``)."""
+    est = VariationalFlowMixture(K)
+    arch = {k: est.get_params()[k] for k in ARCHITECTURE}
+    components = FlowComponents(C * K, x.shape[1], affine="full", **arch)
+    labels = torch.full((C, len(x)), -1, dtype=torch.long)  # EM starts: no hard labels
+    module = CandidateMixtures(components, C, torch.zeros(C, K), labels)
+    budget = plan_budget(len(x), batch_size=batch_size)
+    optim = pyro.optim.Adam(adam_options(budget, x.device))
+
+    def train(clock: StepClock, num_steps: int) -> None:
+        fit(module.model, module.guide, x, loss=module.loss, optim=optim, num_steps=num_steps,
+            batch_size=budget.batch_size, callback=clock)  # fmt: skip
+
+    return _in_own_store(train)
+
+
+def old_step(x: torch.Tensor, package, batch_size: int | None) -> Callable:
+    """The older copy's estimator step: one ``VMoNF`` on its closed-form loss, ``MultiTensorAdam``
+    with its default options (its ``_stages.Schedule.optim``)."""
+    params = package.VariationalFlowMixture(K).get_params()
+    arch = {k: params[k] for k in ARCHITECTURE}
+    components = package.FlowComponents(K, x.shape[1], affine="full", **arch)
+    vm = package.VMoNF(components, weights="learned", assignment="enumerate")
+    options = {"lr": params["learning_rate"], "weight_decay": params["weight_decay"]}
+    optim = package.infer.MultiTensorAdam({**options, "fused": True})
+
+    def train(clock: StepClock, num_steps: int) -> None:
+        fit = package.infer.fit
+        fit(vm.model, vm.guide, x, loss=vm.exact_loss, optim=optim, num_steps=num_steps,
+            batch_size=batch_size, callback=clock, compile=False)  # fmt: skip
+
+    return _in_own_store(train)
+
+
+def demo_rows() -> torch.Tensor:
+    """The demo's training rows: two moons standardized, 900 of 1000 rows drawn with seed 0."""
+    X, _ = make_two_moons(N_ROWS, seed=0)
     X = (X - X.mean(0)) / X.std(0)
-    x = torch.as_tensor(X[:810], dtype=torch.float32)
+    rows = np.random.default_rng(0).permutation(N_ROWS)[:N_TRAIN]
+    return torch.as_tensor(X[rows], dtype=torch.float32)
+
+
+def variants(x: torch.Tensor, candidates: list[int], package) -> list[Variant]:
+    found = []
+    for label, batch in (("full", None), (str(MINIBATCH), MINIBATCH)):
+        rows = len(x) if batch is None else batch
+        for C in candidates:
+            found.append(Variant(f"new {label} C={C}", rows, C, new_step(x, C, batch)))
+        if package is not None:  # C old models, one per candidate: 'old ... C=c' sums c of them
+            for c in range(max(candidates)):
+                found.append(Variant(f"old {label} #{c}", rows, 1, old_step(x, package, batch)))
+    return found
+
+
+def old_sums(found: list[Variant], candidates: list[int]) -> list[Variant]:
+    """'old ROWS C=c': the step of the first c old models, summed step for step."""
+    out = []
+    for label in ("full", str(MINIBATCH)):
+        models = [v for v in found if v.name.startswith(f"old {label} #")]
+        for C in candidates:
+            rounds = [
+                [sum(steps) for steps in zip(*(m.rounds[r] for m in models[:C]), strict=True)]
+                for r in range(len(models[0].rounds))
+            ]
+            out.append(Variant(f"old {label} C={C}", models[0].rows, C, None, rounds))
+    return out
+
+
+def _pct(times: list[float], q: int) -> float:
+    return statistics.quantiles(times, n=10, method="inclusive")[q - 1]
+
+
+def report(table: list[Variant]) -> None:
+    print(f"\n{'variant':>14} {'rows':>5} {'C':>2} {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8}")
+    for v in table:
+        t = [s for r in v.rounds for s in r]
+        print(
+            f"{v.name:>14} {v.rows:>5} {v.candidates:>2} {1e3 * statistics.median(t):>10.2f} "
+            f"{1e3 * _pct(t, 1):>8.2f} {1e3 * _pct(t, 9):>8.2f}"
+        )
+    by_cell = {(v.name.split()[0], v.rows, v.candidates): v for v in table}
+    cells = [(rows, C) for who, rows, C in by_cell if who == "new" and ("old", rows, C) in by_cell]
+    if not cells:
+        return
+    print(f"\n{'new/old':>14} {'rows':>5} {'C':>2} {'median':>10} {'p10':>8}")
+    for rows, C in cells:
+        new, old = by_cell["new", rows, C], by_cell["old", rows, C]
+        per_round = [
+            statistics.median(a) / statistics.median(b)
+            for a, b in zip(new.rounds, old.rounds, strict=True)
+        ]
+        flat_new = [s for r in new.rounds for s in r]
+        flat_old = [s for r in old.rounds for s in r]
+        print(
+            f"{'':>14} {rows:>5} {C:>2} {statistics.median(per_round):>10.2f} "
+            f"{_pct(flat_new, 1) / _pct(flat_old, 1):>8.2f}"
+        )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (20)")
+    parser.add_argument(
+        "--steps", type=int, default=6, help="updates per variant and round, the first not timed"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
+    parser.add_argument(
+        "--candidates", type=int, nargs="+", default=[1, 2], help="C values (1 2)", metavar="C"
+    )
+    parser.add_argument(
+        "--baseline", metavar="DIR", help="an older checkout (or its pyro_mixflows directory)"
+    )
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.steps < 2 or min(args.candidates) < 1:
+        parser.error(
+            f"expected --rounds >= 1, --steps >= 2 and C >= 1, got {args.rounds}, {args.steps} "
+            f"and {args.candidates}"
+        )
+    torch.set_num_threads(args.threads)
+    package = load_baseline(os.path.abspath(args.baseline)) if args.baseline else None
+    x = demo_rows()
+    arch = {k: VariationalFlowMixture(K).get_params()[k] for k in ARCHITECTURE}
     print(
         f"torch {torch.__version__}, pyro {pyro.__version__}, threads={torch.get_num_threads()}, "
-        f"load average at start {os.getloadavg()[0]:.1f}"
+        f"validation {'on' if pyro.distributions.is_validation_enabled() else 'off'}; "
+        f"load average at start {os.getloadavg()[0]:.2f}\n"
+        f"two moons: {len(x)} training rows, D={x.shape[1]}, K={K}, {arch}"
     )
-    steps = {}
-    if args.baseline:
-        package = load_baseline(os.path.abspath(args.baseline))
-        steps["before"] = setup_fit_step(x, False, name="before", package=package)
-    steps.update({name: VARIANTS[name](x) for name in args.variants})
-    first = {}
-    for name, step in steps.items():
-        t0 = time.perf_counter()
-        step()
-        first[name] = time.perf_counter() - t0
-    for step in steps.values():  # allocator and Adam state warm
-        for _ in range(3):
-            step()
-    times = {name: [] for name in steps}
+    if package is not None:
+        print(f"old: {os.path.dirname(package.__file__)}")
+    found = variants(x, args.candidates, package)
+    for v in found:  # warm: lazy set-up, allocator, Adam state
+        v.run(StepClock(), 3)
+    t0 = time.perf_counter()
     for _ in range(args.rounds):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t0)
-    p10 = {name: statistics.quantiles(t, n=10)[0] for name, t in times.items()}
-    print(f"{'variant':>11} {'median ms':>10} {'p10 ms':>7} {'first call s':>13}")
-    for name, t in times.items():
-        print(
-            f"{name:>11} {1e3 * statistics.median(t):>10.2f} {1e3 * p10[name]:>7.2f} "
-            f"{first[name]:>13.1f}"
-        )
-    print("ratios: median of per-round ratios, and ratio of the 10th percentiles")
-    for num, den in (
-        ("before", "eager"),
-        ("before", "compiled"),
-        ("eager", "compiled"),
-        ("eager", "eager_nv"),
-        ("compiled", "compiled_nv"),
-        ("eager", "compiled_nv"),
-        ("eager", "exact"),
-        ("eager", "exact_comp"),
-        ("exact", "exact_comp"),
-        ("exact", "plain"),
-        ("exact_comp", "plain_comp"),
-        ("before", "exact"),
-        ("before", "exact_comp"),
-        ("eager", "plain"),
-        ("compiled", "plain_comp"),
-        ("plain", "plain_comp"),
-    ):
-        if num in times and den in times:
-            ratio = statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
-            print(f"{num}/{den}: {ratio:.2f}  (p10: {p10[num] / p10[den]:.2f})")
-    print(f"load average at end {os.getloadavg()[0]:.1f}")
+        for v in found:
+            clock = StepClock()
+            v.run(clock, args.steps)
+            v.rounds.append(clock.times)
+    table = [v for v in found if "#" not in v.name]
+    if package is not None:
+        table += old_sums(found, args.candidates)
+    report(table)
+    print(
+        f"\n{args.rounds} rounds x {args.steps - 1} timed steps in {time.perf_counter() - t0:.0f} s; "
+        f"load average at end {os.getloadavg()[0]:.2f}"
+    )
 
 
 if __name__ == "__main__":
