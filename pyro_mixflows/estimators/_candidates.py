@@ -74,6 +74,7 @@ class CandidateMixtures(nn.Module):
         else:
             self.register_buffer("logits", logits.clone())
         self.register_buffer("labels", labels.clone())
+        self.observed = bool((labels >= 0).any())  # any label observed (read once, not per step)
         self.register_buffer("offsets", torch.arange(C, device=labels.device).unsqueeze(-1) * K)
         self.candidate_losses = torch.zeros(C)  # each candidate's term of the last ``loss``
 
@@ -119,18 +120,23 @@ class CandidateMixtures(nn.Module):
         """
         pyro.module("candidates", self)
         xb = x if subsample is None else x[subsample]
-        labels = (self.labels if subsample is None else self.labels[:, subsample]).T  # (B, C)
         joint = self.joint(xb)  # (B, C, K)
-        terms = joint.logsumexp(-1)
-        observed = labels >= 0
-        if bool(observed.any()):
+        terms = joint.logsumexp(-1)  # (B, C)
+        if self.observed:
+            labels = (self.labels if subsample is None else self.labels[:, subsample]).T  # (B, C)
             hard = joint.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-            terms = torch.where(observed, hard, terms)
+            terms = torch.where(labels >= 0, hard, terms)
         per_candidate = -(x.shape[0] / xb.shape[0]) * terms.sum(0)  # (C,)
         self.candidate_losses = per_candidate.detach()
         return per_candidate.sum()
 
     # --- candidates one by one ------------------------------------------------------------------
+    @torch.no_grad()
+    def set_labels(self, position: int, labels: torch.Tensor) -> None:
+        """Candidate ``position``'s observed components of the training rows (N,), -1 = summed out."""
+        self.labels[position] = labels
+        self.observed = bool((self.labels >= 0).any())
+
     def component_index(self, candidates: torch.Tensor | list[int]) -> torch.Tensor:
         """The component indices (len(candidates) K,) of ``candidates``."""
         c = torch.as_tensor(candidates, dtype=torch.long, device=self.offsets.device)

@@ -154,8 +154,7 @@ class Race:
             entry.steps = step
             entry.losses.append(losses[pos])
             if step == entry.pretrain and entry.pretrain > 0:
-                with torch.no_grad():
-                    self.module.labels[pos] = self.final_labels[e]
+                self.module.set_labels(pos, self.final_labels[e])
         if step % self.budget.eval_every and step < self.budget.max_steps:
             return False
         return self._evaluate(step)

@@ -33,6 +33,9 @@ class Scripted:
     def candidate_state(self, pos):
         return {"step": self.step}
 
+    def set_labels(self, pos, labels):
+        self.labels[pos] = labels
+
 
 def _budget(**kw):
     base = dict(batch_size=None, learning_rate=1e-3, max_steps=400, eval_every=10, patience=50,
