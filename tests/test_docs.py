@@ -15,7 +15,7 @@ pytest.importorskip(
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ["flows", "distributions", "guides", "models", "infer"]
+SUBPACKAGES = ["flows", "distributions", "guides", "models", "infer", "starts", "estimators"]
 
 
 def test_docs_build_without_warnings(tmp_path):
