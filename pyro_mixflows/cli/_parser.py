@@ -218,7 +218,8 @@ def _add_fit(sub) -> None:
         "--dp",
         action="store_true",
         help="Dirichlet-process (stick-breaking) weights truncated at --truncation components; "
-        "components that split one dense region are merged, so the number fitted is found",
+        "the number of clusters is found on held-out rows (Gaussian pieces compared by "
+        "cross-validation, pieces of one cluster joined), at most the truncation",
     )
     fit.add_argument("--truncation", type=int, metavar="T", help="DP truncation (default 10)")
     fit.add_argument(

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pyro
+import pyro.util
 import torch
 
 from ..diagnostics import adjusted_rand_index
@@ -93,7 +94,20 @@ class Stopwatch:
 
 
 def fit_mixture(X: np.ndarray, y: np.ndarray | None, settings: Settings, seed: int) -> Outcome:
-    """Fit a mixture of flows to X (N, D) with labels y (N,) or None (see the module docstring)."""
+    """Fit a mixture of flows to X (N, D) with labels y (N,) or None (see the module docstring).
+
+    The fit draws from its own random state (``seed``) and trains in its own Pyro parameter store:
+    the caller's random state and parameter store are as they were before.
+    """
+    rng = pyro.util.get_rng_state()
+    try:
+        with pyro.get_param_store().scope():
+            return _fit_mixture(X, y, settings, seed)
+    finally:
+        pyro.util.set_rng_state(rng)
+
+
+def _fit_mixture(X: np.ndarray, y: np.ndarray | None, settings: Settings, seed: int) -> Outcome:
     watch = Stopwatch()
     t0 = time.perf_counter()
     with watch("prepare"):

@@ -271,7 +271,7 @@ class VMoNF(PyroModule):
           (amortized: :math:`+ \log q(y_b | x_b)` inside the sum).
 
         The arithmetic after the weights is one function of (components, log w, tensors),
-        ``_loss_kernel``, which ``fit(compile=...)`` compiles whole at the training batch shape.
+        ``_loss_kernel``, a plain function of tensors and modules.
 
         Args:
             model: ``self.model`` or ``self.model_labelled`` (bound to this module).
@@ -297,8 +297,6 @@ class VMoNF(PyroModule):
             return self._labelled_loss(*args, **kwargs)
         return self._marginal_loss(*args, **kwargs)
 
-    # fit(compile=...) compiles this static method whole (see pyro_mixflows.infer._compile)
-    exact_loss.compiled_kernel = "_loss_kernel"
 
     @pyro_method
     def _marginal_loss(self, x, x_labelled=None, y_labelled=None, *, subsample=None):
@@ -311,7 +309,7 @@ class VMoNF(PyroModule):
         if self.assignment == "amortized":
             if self.training and torch.is_grad_enabled():
                 self.step += 1
-            T = x.new_tensor(self.temperature)  # a tensor: a compiled kernel is not re-traced
+            T = x.new_tensor(self.temperature)
             classifier = self.classifier
         else:
             classifier = None

@@ -273,3 +273,16 @@ def test_dirichlet_process_merge_finds_the_clusters_and_round_trips(tmp_path):
         X, np.where(np.arange(len(y)) % 10 == 0, y, -1)
     )
     assert labelled.merge_groups_ is None and labelled.n_components_ == 6
+
+
+def test_fit_leaves_the_callers_param_store_and_random_state_alone(data):
+    import pyro
+
+    pyro.param("mine", torch.ones(3))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    VariationalFlowMixture(2, random_state=0, **SMALL).fit(data[0])
+    assert list(pyro.get_param_store().keys()) == ["mine"]
+    assert torch.equal(pyro.param("mine"), torch.ones(3))
+    assert torch.equal(torch.rand(3), expected)  # the fit drew from its own random state
