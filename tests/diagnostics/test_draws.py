@@ -19,7 +19,7 @@ GLOBAL_ROWS = ["weights[0]", "weights[1]"] + [f"locs[{i}, {j}]" for i in range(K
 
 
 def gmm(x):
-    """The README's ArviZ example: a Gaussian mixture, the assignment summed out exactly."""
+    """The guide's ArviZ example: a Gaussian mixture, the assignment summed out exactly."""
     w = pyro.sample("weights", dist.Dirichlet(torch.ones(K)))
     locs = pyro.sample("locs", dist.Normal(0.0, 5.0).expand([K, D]).to_event(2))
     with pyro.plate("data", len(x)):
