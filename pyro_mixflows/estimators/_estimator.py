@@ -97,10 +97,10 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
             "budget": {...}, "steps": total training steps}``.
         fit_result_: the kept candidate's training history (``FitResult``; None when the kept
             model was not trained, e.g. EM's Gaussian mixture).
-        clusters_from_: "flows", or "gaussian start" where the kept flows moved the core of a
-            cluster into another component: ``predict`` then reports the Gaussian start's
-            clusters (with a warning); ``core_agreement_`` is the share of the start's confidently
-            assigned training rows that the flows keep in their component (NaN for a Gaussian).
+        clusters_from_: "flows", or "gaussian start" where flows kept from EM's start moved the
+            core of a cluster into another component: ``predict`` then reports EM's clusters (with
+            a warning); ``core_agreement_`` is the share of EM's confidently assigned training
+            rows that the flows keep in their component (NaN where not measured).
         converged_: whether training stopped on the held-out criterion (``n_iter_`` steps).
         lower_bound_: the final log-likelihood (or ELBO) per training row, in data units.
         validation_log_likelihood_: held-out log-likelihood per row of the fitted model.

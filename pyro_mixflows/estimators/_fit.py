@@ -157,7 +157,9 @@ def _fit_mixture(X: np.ndarray, y: np.ndarray | None, settings: Settings, seed: 
         start_gaussian = next(
             (c for c in candidates if c.gaussian and c.start == chosen.start), None
         )
-        if not chosen.gaussian and start_gaussian is not None:
+        # EM's mixture is a clustering of its own; a partition start's Gaussians are only the
+        # moments of clusters that flows follow (a spectral start's curved clusters)
+        if not chosen.gaussian and start_gaussian is not None and chosen.start in EM_STARTS:
             agreement = core_agreement(vm, start_gaussian.module, data.x_train)
             if agreement < CORE_AGREEMENT:  # a flow took the core of another's cluster
                 cluster_module = start_gaussian.module.eval()
@@ -201,8 +203,8 @@ def _fit_mixture(X: np.ndarray, y: np.ndarray | None, settings: Settings, seed: 
 
 
 COVARIANCE_OF = {name: cov for cov, name in COVARIANCES.items()}
-# Kept flows report their own clusters when at least this share of the training rows that their
-# Gaussian start assigns confidently (responsibility >= CONFIDENT) keep that start's component.
+# Flows kept from an EM start report their own clusters when at least this share of the training
+# rows that EM's mixture assigns confidently (responsibility >= CONFIDENT) keep EM's component.
 CORE_AGREEMENT = 0.9
 CONFIDENT = 0.9
 
