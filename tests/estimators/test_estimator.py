@@ -286,3 +286,43 @@ def test_fit_leaves_the_callers_param_store_and_random_state_alone(data):
     assert list(pyro.get_param_store().keys()) == ["mine"]
     assert torch.equal(pyro.param("mine"), torch.ones(3))
     assert torch.equal(torch.rand(3), expected)  # the fit drew from its own random state
+
+
+def test_core_agreement_of_flows_with_their_gaussian_start(float64):
+    from pyro_mixflows import FlowComponents
+    from pyro_mixflows.estimators._fit import core_agreement
+    from pyro_mixflows.models import VMoNF
+
+    def mixture(locs):
+        comps = FlowComponents(2, 1, flow="maf", num_layers=0, affine="full")
+        comps.set_gaussian(torch.tensor(locs).unsqueeze(-1), 0.5 * torch.ones(2, 1, 1))
+        return VMoNF(comps, assignment="enumerate")
+
+    x = torch.linspace(-3, 3, 61).unsqueeze(-1)
+    start = mixture([-2.0, 2.0])
+    assert core_agreement(mixture([-2.1, 1.9]), start, x) == 1.0  # a refinement
+    assert core_agreement(mixture([2.0, -2.0]), start, x) == 0.0  # components swapped their cores
+
+
+def test_flows_that_move_cores_report_the_em_clusters(data, monkeypatch, tmp_path):
+    from pyro_mixflows.estimators import _fit
+
+    monkeypatch.setattr(_fit, "CORE_AGREEMENT", 1.01)  # every kept flow "moves a core"
+    X = data[0]
+    params = {**SMALL, "init": "em", "capacities": [{"num_layers": 2}]}
+    with pytest.warns(UserWarning, match="predict and predict_proba report the Gaussian start"):
+        model = VariationalFlowMixture(2, random_state=0, **params).fit(X)
+    if model.num_layers_ == 0:
+        pytest.skip("the Gaussian start was kept: nothing to fall back from")
+    assert model.clusters_from_ == "gaussian start" and 0 <= model.core_agreement_ <= 1
+    em = model.cluster_module_.mixture()
+    xs = model._standardize(X)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            model.predict_proba(X), em.responsibilities(xs).numpy(), rtol=1e-5
+        )
+        assert not torch.equal(model.mixture_.log_prob(xs), em.log_prob(xs))  # density: flows
+    model.save(tmp_path / "m.pt")
+    loaded = VariationalFlowMixture.load(tmp_path / "m.pt")
+    assert loaded.clusters_from_ == "gaussian start"
+    np.testing.assert_allclose(loaded.predict_proba(X), model.predict_proba(X), rtol=1e-6)
