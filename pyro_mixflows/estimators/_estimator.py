@@ -75,8 +75,8 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         n_init: EM restarts for the Gaussian start (as in ``GaussianMixture``).
         reg_covar: added to the diagonal of EM's covariances (standardized units).
         max_steps: training steps at most; None: from the number of rows.
-        batch_size: rows per step; None: every row up to 2048 training rows, 512 above.
-        learning_rate: Adam's step size; None: 1e-3.
+        batch_size: rows per step; None: every row up to 1024 training rows, 256 above.
+        learning_rate: Adam's step size; None: 2e-3 for full batches, 1e-3 for minibatches.
         validation_fraction: share of rows held out for early stopping and every choice.
         semi_supervised: "auto", True or False: when ``fit`` uses ``y`` (see above).
         random_state: None, an int or a ``numpy.random.RandomState``; an int gives the same fit.

@@ -44,6 +44,9 @@ CATCH_UP_PATIENCES = 2
 # patience window at this fraction of the step size (minibatches: their noise sets the plateau).
 REFINE_LR_FACTOR = 0.1
 REFINE = {"full": False, "minibatch": True}
+# ... or as soon as this many evaluations in a row fall this many standard errors below its best.
+DIVERGED_EVALUATIONS = 3
+DIVERGED_STANDARD_ERRORS = 3.0
 
 
 @dataclass
@@ -113,6 +116,7 @@ class Entry:
     steps: int = 0
     stop: str | None = None
     refined: bool = False  # went on from its best state at a lower step size once
+    last_lp: torch.Tensor | None = None  # the held-out log-densities of the last evaluation
 
 
 class Race:
@@ -168,6 +172,7 @@ class Race:
             if lp is not None:
                 mean = float(lp[:, pos].mean())
                 entry.history.append((step, mean))
+                entry.last_lp = lp[:, pos]
                 if step >= entry.pretrain and mean > entry.best_mean:
                     entry.best_mean, entry.best_lp, entry.best_step = mean, lp[:, pos].clone(), step
                     entry.best_state = self.module.candidate_state(pos)
@@ -193,9 +198,14 @@ class Race:
         if entry.best_lp is None:
             return None
         trained = step - entry.pretrain
+        can_refine = (
+            len(self.active) == 1 and self.optim is not None and REFINE[self.mode]
+            and not entry.refined
+        )  # fmt: skip
         if step - entry.best_step >= self.budget.patience and trained > 0:
-            alone = len(self.active) == 1 and self.optim is not None and REFINE[self.mode]
-            return "refine" if alone and not entry.refined else "patience"
+            return "refine" if can_refine else "patience"
+        if can_refine and self._diverged(entry):
+            return "refine"
         if trained < self.budget.probe_steps:
             return None
         slope = self._slope(entry)
@@ -223,6 +233,16 @@ class Race:
             for group in optimizer.param_groups:
                 group["lr"] *= REFINE_LR_FACTOR
         entry.refined, entry.stop, entry.best_step = True, None, step
+
+    def _diverged(self, entry: Entry) -> bool:
+        """Whether the last ``DIVERGED_EVALUATIONS`` evaluations all fell below the best by more
+        than ``DIVERGED_STANDARD_ERRORS`` paired standard errors: the step size is too large for
+        where training is (it need not wait out its patience to refine)."""
+        recent = [m for _, m in entry.history[-DIVERGED_EVALUATIONS:]]
+        if len(recent) < DIVERGED_EVALUATIONS or entry.best_step >= entry.history[-1][0]:
+            return False
+        margin = DIVERGED_STANDARD_ERRORS * paired_standard_error(entry.best_lp, entry.last_lp)
+        return all(m < entry.best_mean - margin for m in recent)
 
     def _slope(self, entry: Entry) -> float:
         """The entry's recent rate of improvement (held-out mean per step, at least 0)."""
