@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from pyro_mixflows.estimators._train import (
@@ -36,6 +37,9 @@ class Scripted:
     def set_labels(self, pos, labels):
         self.labels[pos] = labels
 
+    def load_candidate_state(self, pos, state):
+        self.restored = state["step"]
+
 
 def _budget(**kw):
     base = dict(batch_size=None, learning_rate=1e-3, max_steps=400, eval_every=10, patience=50,
@@ -43,10 +47,16 @@ def _budget(**kw):
     return Budget(**{**base, **kw})
 
 
-def _run(module, budget, rivals=(), pretrain=None, final=None):
+class _Optim:  # stands in for pyro.optim.Adam: its torch optimizers' step sizes
+    def __init__(self):
+        self.optim_objs = {0: torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)}
+
+
+def _run(module, budget, rivals=(), pretrain=None, final=None, optim=None):
     C = module.num_candidates
     race = Race(module, torch.zeros(N_VAL, 2), budget, list(rivals), pretrain or [0] * C,
                 final if final is not None else torch.full((C, 5), -1))  # fmt: skip
+    race.optim = optim
     for step in range(1, budget.max_steps + 1):
         module.step = step
         if race(step, 0.0):  # some candidates stopped: keep the others' positions
@@ -102,3 +112,16 @@ def test_pretraining_is_not_judged_and_its_labels_give_way():
     assert entry.stop == "cannot win" and entry.steps == 80  # 50 pre-training + the 30-step probe
     assert entry.best_step == 50  # pre-training states are never kept
     assert bool((module.labels == -1).all())  # its labels became the final ones at step 50
+
+
+def test_a_lone_minibatch_run_refines_once_when_it_plateaus_or_falls_below_its_best():
+    optim = _Optim()
+    falls = Scripted([lambda s: -abs(s - 30) / 10])  # best at 30, then falling fast
+    (entry,) = _run(falls, _budget(batch_size=64), optim=optim)
+    assert entry.refined and falls.restored == 30  # went back to its best state ...
+    assert optim.optim_objs[0].param_groups[0]["lr"] == pytest.approx(0.1)  # ... at a tenth
+    # three evaluations below the best (40, 50, 60): refined at 60, not after the patience
+    assert entry.stop == "patience" and entry.best_step == 60 and entry.steps == 110
+    full = Scripted([lambda s: -abs(s - 30) / 10])  # full batches: no refinement
+    (entry,) = _run(full, _budget(), optim=_Optim())
+    assert not entry.refined and entry.stop in ("patience", "cannot win")
