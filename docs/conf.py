@@ -131,18 +131,20 @@ class CliHelp(SphinxDirective):
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        import argparse
+        import contextlib
+        import io
 
         from pyro_mixflows.cli import build_parser
 
         os.environ["COLUMNS"] = "96"  # argparse wraps to the terminal width; fix it
         parser = build_parser()
         out: list[nodes.Node] = [nodes.literal_block(text=parser.format_help())]
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    out.append(nodes.rubric(text=f"pyro-mixflows {name}"))
-                    out.append(nodes.literal_block(text=sub.format_help()))
+        for name in ("fit", "score", "sample"):  # what `pyro-mixflows NAME --help` prints
+            text = io.StringIO()
+            with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit):
+                build_parser().parse_args([name, "--help"])
+            out.append(nodes.rubric(text=f"pyro-mixflows {name}"))
+            out.append(nodes.literal_block(text=text.getvalue()))
         return out
 
 
