@@ -30,6 +30,7 @@ import math
 
 import torch
 
+from ..models.dp import connected_groups
 from ..starts import Start, choose_num_components, partition_start
 from ..starts._em import COVARIANCES, gaussian_mixture, start_from_gaussian_mixture
 
@@ -92,27 +93,12 @@ def ridgeline_groups(start: Start, ratio: float = MERGE_RATIO) -> torch.Tensor:
     if bool(small.all()):
         small = torch.zeros_like(small)
     joined = (dips >= math.log(ratio)) & ~small[:, None] & ~small[None, :]
-    parent = list(range(K))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in joined.nonzero().tolist():
-        parent[root(i)] = root(j)
-    for i in small.nonzero().flatten().tolist():
-        targets = (~small).nonzero().flatten()
+    targets = (~small).nonzero().flatten()
+    for i in small.nonzero().flatten().tolist():  # each small piece: one edge at most
         best = targets[dips[i, targets].argmax()]
         if dips[i, best] >= math.log(ratio):
-            parent[i] = root(int(best))
-    roots = [root(i) for i in range(K)]
-    mass: dict[int, float] = {}
-    for i, r in enumerate(roots):
-        mass[r] = mass.get(r, 0.0) + float(start.weights[i])
-    order = sorted(mass, key=lambda r: -mass[r])
-    return torch.tensor([order.index(r) for r in roots], dtype=torch.long)
+            joined[i, best] = True
+    return connected_groups(joined, start.weights.detach().cpu())
 
 
 def dp_starts(x: torch.Tensor, settings, seed: int) -> tuple[list[Start], object]:

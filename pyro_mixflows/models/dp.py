@@ -298,6 +298,43 @@ def _pruned_mixture(components: Components, weights: torch.Tensor, threshold: fl
     return FlowMixture(components, logits=logits)
 
 
+def connected_groups(
+    joined: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The connected sets of a symmetric relation between T components (single linkage).
+
+    Args:
+        joined: (T, T) bool, the pairs joined.
+        weights: (T,) the components' weights.
+        keep: (T,) bool, the components taking part (default all).
+
+    Returns:
+        (T,) long: the group of each component, numbered 0, 1, ... by decreasing total weight,
+        and -1 for components not kept.
+    """
+    T = joined.shape[0]
+    keep = torch.ones(T, dtype=torch.bool) if keep is None else keep.cpu()
+    parent = list(range(T))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in joined.nonzero().tolist():
+        if keep[i] and keep[j]:
+            parent[root(i)] = root(j)
+    roots = [root(i) if keep[i] else -1 for i in range(T)]
+    mass: dict[int, float] = {}
+    for i, r in enumerate(roots):
+        if r >= 0:
+            mass[r] = mass.get(r, 0.0) + float(weights[i])
+    order = sorted(mass, key=lambda r: -mass[r])
+    number = {r: g for g, r in enumerate(order)}
+    return torch.tensor([number.get(r, -1) for r in roots], dtype=torch.long)
+
+
 @torch.no_grad()
 def density_connected_groups(
     components: Components,
@@ -387,23 +424,4 @@ def density_connected_groups(
     best = best.reshape(T, T)
     best = torch.maximum(best, best.T)
     joined = best - torch.minimum(median[:, None], median[None, :]) >= math.log(ratio)
-    # Connected sets of the active components (union-find).
-    parent = list(range(T))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in joined.nonzero().tolist():
-        if keep[i] and keep[j]:
-            parent[root(i)] = root(j)
-    roots = [root(i) if keep[i] else -1 for i in range(T)]
-    mass: dict[int, float] = {}
-    for i, r in enumerate(roots):
-        if r >= 0:
-            mass[r] = mass.get(r, 0.0) + float(weights[i])
-    order = sorted(mass, key=lambda r: -mass[r])
-    number = {r: g for g, r in enumerate(order)}
-    return torch.tensor([number.get(r, -1) for r in roots], dtype=torch.long)
+    return connected_groups(joined, weights, keep)

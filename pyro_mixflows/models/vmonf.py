@@ -297,7 +297,6 @@ class VMoNF(PyroModule):
             return self._labelled_loss(*args, **kwargs)
         return self._marginal_loss(*args, **kwargs)
 
-
     @pyro_method
     def _marginal_loss(self, x, x_labelled=None, y_labelled=None, *, subsample=None):
         components = self.components
