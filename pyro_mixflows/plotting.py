@@ -10,6 +10,7 @@ use the same.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -413,8 +414,8 @@ def candidates_figure(candidates: Sequence[dict], kept: dict, title: str):
     ax.axhline(kept["validation_log_likelihood"], color="0.2", ls="--", lw=1.0,
                label=f"kept: {kept['start']} start, Gaussian mixture")  # fmt: skip
     ax.set_xlabel("training step")
-    ax.set_ylabel("held-out log-likelihood per row (standardized data)")
-    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("held-out log-likelihood per row\n(standardized data)")
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -187,7 +187,11 @@ def _print_fit(args: argparse.Namespace, summary: dict) -> None:
     kept, stats = summary["selection"], summary["fit_stats"]
     ll = summary["held_out_log_likelihood"]
     K = len(summary["weights"])
-    what = f"a Gaussian mixture of {K}" if kept["gaussian_mixture"] else f"{K} {est['flow']} flows"
+    what = (
+        f"a Gaussian mixture of {K} components"
+        if kept["gaussian_mixture"]
+        else f"{K} {est['flow']} flows"
+    )
     trained = [c for c in kept["candidates"] if c["steps"] > 0]
     steps = f"{len(trained)} candidates trained {stats['steps']} steps in all"
     if len(trained) == 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import textwrap
 import time
 from collections.abc import Sequence
 
@@ -239,8 +240,8 @@ def write_fit(
                 n_train,
                 training["n_val"],
             )
-            figure.axes[0].set_title(f"loss of the kept model ({kept['description'][5:]})",
-                                     fontsize=9)  # fmt: skip
+            title = f"loss of the kept model ({kept['description'][5:]})"
+            figure.axes[0].set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
         _save(figure, f"{tmp}/loss.png")
         now = time.perf_counter()
         summary["timings"].update(write_s=now - t0, total_s=now - start)

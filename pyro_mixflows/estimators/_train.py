@@ -164,6 +164,20 @@ class Race:
         return self._evaluate(step)
 
     @torch.no_grad()
+    def start(self) -> None:
+        """Score the held-out rows before the first step (the starts themselves)."""
+        if len(self.x_val):
+            lp = self.module(self.x_val)  # (n_val, C)
+            for pos, e in enumerate(self.active):
+                entry = self.entries[e]
+                mean = float(lp[:, pos].mean())
+                entry.history.append((0, mean))
+                entry.last_lp = lp[:, pos]
+                if entry.pretrain == 0:
+                    entry.best_mean, entry.best_lp = mean, lp[:, pos].clone()
+                    entry.best_state = self.module.candidate_state(pos)
+
+    @torch.no_grad()
     def _evaluate(self, step: int) -> bool:
         lp = self.module(self.x_val) if len(self.x_val) else None  # (n_val, C)
         stopping = []
@@ -305,6 +319,7 @@ def race(
     """Train the candidates of ``module`` until each has stopped; their entries, best state in
     ``best_state`` (rows of that candidate), ``steps`` and ``stop`` (see :class:`Race`)."""
     state = Race(module, x_val, budget, rivals, pretrain, final_labels)
+    state.start()
     options = adam_options(budget, x_train.device)
     optim = pyro.optim.Adam(options)
     while True:
