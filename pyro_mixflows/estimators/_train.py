@@ -144,13 +144,16 @@ class Race:
         self.entries = [Entry(c, int(p)) for c, p in enumerate(pretrain)]
         self.active = list(range(module.num_candidates))  # module position -> entry index
         self.step = 0  # steps done before the current fit call
+        self.local_step = 0  # steps done in the current fit call
         self.keep: list[int] = []  # module positions still running after the last stop
+        self.initial: dict[int, tuple] = {}  # entry -> (mean, lp, state) of its start
 
     @property
     def finished(self) -> bool:
         return not self.active
 
     def __call__(self, local_step: int, loss: float) -> bool:
+        self.local_step = local_step
         step = self.step + local_step
         losses = self.module.candidate_losses.tolist()
         for pos, e in enumerate(self.active):
@@ -173,9 +176,9 @@ class Race:
                 mean = float(lp[:, pos].mean())
                 entry.history.append((0, mean))
                 entry.last_lp = lp[:, pos]
+                self.initial[e] = (mean, lp[:, pos].clone(), self.module.candidate_state(pos))
                 if entry.pretrain == 0:
-                    entry.best_mean, entry.best_lp = mean, lp[:, pos].clone()
-                    entry.best_state = self.module.candidate_state(pos)
+                    entry.best_mean, entry.best_lp, entry.best_state = self.initial[e]
 
     @torch.no_grad()
     def _evaluate(self, step: int) -> bool:
@@ -205,6 +208,24 @@ class Race:
         self.keep = [pos for pos in range(len(self.active)) if pos not in stopping]
         self.active = [self.active[pos] for pos in self.keep]
         return True  # end this fit call: the driver drops them from the batch
+
+    def non_finite(self) -> None:
+        """Stop the candidates whose last training loss was not finite (all of them when none
+        was: a gradient was), each at its best state or else its start; the step that failed
+        was not applied (:func:`~pyro_mixflows.infer.fit` raised before updating)."""
+        losses = self.module.candidate_losses
+        bad = [pos for pos in range(len(self.active)) if not math.isfinite(float(losses[pos]))]
+        stopping = bad or list(range(len(self.active)))
+        for pos in stopping:
+            entry = self.entries[self.active[pos]]
+            entry.stop = "non-finite"
+            if entry.best_state is None:
+                if self.active[pos] in self.initial:
+                    entry.best_mean, entry.best_lp, entry.best_state = self.initial[self.active[pos]]
+                else:  # no held-out rows: its state now (the last update was finite)
+                    entry.best_state = self.module.candidate_state(pos)
+        self.keep = [pos for pos in range(len(self.active)) if pos not in stopping]
+        self.active = [self.active[pos] for pos in self.keep]
 
     def _why_stop(self, entry: Entry, step: int) -> str | None:
         if step >= self.budget.max_steps:
@@ -325,18 +346,23 @@ def race(
     while True:
         state.optim = optim
         pyro.clear_param_store()  # this module's parameters are registered under one name
-        result = fit(
-            module.model,
-            module.guide,
-            x_train,
-            loss=module.loss,
-            optim=optim,
-            num_steps=budget.max_steps - state.step,
-            batch_size=budget.batch_size,
-            callback=state,
-            progress_bar=progress_bar,
-        )
-        state.step += result.num_steps
+        state.local_step = 0
+        try:
+            result = fit(
+                module.model,
+                module.guide,
+                x_train,
+                loss=module.loss,
+                optim=optim,
+                num_steps=budget.max_steps - state.step,
+                batch_size=budget.batch_size,
+                callback=state,
+                progress_bar=progress_bar,
+            )
+            state.step += result.num_steps
+        except FloatingPointError:  # a candidate's loss or gradient: stop it, race on
+            state.non_finite()
+            state.step += state.local_step
         if state.finished or state.step >= budget.max_steps:
             break
         saved = _slice_optim_state(optim.get_state(), module, state.keep)

@@ -20,6 +20,9 @@ CV_RESTARTS = 1
 # Diagonal covariances win the cross-validation only when their mean held-out log-density is
 # higher by more than this many standard errors of the paired per-row differences.
 CV_STANDARD_ERRORS = 2.0
+# The BIC screen of ``choose_covariance`` trusts a full mixture whose components each hold this
+# many rows per dimension (plus one) at least.
+SCREEN_ROWS_PER_DIMENSION = 2
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -117,9 +120,11 @@ def choose_covariance(
     """ "full" or "diag" covariances for EM on x (N, D).
 
     First a screen that needs only the full-covariance fit ``full`` (fitted here when None):
-    when its BIC is at most the diagonal one's, "full" (a full mixture that wins under BIC's
-    log(N)/2 per parameter also wins a held-out comparison, whose charge per parameter is smaller,
-    so the cross-validation cannot choose "diag"). Otherwise ``CV_FOLDS``-fold cross-validation:
+    when every full component holds at least ``SCREEN_ROWS_PER_DIMENSION`` * (D + 1) rows and its
+    BIC is at most the diagonal one's, "full" (a full mixture that wins under BIC's log(N)/2 per
+    parameter also wins a held-out comparison, whose charge per parameter is smaller, so the
+    cross-validation cannot choose "diag"; a component with fewer rows than that can be close to
+    singular, its training likelihood unbounded and BIC no guide). Otherwise ``CV_FOLDS``-fold cross-validation:
     every row gets its held-out log-density under both (fitted without its fold); "diag" wins only
     when its mean is higher by more than ``CV_STANDARD_ERRORS`` standard errors of the paired
     differences (each fold's mixtures with ``CV_RESTARTS`` EM restarts: they compare two model
@@ -135,7 +140,9 @@ def choose_covariance(
     if full is None:
         full = gaussian_mixture(X, K, covariance="full", **options)
     diag = gaussian_mixture(X, K, covariance="diag", **options)
-    if full.bic(X) <= diag.bic(X):
+    rows_per_component = full.weights_ * len(X)
+    enough = rows_per_component.min() >= SCREEN_ROWS_PER_DIMENSION * (X.shape[1] + 1)
+    if enough and full.bic(X) <= diag.bic(X):
         return "full"
     rows = {name: np.empty(len(X)) for name in ("full", "diag")}
     folds = dict(options, n_init=min(n_init, CV_RESTARTS))

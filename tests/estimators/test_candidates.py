@@ -1,5 +1,7 @@
 """Candidates trained together: the batched loss is each candidate's own, exactly."""
 
+import math
+
 import pyro
 import pytest
 import torch
@@ -104,3 +106,38 @@ def test_structure_errors():
     comps = FlowComponents(4, D, num_layers=0)
     with pytest.raises(ValueError, match=r"expected logits of shape \(2, 2\)"):
         CandidateMixtures(comps, 2, torch.zeros(2, 3), torch.full((2, N), -1))
+
+
+class _Poisoned(CandidateMixtures):
+    """Candidate 1's training loss turns NaN at the ``at``-th call (its parameters stay finite)."""
+
+    at = 3
+
+    def loss(self, model, guide, x, *, subsample=None):
+        value = super().loss(model, guide, x, subsample=subsample)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls >= self.at and self.num_candidates == C:
+            self.candidate_losses[1] = float("nan")
+            return value + float("nan")
+        return value
+
+    def subset(self, keep):
+        plain = super().subset(keep)
+        plain.__class__ = CandidateMixtures
+        return plain
+
+
+def test_a_candidate_whose_loss_is_not_finite_stops_and_the_race_goes_on():
+    from pyro_mixflows.estimators._train import plan_budget, race
+
+    torch.manual_seed(0)
+    comps = FlowComponents(C * K, D, flow="affine_coupling", num_layers=2, hidden_dims=(4,))
+    module = _Poisoned(comps, C, torch.zeros(C, K), torch.full((C, N), -1))
+    x, x_val = torch.randn(N, D), torch.randn(6, D)
+    budget = plan_budget(N, max_steps=60)
+    entries = race(module, x, x_val, budget, [], [0] * C, torch.full((C, N), -1))
+    assert entries[1].stop == "non-finite" and 1 <= entries[1].steps < _Poisoned.at
+    assert entries[1].best_state is not None and math.isfinite(entries[1].best_mean)
+    assert all(torch.isfinite(v).all() for v in entries[1].best_state.values())
+    for e in (entries[0], entries[2]):  # trained on past the failed step
+        assert e.stop != "non-finite" and e.steps > _Poisoned.at

@@ -72,6 +72,22 @@ def test_covariance_choice(blobs):
     assert choose_covariance(torch.as_tensor(X), 2, random_state=0) == "diag"
 
 
+def test_covariance_choice_does_not_trust_bic_on_nearly_singular_components():
+    # 200 dequantized 8 x 8 digits in 5 components: ~40 rows per full 64-D covariance. The full
+    # fit's training likelihood is nearly unbounded and wins under BIC, yet predicts held-out rows
+    # far worse than diagonal covariances.
+    from sklearn.datasets import load_digits
+
+    X = load_digits(n_class=5).data
+    X = (X + np.random.default_rng(0).uniform(size=X.shape))[:200]
+    X = (X - X.mean(0)) / X.std(0)
+    options = dict(n_init=1, reg_covar=1e-6, random_state=0)
+    full = GaussianMixture(5, covariance_type="full", **options).fit(X)
+    diag = GaussianMixture(5, covariance_type="diag", **options).fit(X)
+    assert full.bic(X) <= diag.bic(X)  # the screen alone would say "full"
+    assert choose_covariance(torch.as_tensor(X), 5, n_init=1, random_state=0) == "diag"
+
+
 def test_sparse_eigenvectors_match_the_dense_solver(float64):
     X, _ = make_two_moons(500, seed=1)
     W = knn_affinity(torch.as_tensor(X), 10)
