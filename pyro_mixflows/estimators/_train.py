@@ -217,11 +217,12 @@ class Race:
         bad = [pos for pos in range(len(self.active)) if not math.isfinite(float(losses[pos]))]
         stopping = bad or list(range(len(self.active)))
         for pos in stopping:
-            entry = self.entries[self.active[pos]]
+            e = self.active[pos]
+            entry = self.entries[e]
             entry.stop = "non-finite"
             if entry.best_state is None:
-                if self.active[pos] in self.initial:
-                    entry.best_mean, entry.best_lp, entry.best_state = self.initial[self.active[pos]]
+                if e in self.initial:
+                    entry.best_mean, entry.best_lp, entry.best_state = self.initial[e]
                 else:  # no held-out rows: its state now (the last update was finite)
                     entry.best_state = self.module.candidate_state(pos)
         self.keep = [pos for pos in range(len(self.active)) if pos not in stopping]
