@@ -25,7 +25,7 @@ once per seed (the command's own seed stays 0, so every repeat prints the same n
 The closing lines check the fit-cost targets (median over seeds; met / NOT met): iris, wine and
 breast_cancer (where the Gaussian is kept) fit in <= 1.5 s and <= 20x GaussianMixture; the demo fits
 in <= 3 s (in this process and in the fresh one), its wall clock <= 6 s, and it prints a held-out
-log-likelihood within 0.01 of ``tests/data/demo_output.json`` and ARI 1.000; a set of <= 1,000 rows
+log-likelihood within 0.01 of what it printed before the fit-cost work (``DEMO_BEFORE``) and ARI 1.000; a set of <= 1,000 rows
 and <= 10 columns where flows are kept (on most seeds) fits in <= 6 s; baseball in <= 15 s;
 diamonds in <= 20 s. Then the quality side: the estimator's held-out log-likelihood never below
 GaussianMixture's - 0.01 nats per row on any set and seed (the worst margin is printed). ``--json`` writes every fit; ``--compare`` prints the held-out
@@ -65,6 +65,9 @@ DEMO = "demo"
 GAUSSIAN_SETS = ("iris", "wine", "breast_cancer")  # the issue's tables where the Gaussian is kept
 LL_SLACK = 0.01  # nats per row below GaussianMixture that the quality check allows
 DEMO_EXPECTED = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "demo_output.json")
+# What the demo printed before the fit-cost work (tests/data/demo_output.json at commit f17c2dc):
+# the issue asks for the same numbers, so this is the reference, not the file as regenerated since.
+DEMO_BEFORE = (-0.853, 1.0)
 
 
 def _capacity(capacity) -> str:
@@ -268,15 +271,14 @@ def print_targets(by_set: dict[str, list[dict]]) -> None:
             f"demo: fit {fit:.2f} s <= 3 s (the slower of in-process and fresh): "
             f"{_verdict(fit <= 3)}; wall {wall:.2f} s <= 6 s: {_verdict(wall <= 6)}"
         )
-        expected = _demo_expected()
-        if expected is not None:
-            ll, ari = _med(rows, "fresh_ll"), _med(rows, "fresh_ari")
-            same = abs(ll - expected[0]) <= 0.01 and round(ari, 3) == 1.0
-            print(
-                f"demo prints LL {ll:.3f} (tests/data/demo_output.json: {expected[0]:.3f}, "
-                f"within 0.01) and "
-                f"ARI {ari:.3f} (1.000): {_verdict(same)}"
-            )
+        ll, ari = _med(rows, "fresh_ll"), _med(rows, "fresh_ari")
+        same = abs(ll - DEMO_BEFORE[0]) <= 0.01 and round(ari, 3) == DEMO_BEFORE[1]
+        recorded = _demo_expected()
+        now = f"; tests/data/demo_output.json now: {recorded[0]:.3f}" if recorded else ""
+        print(
+            f"demo prints LL {ll:.3f} (before the fit-cost work: {DEMO_BEFORE[0]:.3f}, within "
+            f"0.01{now}) and ARI {ari:.3f} ({DEMO_BEFORE[1]:.3f}): {_verdict(same)}"
+        )
     small = [n for n, rows in by_set.items() if n != DEMO and rows[0]["rows"] <= 1000]
     small = [n for n in small if by_set[n][0]["D"] <= 10 and _flows_kept(by_set[n])]
     for name in small:
