@@ -32,7 +32,7 @@ PATIENCE = {"full": 50, "minibatch": 150}
 # Steps on the start's hard labels before the mixture's likelihood (partition starts only).
 PRETRAIN_STEPS = {"full": 50, "minibatch": 50}
 # Steps every candidate trains before the learning-curve rule may stop it.
-PROBE_STEPS = {"full": 20, "minibatch": 50}
+PROBE_STEPS = {"full": 10, "minibatch": 50}
 # Steps at most.
 MAX_STEPS = {"full": 1500, "minibatch": 3000}
 # Evaluations the learning-curve rule takes its slope over.
