@@ -109,6 +109,8 @@ def report(rows: list[dict], sets: list[str], truncations: list[int]) -> None:
             counts = " ".join(str(r[m]["clusters"]) for r in mine) if m.startswith("DP") else ""
             if m == "estimator":
                 counts = "held-out K: " + " ".join(str(r["held_out_k"]) for r in mine)
+                em = sum(r["estimator"]["clusters_from"] != "flows" for r in mine)
+                counts += f"; EM start's clusters reported on {em} of {len(mine)}"
             print(f"| {s} | {m} | {_med([r[m]['ll'] for r in mine])} | "
                   f"{_med([r[m]['ari'] for r in mine])} | {counts} |")  # fmt: skip
     print()

