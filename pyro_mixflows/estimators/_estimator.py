@@ -266,6 +266,15 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
         with torch.no_grad():
             self.labels_ = self._proba(self._standardize(X)).argmax(-1).cpu().numpy()
         _warn_overfit(*outcome.overfit_gap, D)
+        if outcome.flows_untried is not None:
+            warnings.warn(
+                f"only {outcome.flows_untried} row{'' if outcome.flows_untried == 1 else 's'} held "
+                f"out (validation_fraction={self.validation_fraction} of {len(X)}): too few to "
+                "tell whether flows predict "
+                "better than the Gaussian mixture, so none were trained and the Gaussian mixture "
+                "is kept; flows are tried with at least 5 held-out rows",
+                stacklevel=2,
+            )
         if self.cluster_module_ is not None:
             warnings.warn(
                 f"the flows moved the cores of clusters between components (only "

@@ -76,6 +76,7 @@ class Outcome:
     core_agreement: float
     seconds: dict[str, float]
     budget: dict
+    flows_untried: int | None = None  # the held-out rows, where too few to judge flows by
 
 
 class Stopwatch:
@@ -142,6 +143,14 @@ def _fit_mixture(X: np.ndarray, y: np.ndarray | None, settings: Settings, seed: 
                 place(vm, start, settings.weight_concentration)
                 candidates.append(scored(vm, GAUSSIAN, start.name, data))
     flows = [c for c in settings.capacities if settings.architecture_of(c)["num_layers"] > 0]
+    n_val = len(data.val_idx)
+    untried = (
+        n_val
+        if flows and settings.validation_fraction > 0 and n_val < MIN_VALIDATION_ROWS
+        else None
+    )
+    if untried is not None:
+        flows = []
     trainable = [s for s in starts if s.name not in gaussian_only]
     with watch("train"):
         for capacity in [GAUSSIAN, *flows] if train_gaussian else flows:
@@ -198,6 +207,7 @@ def _fit_mixture(X: np.ndarray, y: np.ndarray | None, settings: Settings, seed: 
         cluster_module=cluster_module,
         core_agreement=agreement,
         seconds=watch.seconds,
+        flows_untried=untried,
         budget=budget.describe(),
     )
 
@@ -206,6 +216,9 @@ COVARIANCE_OF = {name: cov for cov, name in COVARIANCES.items()}
 # Flows kept from an EM start report their own clusters when at least this share of the training
 # rows that EM's mixture assigns confidently (responsibility >= CONFIDENT) keep EM's component.
 CORE_AGREEMENT = 0.9
+# Flows are trained only where at least this many rows are held out to judge them by (unless the
+# user holds out none, validation_fraction=0): with fewer, the Gaussian mixture is kept.
+MIN_VALIDATION_ROWS = 5
 CONFIDENT = 0.9
 
 

@@ -128,20 +128,23 @@ def choose_covariance(
     every row gets its held-out log-density under both (fitted without its fold); "diag" wins only
     when its mean is higher by more than ``CV_STANDARD_ERRORS`` standard errors of the paired
     differences (each fold's mixtures with ``CV_RESTARTS`` EM restarts: they compare two model
-    families). "full" with fewer than ``CV_FOLDS`` * 2K rows or one feature.
+    families). With one feature "full"; with fewer than ``CV_FOLDS`` * 2K rows, "full" where the
+    screen's row count holds and "diag" where it does not.
     """
     from sklearn.model_selection import KFold
 
     X = _numpy(x)
     K = num_components
-    if X.shape[1] < 2 or X.shape[0] < CV_FOLDS * 2 * K:
+    if X.shape[1] < 2:
         return "full"
     options = dict(n_init=n_init, reg_covar=reg_covar, random_state=random_state)
     if full is None:
         full = gaussian_mixture(X, K, covariance="full", **options)
-    diag = gaussian_mixture(X, K, covariance="diag", **options)
     rows_per_component = full.weights_ * len(X)
     enough = rows_per_component.min() >= SCREEN_ROWS_PER_DIMENSION * (X.shape[1] + 1)
+    if X.shape[0] < CV_FOLDS * 2 * K:  # too few rows to cross-validate
+        return "full" if enough else "diag"
+    diag = gaussian_mixture(X, K, covariance="diag", **options)
     if enough and full.bic(X) <= diag.bic(X):
         return "full"
     rows = {name: np.empty(len(X)) for name in ("full", "diag")}

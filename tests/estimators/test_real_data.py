@@ -104,6 +104,22 @@ def test_overfitting_is_reported_with_a_hint():
         ).fit(X)
 
 
+def test_too_few_held_out_rows_keep_the_gaussian_mixture_with_a_word():
+    # 16 rows hold out 1 at the default validation_fraction: flows trained and judged on that row
+    # overfit unseen (held-out log-likelihood far below GaussianMixture's on 8 rows); now the
+    # Gaussian mixture is kept and the user is told why
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(8, 2)), rng.normal(size=(8, 2)) + 4])
+    with pytest.warns(UserWarning, match="only 1 row held out.*Gaussian mixture is kept"):
+        model = VariationalFlowMixture(2, random_state=0).fit(X)
+    assert model.num_layers_ == 0 and model.fit_stats_["steps"] == 0
+    with warnings.catch_warnings():  # 60 rows hold out 6: flows are tried
+        warnings.simplefilter("error", UserWarning)
+        X = np.concatenate([rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) + 4])
+        model = VariationalFlowMixture(2, random_state=0, max_steps=20).fit(X)
+    assert model.fit_stats_["steps"] > 0
+
+
 def test_no_overfitting_warning_on_a_well_posed_fit(iris):
     with warnings.catch_warnings():
         warnings.simplefilter("error")

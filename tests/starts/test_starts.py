@@ -88,6 +88,16 @@ def test_covariance_choice_does_not_trust_bic_on_nearly_singular_components():
     assert choose_covariance(torch.as_tensor(X), 5, n_init=1, random_state=0) == "diag"
 
 
+def test_covariance_choice_with_too_few_rows_to_cross_validate():
+    rng = np.random.default_rng(0)
+    # 16 rows in 11 dimensions: 8 rows per full 11-D covariance, singular; diagonal ones
+    X = np.concatenate([rng.normal(size=(8, 11)), rng.normal(size=(8, 11)) + 3.0])
+    assert choose_covariance(torch.as_tensor(X), 2, random_state=0) == "diag"
+    # 18 rows in 2 dimensions: 9 rows per full 2-D covariance, enough: full, as before
+    X = np.concatenate([rng.normal(size=(9, 2)), rng.normal(size=(9, 2)) + 3.0])
+    assert choose_covariance(torch.as_tensor(X), 2, random_state=0) == "full"
+
+
 def test_sparse_eigenvectors_match_the_dense_solver(float64):
     X, _ = make_two_moons(500, seed=1)
     W = knn_affinity(torch.as_tensor(X), 10)
