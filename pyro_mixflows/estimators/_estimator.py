@@ -240,6 +240,14 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
             raise ValueError(
                 f"expected D >= 2 for flow={self.flow!r}, got {D} feature(s); use flow='maf'"
             )
+        constant = np.flatnonzero(np.ptp(X, axis=0) == 0)
+        if len(constant):
+            warnings.warn(
+                f"feature(s) {constant.tolist()} of X take one value only: every component's "
+                "density is a spike there, so any other value scores as nearly impossible; drop "
+                "them (or add noise of their recording step, as for rounded data)",
+                stacklevel=2,
+            )
         outcome = fit_mixture(X, y, settings, self._seed())
         self.module_ = outcome.module
         self._mean, self._scale = outcome.mean, outcome.scale

@@ -120,6 +120,13 @@ def test_too_few_held_out_rows_keep_the_gaussian_mixture_with_a_word():
     assert model.fit_stats_["steps"] > 0
 
 
+def test_a_constant_feature_is_named():
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=60), np.zeros(60), rng.normal(size=60)])
+    with pytest.warns(UserWarning, match=r"feature\(s\) \[1\] of X take one value only"):
+        VariationalFlowMixture(2, random_state=0, num_layers=0).fit(X)
+
+
 def test_no_overfitting_warning_on_a_well_posed_fit(iris):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
