@@ -17,7 +17,7 @@ from ..flows import RescaledComponents
 from ..models.vmonf import VMoNF
 from . import _persist
 from ._data import Settings
-from ._fit import EFFECTIVE_WEIGHT_THRESHOLD, fit_mixture
+from ._fit import EFFECTIVE_WEIGHT_THRESHOLD, MIN_VALIDATION_ROWS, fit_mixture
 from ._params import check_params, check_y
 
 # A component is reported dead when its weight falls below this fraction of 1/K.
@@ -278,9 +278,9 @@ class VariationalFlowMixture(ClusterMixin, DensityMixin, BaseEstimator):
             warnings.warn(
                 f"only {outcome.flows_untried} row{'' if outcome.flows_untried == 1 else 's'} held "
                 f"out (validation_fraction={self.validation_fraction} of {len(X)}): too few to "
-                "tell whether flows predict "
-                "better than the Gaussian mixture, so none were trained and the Gaussian mixture "
-                "is kept; flows are tried with at least 5 held-out rows",
+                "tell whether flows predict better than the Gaussian mixture, so none were trained "
+                f"and the Gaussian mixture is kept; flows are tried with at least "
+                f"{MIN_VALIDATION_ROWS} held-out rows",
                 stacklevel=2,
             )
         if self.cluster_module_ is not None:

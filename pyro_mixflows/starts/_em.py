@@ -119,12 +119,12 @@ def choose_covariance(
 ) -> str:
     """ "full" or "diag" covariances for EM on x (N, D).
 
-    First a screen that needs only the full-covariance fit ``full`` (fitted here when None):
-    when every full component holds at least ``SCREEN_ROWS_PER_DIMENSION`` * (D + 1) rows and its
-    BIC is at most the diagonal one's, "full" (a full mixture that wins under BIC's log(N)/2 per
-    parameter also wins a held-out comparison, whose charge per parameter is smaller, so the
-    cross-validation cannot choose "diag"; a component with fewer rows than that can be close to
-    singular, its training likelihood unbounded and BIC no guide). Otherwise ``CV_FOLDS``-fold cross-validation:
+    First a screen that needs only the full-covariance fit ``full`` (fitted here when None): when
+    every full component holds at least ``SCREEN_ROWS_PER_DIMENSION`` * (D + 1) rows and its BIC is
+    at most the diagonal one's, "full" (a full mixture that wins under BIC's log(N)/2 per parameter
+    also wins a held-out comparison, whose charge per parameter is smaller, so the cross-validation
+    cannot choose "diag"; a component with fewer rows than that can be close to singular, its
+    training likelihood unbounded and BIC no guide). Otherwise ``CV_FOLDS``-fold cross-validation:
     every row gets its held-out log-density under both (fitted without its fold); "diag" wins only
     when its mean is higher by more than ``CV_STANDARD_ERRORS`` standard errors of the paired
     differences (each fold's mixtures with ``CV_RESTARTS`` EM restarts: they compare two model
