@@ -98,10 +98,8 @@ class _EmptyGuide(PyroModule):
         pass
 
 
-def setup_a_mod(x: torch.Tensor, K: int, D: int, flow: str):
-    model = _MixtureModel(make_components(K, D, flow, x.device))
-    loss_fn = TraceEnum_ELBO(max_plate_nesting=1)(model, _EmptyGuide())
-    optim = torch.optim.Adam(loss_fn.parameters(), lr=1e-3)
+def _torch_step(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor):
+    """One plain torch step of ``loss_fn(x)`` under ``optim``, as a closure returning the loss."""
 
     def step():
         optim.zero_grad()
@@ -111,6 +109,14 @@ def setup_a_mod(x: torch.Tensor, K: int, D: int, flow: str):
         return loss.item()
 
     return step
+
+
+def setup_a_mod(x: torch.Tensor, K: int, D: int, flow: str):
+    model = _MixtureModel(make_components(K, D, flow, x.device))
+    loss_fn = TraceEnum_ELBO(max_plate_nesting=1)(model, _EmptyGuide())
+    optim = torch.optim.Adam(loss_fn.parameters(), lr=1e-3)
+
+    return _torch_step(loss_fn, optim, x)
 
 
 # --- (a_marg) the marginal FlowMixture as the observed site, no discrete latent -------------
@@ -215,14 +221,7 @@ def setup_c(x: torch.Tensor, K: int, D: int, flow: str, compiled: bool = False):
     if compiled:
         loss_fn = torch.compile(loss_fn, fullgraph=True, dynamic=False)
 
-    def step():
-        optim.zero_grad()
-        loss = loss_fn(x)
-        loss.backward()
-        optim.step()
-        return loss.item()
-
-    return step
+    return _torch_step(loss_fn, optim, x)
 
 
 def setup_c_comp(x: torch.Tensor, K: int, D: int, flow: str):
